@@ -1,0 +1,154 @@
+"""ELECTRA configuration: model sizes and pre-training hyper-parameters, with the official presets.
+
+Numbers for small / base / large come from the paper (Clark et al., 2020, Tables 6-7) and the
+official code (google-research/electra, configure_pretraining.py); ``tiny`` is ours, sized so
+that a 2-core CPU learns something visible in a few minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ElectraConfig:
+    # --- shared embeddings ---
+    vocab_size: int = 30522  # BERT uncased WordPiece
+    embedding_size: int = 128
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    pad_token_id: int = 0
+    # --- discriminator (the network that is kept) ---
+    hidden_size: int = 256
+    num_layers: int = 12
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    # --- generator: same depth, narrower (1/4 for small and large, 1/3 for base) ---
+    generator_hidden_size: int = 64
+    generator_num_layers: int = 12
+    generator_num_heads: int = 1  # max(1, hidden // 64)
+    generator_intermediate_size: int = 256  # 4 x hidden
+    # --- regularisation / numerics ---
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    # --- objective (DESIGN.md section 1) ---
+    mask_prob: float = 0.15
+    disc_weight: float = 50.0
+    temperature: float = 1.0
+    # DeBERTa-v3 gradient-disentangled embedding sharing: the discriminator reads
+    # word_emb.detach() + delta, so RTD gradients never reach the generator's embeddings.
+    gdes: bool = False
+    # --- pre-training schedule (configure_pretraining.py) ---
+    learning_rate: float = 5e-4
+    batch_size: int = 128
+    max_seq_length: int = 128
+    train_steps: int = 1_000_000
+    warmup_steps: int = 10_000
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-6
+    max_grad_norm: float = 1.0
+
+    @property
+    def max_predictions(self) -> int:
+        """Masked positions per sequence: int((p + 0.005) * max_len), 19 at length 128."""
+        return max_predictions(self.mask_prob, self.max_seq_length)
+
+    # ---------------------------------------------------------------- presets
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ElectraConfig:
+        """Return a preset (``tiny``, ``small``, ``base``, ``large``) with optional overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        cfg = cls(**PRESETS[name])
+        return cfg.replace(**overrides)
+
+    def replace(self, **overrides: Any) -> ElectraConfig:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown ElectraConfig field(s): {', '.join(sorted(unknown))}")
+        cfg = dataclasses.replace(self, **overrides)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
+                     "intermediate_size", "generator_hidden_size", "generator_num_layers",
+                     "generator_num_heads", "generator_intermediate_size", "max_position_embeddings",
+                     "batch_size", "max_seq_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ElectraConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.generator_hidden_size % self.generator_num_heads:
+            raise ValueError(f"generator_hidden_size {self.generator_hidden_size} is not divisible by "
+                             f"generator_num_heads {self.generator_num_heads}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.max_seq_length > self.max_position_embeddings:
+            raise ValueError(f"max_seq_length {self.max_seq_length} exceeds the model's "
+                             f"{self.max_position_embeddings} position embeddings")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ElectraConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ElectraConfig field(s) in config: {', '.join(sorted(unknown))}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> ElectraConfig:
+        p = Path(path_or_text)
+        text = p.read_text(encoding="utf-8") if not str(path_or_text).lstrip().startswith("{") else str(path_or_text)
+        return cls.from_dict(json.loads(text))
+
+
+def max_predictions(mask_prob: float, seq_len: int) -> int:
+    """int((p + 0.005) * max_len), as the official configure_pretraining.py."""
+    return max(1, int((mask_prob + 0.005) * seq_len))
+
+
+def _gen(hidden: int) -> dict[str, int]:
+    return {"generator_hidden_size": hidden, "generator_num_heads": max(1, hidden // 64),
+            "generator_intermediate_size": 4 * hidden}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Ours: a CPU demo. Vocabulary size is set by the tokenizer trained on the corpus.
+    "tiny": dict(vocab_size=4096, embedding_size=128, hidden_size=128, num_layers=4, num_heads=2,
+                 intermediate_size=512, generator_num_layers=4, max_position_embeddings=128,
+                 learning_rate=2e-3, batch_size=32, max_seq_length=128, train_steps=600,
+                 warmup_steps=60, dropout=0.0, attention_dropout=0.0,
+                 **{"generator_hidden_size": 64, "generator_num_heads": 1, "generator_intermediate_size": 256}),
+    "small": dict(embedding_size=128, hidden_size=256, num_layers=12, num_heads=4, intermediate_size=1024,
+                  generator_num_layers=12, learning_rate=5e-4, batch_size=128, max_seq_length=128,
+                  train_steps=1_000_000, warmup_steps=10_000, mask_prob=0.15, **_gen(64)),
+    "base": dict(embedding_size=768, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+                 generator_num_layers=12, learning_rate=2e-4, batch_size=256, max_seq_length=512,
+                 train_steps=766_000, warmup_steps=10_000, mask_prob=0.15, **_gen(256)),
+    "large": dict(embedding_size=1024, hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096,
+                  generator_num_layers=24, learning_rate=2e-4, batch_size=2048, max_seq_length=512,
+                  train_steps=400_000, warmup_steps=10_000, mask_prob=0.25, **_gen(256)),
+}

@@ -1,0 +1,6 @@
+"""Triton kernels of electra_fast, installed as ``electra_fast.kernels``.
+
+One file per op: the ``@triton.jit`` kernel, its host launcher (input checks, block sizes),
+a plain PyTorch reference and the autograd wrapper. Public entry points live in
+``electra_fast.ops``, which dispatches between the Triton path and the reference.
+"""
