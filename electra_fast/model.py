@@ -1,0 +1,282 @@
+"""ELECTRA in one file: shared embeddings, a small generator, a discriminator, the RTD objective.
+
+Data flows one way (DESIGN.md section 1):
+    masked ids -> generator -> LM head at the masked rows only -> Gumbel-max samples
+    -> corrupted ids -> discriminator -> per-token replaced/original logit
+    loss = mlm_loss + 50 * disc_loss
+
+The generator head, the corruption and the RTD loss go through ``electra_fast.ops``: fused
+Triton kernels on CUDA tensors, plain PyTorch on the CPU. Parameter names follow HuggingFace's
+``ElectraModel`` closely enough that ``electra_fast.hf`` maps them one to one (q, k, v are
+fused into one ``qkv`` projection here for speed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from .config import ElectraConfig
+
+IGNORE_INDEX = -100
+
+
+class Embeddings(nn.Module):
+    """Token + position + segment embeddings and LayerNorm, shared by both networks."""
+
+    def __init__(self, cfg: ElectraConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.embedding_size, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.embedding_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.embedding_size)
+        self.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids, token_type_ids=None, word_weight=None):  # (B, T) -> (B, T, E)
+        T = input_ids.shape[1]
+        w = self.word_embeddings.weight if word_weight is None else word_weight
+        x = F.embedding(input_ids, w) + self.position_embeddings.weight[:T]
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class Block(nn.Module):
+    """BERT post-LN layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int, cfg: ElectraConfig):
+        super().__init__()
+        self.n_head = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.ln1 = nn.LayerNorm(hidden, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(hidden, ffn)
+        self.ffn_out = nn.Linear(ffn, hidden)
+        self.ln2 = nn.LayerNorm(hidden, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.attn_dropout = cfg.attention_dropout
+
+    def forward(self, x, attn_mask=None):  # x (B, T, C); attn_mask (B, 1, 1, T) bool, True = attend
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        x = self.ln1(x + self.dropout(self.attn_out(y)))
+        return self.ln2(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
+
+
+class Encoder(nn.Module):
+    """Projection from the shared embedding size (when it differs) and a stack of blocks."""
+
+    def __init__(self, cfg: ElectraConfig, hidden: int, layers: int, heads: int, ffn: int):
+        super().__init__()
+        self.embeddings_project = nn.Linear(cfg.embedding_size, hidden) if cfg.embedding_size != hidden else None
+        self.layers = nn.ModuleList([Block(hidden, heads, ffn, cfg) for _ in range(layers)])
+
+    def forward(self, x, attention_mask=None):  # (B, T, E) -> (B, T, H)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+class GeneratorHead(nn.Module):
+    """dense(E) -> gelu -> LayerNorm; logits = h @ word_emb.T + bias (tied output layer)."""
+
+    def __init__(self, cfg: ElectraConfig, hidden: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden, cfg.embedding_size)
+        self.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h):  # (..., Hg) -> (..., E)
+        return self.LayerNorm(F.gelu(self.dense(h)))
+
+
+class DiscriminatorHead(nn.Module):
+    """dense(H) -> gelu -> dense(1): one replaced/original logit per token."""
+
+    def __init__(self, cfg: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense_prediction = nn.Linear(cfg.hidden_size, 1)
+
+    def features(self, h):  # (..., H) -> (..., H), the input of the final projection
+        return F.gelu(self.dense(h))
+
+    def forward(self, h):  # (..., H) -> (...)
+        return self.dense_prediction(self.features(h)).squeeze(-1)
+
+
+@dataclass
+class ElectraOutput:
+    loss: torch.Tensor
+    mlm_loss: torch.Tensor
+    disc_loss: torch.Tensor
+    # Step metrics, 0-dim tensors on the model's device (read them at log intervals only:
+    # each .item() is a host-device sync).
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Filled only with return_logits=True (evaluation: ROC AUC needs them).
+    disc_logits: torch.Tensor | None = None  # (B, T)
+    is_replaced: torch.Tensor | None = None  # (B, T) bool
+
+
+class Electra(nn.Module):
+    """The pre-training module: generator + discriminator over shared embeddings.
+
+    ``config.objective``-free: ELECTRA is the default; ``objective="mlm"`` builds the paper's
+    BERT baseline (a discriminator-sized network trained with MLM only, no discriminator).
+    """
+
+    def __init__(self, config: ElectraConfig, objective: str = "electra"):
+        super().__init__()
+        if objective not in ("electra", "mlm"):
+            raise ValueError(f"objective must be 'electra' or 'mlm', got {objective!r}")
+        config.validate()
+        self.config = config
+        self.objective = objective
+        cfg = config
+        self.embeddings = Embeddings(cfg)
+        if objective == "mlm":  # BERT baseline: the generator *is* the full-size network
+            gen = (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
+        else:
+            gen = (cfg.generator_hidden_size, cfg.generator_num_layers, cfg.generator_num_heads,
+                   cfg.generator_intermediate_size)
+        self.generator = Encoder(cfg, *gen)
+        self.generator_head = GeneratorHead(cfg, gen[0])
+        if objective == "electra":
+            self.discriminator = Encoder(cfg, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
+            self.discriminator_head = DiscriminatorHead(cfg)
+            # GDES (DeBERTa-v3): discriminator word embeddings = gen_emb.detach() + delta.
+            self.disc_embedding_delta = (nn.Parameter(torch.zeros(cfg.vocab_size, cfg.embedding_size))
+                                         if cfg.gdes else None)
+        else:
+            self.discriminator = self.discriminator_head = self.disc_embedding_delta = None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m):
+        std = self.config.initializer_range  # BERT / ELECTRA: truncated-normal-ish N(0, 0.02)
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ inspection
+    def _disc_word_weight(self):
+        if self.disc_embedding_delta is None:
+            return None
+        return self.embeddings.word_embeddings.weight.detach() + self.disc_embedding_delta
+
+    def discriminator_hidden(self, input_ids, token_type_ids=None, attention_mask=None):  # (B, T, H)
+        if self.discriminator is None:  # MLM baseline: the full-size network is the generator
+            return self.generator(self.embeddings(input_ids, token_type_ids), attention_mask)
+        x = self.embeddings(input_ids, token_type_ids, self._disc_word_weight())
+        return self.discriminator(x, attention_mask)
+
+    def discriminator_logits(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:
+        """Replaced-token logits for every position, (B, T)."""
+        if self.discriminator_head is None:
+            raise ValueError("an objective='mlm' model has no discriminator head")
+        return self.discriminator_head(self.discriminator_hidden(input_ids, token_type_ids, attention_mask))
+
+    def generator_logits(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:
+        """MLM logits at every position, (B, T, V). For inspection and parity checks only:
+        the training path evaluates the head at the masked positions alone."""
+        h = self.generator(self.embeddings(input_ids, token_type_ids), attention_mask)
+        return self._mlm_logits(self.generator_head(h))
+
+    def _mlm_logits(self, h):
+        return h @ self.embeddings.word_embeddings.weight.t() + self.generator_head.bias
+
+    # ------------------------------------------------------------------ pre-training step
+    def forward(self, input_ids, token_type_ids, attention_mask, masked_positions, masked_ids, masked_weights,
+                *, original_ids=None, seed: int | None = None, return_logits: bool = False) -> ElectraOutput:
+        """One pre-training step on a masked batch (the format of ``electra_fast.masking``).
+
+        input_ids (B, T) ids after masking; masked_positions / masked_ids / masked_weights (B, P):
+        positions, original ids there, 1.0 for real slots and 0.0 for padding. ``original_ids``
+        (B, T) saves a scatter when the loader has them. ``seed`` keys the Gumbel noise; by
+        default it is drawn from torch's CPU generator (checkpointed with the run).
+        """
+        cfg = self.config
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # CPU tensor: no device sync
+        B, P = masked_positions.shape
+        real_slot = masked_weights > 0
+        n_pred = masked_weights.sum()
+
+        # 1. generator on the masked sequence; LM head at the masked rows only
+        gen_h = self.generator(self.embeddings(input_ids, token_type_ids), attention_mask)  # (B, T, Hg)
+        idx = masked_positions.unsqueeze(-1).expand(B, P, gen_h.shape[-1])
+        h = self.generator_head(torch.gather(gen_h, 1, idx)).reshape(B * P, -1)  # (B*P, E)
+        targets = torch.where(real_slot, masked_ids, torch.full_like(masked_ids, IGNORE_INDEX)).reshape(-1)
+        mlm_mean, samples, argmax = ops.generator_loss_and_sample(
+            h, self.embeddings.word_embeddings.weight, self.generator_head.bias, targets,
+            temperature=cfg.temperature, seed=seed, ignore_index=IGNORE_INDEX, return_argmax=True)
+        # official: sum(w * ce) / (sum(w) + 1e-6); the op gives the mean over real slots
+        mlm_loss = mlm_mean * (n_pred / (n_pred + 1e-6))
+        metrics = {"mlm_accuracy": _masked_mean((argmax.view(B, P) == masked_ids).float(), masked_weights)}
+
+        if self.discriminator is None:  # the BERT baseline stops here
+            zero = mlm_loss.new_zeros(())
+            return ElectraOutput(loss=mlm_loss, mlm_loss=mlm_loss, disc_loss=zero, metrics=metrics)
+
+        # 2. corrupt: original ids with the (gradient-free) samples written at the masked positions
+        if original_ids is None:
+            fill = torch.where(real_slot, masked_ids, torch.gather(input_ids, 1, masked_positions))
+            original_ids = input_ids.scatter(1, masked_positions, fill)
+        samples = samples.view(B, P).to(original_ids.dtype)
+        corrupted, is_replaced = ops.replace_tokens(original_ids, masked_positions, samples, masked_weights)
+
+        # 3. discriminator on the corrupted sequence, fused projection + BCE over real tokens
+        disc_h = self.discriminator_hidden(corrupted, token_type_ids, attention_mask)
+        feats = self.discriminator_head.features(disc_h)  # (B, T, H)
+        pred = self.discriminator_head.dense_prediction
+        real = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_replaced)
+        n_real = real.sum()
+        disc_mean = ops.rtd_loss(feats, pred.weight.view(-1), pred.bias.view(()), is_replaced, real)
+        disc_loss = disc_mean * (n_real / (n_real + 1e-6))
+        loss = mlm_loss + cfg.disc_weight * disc_loss
+
+        with torch.no_grad():
+            disc_logits = feats.detach() @ pred.weight.detach().view(-1) + pred.bias.detach()
+            metrics.update(_rtd_metrics(disc_logits, is_replaced, real))
+            metrics["sampled_accuracy"] = _masked_mean(
+                (samples.view(B, P) == masked_ids.to(samples.dtype)).float(), masked_weights)
+        return ElectraOutput(loss=loss, mlm_loss=mlm_loss, disc_loss=disc_loss, metrics=metrics,
+                             disc_logits=disc_logits if return_logits else None,
+                             is_replaced=is_replaced if return_logits else None)
+
+
+def _masked_mean(x, w):
+    return (x * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def _rtd_metrics(logits, labels, real):
+    """Discriminator accuracy over real tokens; precision and recall on replaced tokens."""
+    pred = logits > 0
+    real_f = real.float()
+    tp = (pred & labels & real).sum().float()
+    return {
+        "disc_accuracy": _masked_mean((pred == labels).float(), real_f),
+        "disc_precision": tp / (pred & real).sum().clamp_min(1),
+        "disc_recall": tp / (labels & real).sum().clamp_min(1),
+        "replaced_fraction": _masked_mean(labels.float(), real_f),
+    }
