@@ -128,6 +128,7 @@ class ElectraOutput:
     # Filled only with return_logits=True (evaluation: ROC AUC needs them).
     disc_logits: torch.Tensor | None = None  # (B, T)
     is_replaced: torch.Tensor | None = None  # (B, T) bool
+    samples: torch.Tensor | None = None  # (B, P) the generator's samples (no gradient)
 
 
 class Electra(nn.Module):
@@ -236,7 +237,8 @@ class Electra(nn.Module):
 
         if self.discriminator is None:  # the BERT baseline stops here
             zero = mlm_loss.new_zeros(())
-            return ElectraOutput(loss=mlm_loss, mlm_loss=mlm_loss, disc_loss=zero, metrics=metrics)
+            return ElectraOutput(loss=mlm_loss, mlm_loss=mlm_loss, disc_loss=zero, metrics=metrics,
+                                 samples=samples.view(B, P))
 
         # 2. corrupt: original ids with the (gradient-free) samples written at the masked positions
         if original_ids is None:
@@ -262,7 +264,7 @@ class Electra(nn.Module):
                 (samples.view(B, P) == masked_ids.to(samples.dtype)).float(), masked_weights)
         return ElectraOutput(loss=loss, mlm_loss=mlm_loss, disc_loss=disc_loss, metrics=metrics,
                              disc_logits=disc_logits if return_logits else None,
-                             is_replaced=is_replaced if return_logits else None)
+                             is_replaced=is_replaced if return_logits else None, samples=samples)
 
 
 def _masked_mean(x, w):
