@@ -1,0 +1,201 @@
+"""Throughput of the fused ops against eager PyTorch and torch.compile.
+
+    pytest benchmarks/test_bench_ops.py                          # all (GPU suites skip without CUDA)
+    pytest benchmarks/test_bench_ops.py -k cpu                   # the CPU-sized reference suite
+    pytest benchmarks/test_bench_ops.py --benchmark-json out.json
+
+GPU suites, at ELECTRA-Small and Base shapes (DESIGN.md §1), forward + backward where the op
+has a gradient, bf16 activations:
+- generator head: M = batch x max_predictions masked rows (128 x 19, 256 x 79), E = 128 / 768,
+  V = 30522. Eager = full [M, V] logits + F.cross_entropy + Gumbel-max on the full logits.
+- replace_tokens: (B, T, P) = (128, 128, 19) / (256, 512, 79). Eager = the scatter reference.
+- rtd_loss: (B, T, H) = (128, 128, 256) / (256, 512, 768). Eager = linear + BCE-with-logits.
+"fused" is the Triton op, "eager" the plain PyTorch baseline, "compiled" torch.compile of the
+op's reference (of the eager baseline for the generator head).
+Peak memory above the inputs (MiB) and the GPU name go to extra_info. Results: RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from electra_fast.kernels import replace_tokens as rt
+from electra_fast.kernels import rtd_loss as rl
+
+IGNORE = -100
+V = 30522
+GEN_SHAPES = {"small": dict(M=128 * 19, E=128), "base": dict(M=256 * 79, E=768)}
+REPLACE_SHAPES = {"small": dict(B=128, T=128, P=19), "base": dict(B=256, T=512, P=79)}
+RTD_SHAPES = {"small": dict(B=128, T=128, H=256), "base": dict(B=256, T=512, H=768)}
+IMPLS = ["fused", "eager", "compiled"]
+
+
+# ----------------------------------------------------------------------------- baselines
+def generator_head_eager(hidden, weight, bias, targets, seed):
+    """The unfused head: [M, V] logits in fp32, cross-entropy, Gumbel-max over the full logits."""
+    logits = F.linear(hidden, weight, bias).float()
+    loss = F.cross_entropy(logits, targets, ignore_index=IGNORE)
+    with torch.no_grad():
+        u = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
+        samples = torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+    return loss, samples
+
+
+def replace_tokens_eager(input_ids, positions, samples, weights):
+    """The obvious PyTorch: boolean-mask the real slots, index-put (a device sync: data-dependent shape)."""
+    corrupted = input_ids.clone()
+    real = weights > 0
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(positions)
+    corrupted[rows[real], positions[real]] = samples[real].to(input_ids.dtype)
+    return corrupted, corrupted != input_ids
+
+
+def rtd_loss_eager(hidden, weight, bias, labels, mask):
+    logits = F.linear(hidden, weight[None], bias[None]).squeeze(-1).float()
+    m = mask.float()
+    return F.binary_cross_entropy_with_logits(logits, labels.float(), weight=m, reduction="sum") / m.sum().clamp_min(1)
+
+
+# ----------------------------------------------------------------------------- inputs
+def generator_inputs(M, E, device, dtype, vocab=V):
+    hidden = torch.randn(M, E, device=device, dtype=dtype, requires_grad=True)
+    weight = (torch.randn(vocab, E, device=device) * E**-0.5).to(dtype).requires_grad_()
+    bias = torch.zeros(weight.shape[0], device=device, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, weight.shape[0], (M,), device=device)
+    targets[torch.rand(M, device=device) < 0.1] = IGNORE  # padding slots
+    return [hidden, weight, bias, targets]
+
+
+def replace_inputs(B, T, P, device):
+    ids = torch.randint(1000, 30000, (B, T), device=device)
+    positions = torch.sort(torch.rand(B, T, device=device).argsort(dim=1)[:, :P], dim=1).values
+    weights = (torch.rand(B, P, device=device) < 0.9).float()
+    positions = torch.where(weights > 0, positions, torch.zeros_like(positions))
+    samples = torch.randint(1000, 30000, (B, P), device=device)
+    return [ids, positions, samples, weights]
+
+
+def rtd_inputs(B, T, H, device, dtype):
+    hidden = torch.randn(B, T, H, device=device, dtype=dtype, requires_grad=True)
+    weight = (torch.randn(H, device=device) * H**-0.5).requires_grad_()
+    bias = torch.zeros((), device=device, requires_grad=True)
+    labels = torch.rand(B, T, device=device) < 0.15
+    mask = torch.rand(B, T, device=device) < 0.95
+    return [hidden, weight, bias, labels, mask]
+
+
+# ----------------------------------------------------------------------------- harness
+def run_benchmark(benchmark, fn, inputs, *, backward: bool, device: str):
+    """Time fn(*inputs) (+ backward of its first output) with pytest-benchmark; on CUDA also record
+    the peak memory of one step above what the inputs hold."""
+    leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
+
+    def step():
+        for x in leaves:
+            x.grad = None
+        out = fn(*inputs)
+        if backward:
+            (out[0] if isinstance(out, tuple) else out).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up: Triton / torch.compile compile here
+    step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        benchmark.extra_info["peak_mem_MiB"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+        benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
+        benchmark.extra_info["torch"] = torch.__version__
+    benchmark(step)
+
+
+@pytest.fixture
+def cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: the fused ops run Triton kernels; see test_cpu_* for the CPU-sized suite")
+    return "cuda"
+
+
+def pick(impl, fused, eager, reference):
+    return {"fused": fused, "eager": eager}.get(impl) or torch.compile(reference)
+
+
+# ----------------------------------------------------------------------------- GPU suites
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("preset", list(GEN_SHAPES))
+def test_generator_head(benchmark, cuda, preset, impl):
+    from electra_fast.ops import generator_loss_and_sample
+
+    benchmark.group = f"generator_head-{preset}"
+    inputs = generator_inputs(**GEN_SHAPES[preset], device=cuda, dtype=torch.bfloat16)
+    fused = lambda h, w, b, t: generator_loss_and_sample(h, w, b, t, seed=1234, backend="triton")
+    eager = lambda h, w, b, t: generator_head_eager(h, w, b, t, 1234)
+    # compiled: the eager head (the reference's torch.Generator would break the graph)
+    run_benchmark(benchmark, pick(impl, fused, eager, eager), inputs, backward=True, device=cuda)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("preset", list(REPLACE_SHAPES))
+def test_replace_tokens(benchmark, cuda, preset, impl):
+    benchmark.group = f"replace_tokens-{preset}"
+    inputs = replace_inputs(**REPLACE_SHAPES[preset], device=cuda)
+    fused = lambda *a: rt.replace_tokens(*a, backend="triton")
+    run_benchmark(benchmark, pick(impl, fused, replace_tokens_eager, rt.replace_tokens_reference), inputs,
+                  backward=False, device=cuda)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("preset", list(RTD_SHAPES))
+def test_rtd_loss(benchmark, cuda, preset, impl):
+    benchmark.group = f"rtd_loss-{preset}"
+    inputs = rtd_inputs(**RTD_SHAPES[preset], device=cuda, dtype=torch.bfloat16)
+    fused = lambda *a: rl.rtd_loss(*a, backend="triton")
+    run_benchmark(benchmark, pick(impl, fused, rtd_loss_eager, rl.rtd_loss_reference), inputs, backward=True,
+                  device=cuda)
+
+
+# ----------------------------------------------------------------------------- CPU-sized suite
+# The ops' reference path (what CPU tensors dispatch to) against the eager baselines at small
+# shapes, fp32, on one thread (at these sizes extra threads only add contention, and one thread
+# is comparable across machines). This tracks the CPU fallback; it says nothing about the GPU.
+@pytest.fixture(autouse=True)
+def one_thread_on_cpu(request):
+    if not request.node.name.startswith("test_cpu_"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("impl", ["reference", "eager"])
+def test_cpu_generator_head(benchmark, impl):
+    from electra_fast.ops import generator_loss_and_sample
+
+    benchmark.group = "cpu-generator_head"
+    inputs = generator_inputs(M=16 * 19, E=64, device="cpu", dtype=torch.float32, vocab=2000)
+    ref = lambda h, w, b, t: generator_loss_and_sample(h, w, b, t, seed=1234, backend="reference")
+    eager = lambda h, w, b, t: generator_head_eager(h, w, b, t, 1234)
+    run_benchmark(benchmark, ref if impl == "reference" else eager, inputs, backward=True, device="cpu")
+
+
+@pytest.mark.parametrize("impl", ["reference", "eager"])
+def test_cpu_replace_tokens(benchmark, impl):
+    benchmark.group = "cpu-replace_tokens"
+    inputs = replace_inputs(B=16, T=128, P=19, device="cpu")
+    ref = lambda *a: rt.replace_tokens(*a, backend="reference")
+    run_benchmark(benchmark, ref if impl == "reference" else replace_tokens_eager, inputs, backward=False,
+                  device="cpu")
+
+
+@pytest.mark.parametrize("impl", ["reference", "eager"])
+def test_cpu_rtd_loss(benchmark, impl):
+    benchmark.group = "cpu-rtd_loss"
+    inputs = rtd_inputs(B=16, T=128, H=64, device="cpu", dtype=torch.float32)
+    ref = lambda *a: rl.rtd_loss(*a, backend="reference")
+    run_benchmark(benchmark, ref if impl == "reference" else rtd_loss_eager, inputs, backward=True, device="cpu")

@@ -1,0 +1,208 @@
+"""Replaced-token corruption: write the generator's samples into the original ids, one pass.
+
+ELECTRA step 4 (DESIGN.md §1): the discriminator reads the original ids with the sampled
+tokens written at the masked positions; its label is 1 where the token differs from the
+original, so a sample that happens to equal the original is labelled *original*.
+
+    corrupted, is_replaced = replace_tokens(input_ids, positions, samples, weights)
+
+input_ids (B, T) integer, the ORIGINAL ids; positions / samples / weights (B, P) in the masking
+format (``electra_fast.masking``): real slots have weight > 0, padding slots weight 0 and
+position 0, real positions are distinct. Returns corrupted (B, T) with input_ids' dtype and
+is_replaced (B, T) bool. Integer op: no gradients.
+
+This file holds the four pieces of the op: the Triton kernel, its host launcher, the PyTorch
+reference (the CPU path and the test oracle), the autograd wrapper and the dispatch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["replace_tokens", "replace_tokens_reference", "replace_tokens_triton", "select_backend", "aot_specs"]
+
+
+# ----------------------------------------------------------------------------- Triton kernel
+@triton.jit
+def _replace_tokens_kernel(
+    ids_ptr, pos_ptr, samples_ptr, weights_ptr,  # (B, T), (B, P) x 3, contiguous
+    out_ptr, flag_ptr,  # (B, T) ids dtype, (B, T) uint8 viewed as bool
+    T, P,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    # One program per row. Instead of "copy the row, then scatter the samples" (which needs a
+    # barrier between two writers of the same address), every output tile is gathered: each
+    # column looks for a real slot pointing at it in a (BLOCK_T, BLOCK_P) match matrix and is
+    # written exactly once.
+    row = tl.program_id(0).to(tl.int64)
+    p = tl.arange(0, BLOCK_P)
+    in_p = p < P
+    w = tl.load(weights_ptr + row * P + p, mask=in_p, other=0).to(tl.float32)
+    real = in_p & (w > 0)  # padding slots (weight 0) are ignored, whatever their position
+    pos = tl.load(pos_ptr + row * P + p, mask=real, other=-1).to(tl.int32)
+    pos = tl.where(real, pos, -1)  # -1 matches no column
+    smp = tl.load(samples_ptr + row * P + p, mask=real, other=0).to(tl.int32)  # token ids < 2**31
+
+    for t0 in range(0, T, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        in_t = t < T
+        orig = tl.load(ids_ptr + row * T + t, mask=in_t, other=0)
+        hit = pos[None, :] == t[:, None]  # (BLOCK_T, BLOCK_P)
+        has = tl.max(hit.to(tl.int32), axis=1) > 0
+        # real positions are distinct (masking format), so at most one slot hits a column
+        new = tl.sum(tl.where(hit, smp[None, :], 0), axis=1)
+        replaced = has & (new != orig.to(tl.int32))
+        tl.store(out_ptr + row * T + t, tl.where(has, new.to(orig.dtype), orig), mask=in_t)
+        tl.store(flag_ptr + row * T + t, replaced.to(tl.uint8), mask=in_t)
+
+
+def _blocks(P: int) -> tuple[int, int]:
+    # keep the (BLOCK_T, BLOCK_P) match matrix at <= 4096 elements: 32 per thread at 4 warps
+    block_p = max(16, triton.next_power_of_2(P))
+    block_t = max(16, 4096 // block_p)
+    return block_t, block_p
+
+
+# ----------------------------------------------------------------------------- input checks
+def _is_int(t: torch.Tensor) -> bool:
+    return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
+
+
+def _check_inputs(input_ids, positions, samples, weights, debug: bool) -> None:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, T); got shape {tuple(input_ids.shape)}")
+    if not _is_int(input_ids):
+        raise ValueError(f"input_ids must be an integer tensor; got {input_ids.dtype}")
+    B, T = input_ids.shape
+    for name, t in (("positions", positions), ("samples", samples), ("weights", weights)):
+        if t.dim() != 2 or t.shape[0] != B:
+            raise ValueError(f"{name} must be (B, P) with B={B} (input_ids is {tuple(input_ids.shape)}); "
+                             f"got shape {tuple(t.shape)}")
+        if t.device != input_ids.device:
+            raise ValueError(f"{name} is on {t.device} but input_ids is on {input_ids.device}")
+    if samples.shape != positions.shape or weights.shape != positions.shape:
+        raise ValueError(f"positions, samples and weights must have the same shape (B, P); got "
+                         f"{tuple(positions.shape)}, {tuple(samples.shape)}, {tuple(weights.shape)}")
+    if not _is_int(positions):
+        raise ValueError(f"positions must be an integer tensor; got {positions.dtype}")
+    if not _is_int(samples):
+        raise ValueError(f"samples must be an integer tensor (token ids); got {samples.dtype}")
+    if weights.dtype.is_complex:
+        raise ValueError(f"weights must be float, integer or bool; got {weights.dtype}")
+    # a range check reads the tensor back: free on the CPU, a device sync on CUDA (debug only)
+    if positions.numel() and (positions.device.type == "cpu" or debug):
+        lo, hi = int(positions.min()), int(positions.max())
+        if lo < 0 or hi >= T:
+            raise ValueError(f"positions must lie in [0, T={T}); got values in [{lo}, {hi}]")
+
+
+# ----------------------------------------------------------------------------- host launcher
+def replace_tokens_triton(input_ids: torch.Tensor, positions: torch.Tensor, samples: torch.Tensor,
+                          weights: torch.Tensor, *, debug: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton path (CUDA, or the CPU under TRITON_INTERPRET=1). Same contract as replace_tokens."""
+    _check_inputs(input_ids, positions, samples, weights, debug)
+    input_ids, positions = input_ids.contiguous(), positions.contiguous()
+    samples, weights = samples.contiguous(), weights.contiguous()
+    B, T = input_ids.shape
+    P = positions.shape[1]
+    out = torch.empty_like(input_ids)
+    flag = torch.empty((B, T), dtype=torch.uint8, device=input_ids.device)
+    if B * T:
+        block_t, block_p = _blocks(P)
+        _replace_tokens_kernel[(B,)](input_ids, positions, samples, weights, out, flag, T, P,
+                                     BLOCK_T=block_t, BLOCK_P=block_p, num_warps=4)
+    return out, flag.view(torch.bool)
+
+
+# ----------------------------------------------------------------------------- reference
+def replace_tokens_reference(input_ids: torch.Tensor, positions: torch.Tensor, samples: torch.Tensor,
+                             weights: torch.Tensor, *, debug: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain PyTorch: scatter the samples of real slots, padding slots go to a spare column."""
+    _check_inputs(input_ids, positions, samples, weights, debug)
+    B, T = input_ids.shape
+    # a padding slot may share position 0 with a real slot; send it to column T and drop it
+    cols = torch.where(weights > 0, positions.long(), torch.full_like(positions, T, dtype=torch.long))
+    out = torch.cat([input_ids, input_ids.new_zeros(B, 1)], dim=1)
+    out.scatter_(1, cols, samples.to(input_ids.dtype))
+    out = out[:, :T].contiguous()
+    return out, out != input_ids
+
+
+# ----------------------------------------------------------------------------- autograd
+class ReplaceTokens(torch.autograd.Function):
+    """Integer op: both outputs are non-differentiable; present so the op composes with autograd
+    like the other fused ops (and a float ``weights`` that requires grad does not break it)."""
+
+    @staticmethod
+    def forward(ctx, input_ids, positions, samples, weights, debug=False):
+        out, flag = replace_tokens_triton(input_ids, positions, samples, weights, debug=debug)
+        ctx.mark_non_differentiable(out, flag)
+        return out, flag
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_flag):
+        return None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- dispatch
+def _interpreting() -> bool:
+    """True when the kernels were defined under TRITON_INTERPRET=1 (set before triton's import)."""
+    return not isinstance(_replace_tokens_kernel, triton.JITFunction)
+
+
+def select_backend(device: torch.device | str, backend: str | None = None) -> str:
+    """"triton" or "reference" for tensors on ``device``. ``backend`` None reads the environment
+    variable ELECTRA_FAST_BACKEND ("triton" / "reference"); unset: CUDA -> triton, else reference."""
+    device = torch.device(device)
+    choice = backend if backend is not None else os.environ.get("ELECTRA_FAST_BACKEND", "")
+    choice = choice.strip().lower()
+    if choice in ("", "auto"):
+        return "triton" if device.type == "cuda" else "reference"
+    if choice == "reference":
+        return "reference"
+    if choice == "triton":
+        if device.type != "cuda" and not _interpreting():
+            raise ValueError(f"backend 'triton' on {device.type} tensors needs TRITON_INTERPRET=1 set before "
+                               "triton is imported; use backend='reference' on the CPU")
+        return "triton"
+    raise ValueError(f"backend must be 'triton', 'reference' or None (ELECTRA_FAST_BACKEND); got {choice!r}")
+
+
+def replace_tokens(input_ids: torch.Tensor, positions: torch.Tensor, samples: torch.Tensor,
+                   weights: torch.Tensor, *, backend: str | None = None,
+                   debug: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discriminator input and labels: ``input_ids`` with ``samples`` written where ``weights > 0``.
+
+    input_ids (B, T) integer original ids; positions, samples (B, P) integer, weights (B, P)
+    float/bool in the masking format (padding slots: weight 0). Returns ``(corrupted, is_replaced)``:
+    corrupted (B, T) in input_ids' dtype, is_replaced (B, T) bool = corrupted != input_ids.
+    ``backend``: "triton", "reference" or None (see ``select_backend``); ``debug`` also range-checks
+    positions of CUDA tensors (a device sync).
+    """
+    if select_backend(input_ids.device, backend) == "triton":
+        return ReplaceTokens.apply(input_ids, positions, samples, weights, debug)
+    return replace_tokens_reference(input_ids, positions, samples, weights, debug=debug)
+
+
+# ----------------------------------------------------------------------------- AOT specs
+def aot_specs() -> list[dict]:
+    """Kernel configurations used at ELECTRA-Small (T=128, P=19) and Base (T=512, P=79), for
+    ``tools/compile_kernels.py``. ids and samples int64 (torch's default), weights fp32."""
+    specs = []
+    for preset, P in (("small", 19), ("base", 79)):
+        block_t, block_p = _blocks(P)
+        specs.append({
+            "name": f"replace_tokens[{preset}]",
+            "fn": _replace_tokens_kernel,
+            "signature": {"ids_ptr": "*i64", "pos_ptr": "*i64", "samples_ptr": "*i64", "weights_ptr": "*fp32",
+                          "out_ptr": "*i64", "flag_ptr": "*u8", "T": "i32", "P": "i32",
+                          "BLOCK_T": "constexpr", "BLOCK_P": "constexpr"},
+            "constexprs": {"BLOCK_T": block_t, "BLOCK_P": block_p},
+            "num_warps": 4,
+            "num_stages": 1,
+        })
+    return specs

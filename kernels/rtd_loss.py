@@ -1,0 +1,411 @@
+"""Replaced-token-detection loss: the discriminator's H -> 1 projection fused with sigmoid BCE.
+
+ELECTRA step 5 (DESIGN.md §1): logit = hidden @ weight + bias per token, loss = sigmoid binary
+cross-entropy against is_replaced, averaged over the real tokens.
+
+    loss = rtd_loss(hidden, weight, bias, labels, mask)        # hidden (..., H)
+    loss = rtd_loss_from_logits(logits, labels, mask)          # logits (...)
+
+loss = sum(mask * bce(logit, label)) / sum(mask), fp32, 0.0 (not NaN) when the mask is empty.
+The model scales by n / (n + 1e-6) itself (official: sum(w * l) / (sum(w) + 1e-6)).
+
+The forward kernel reads ``hidden`` once and also stores dlogit = (sigmoid(logit) - label) *
+mask per token, so the backward is a cheap scale by grad / n: one kernel reads hidden once more,
+writes dhidden = dlogit * weight and accumulates per-row-chunk partial sums of
+dweight = sum_tokens dlogit * hidden (summed by torch afterwards: deterministic, no atomics).
+
+This file holds the Triton kernels, their host launchers, the PyTorch reference (the CPU path
+and the test oracle), the autograd wrappers and the dispatch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+__all__ = [
+    "rtd_loss", "rtd_loss_reference", "rtd_loss_triton",
+    "rtd_loss_from_logits", "rtd_loss_from_logits_reference", "rtd_loss_from_logits_triton",
+    "select_backend", "aot_specs",
+]
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+@triton.jit
+def _bce_with_logits(z, y, m):
+    """Per-token masked loss and dloss/dlogit, fp32. No log1p/tanh: the interpreter lacks libdevice."""
+    e = tl.exp(-tl.abs(z))  # in (0, 1]: no overflow for any z
+    loss = tl.maximum(z, 0.0) - z * y + tl.log(1.0 + e)
+    sig = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return loss * m, (sig - y) * m
+
+
+@triton.jit
+def _rtd_fwd_kernel(
+    h_ptr, w_ptr, b_ptr, labels_ptr, mask_ptr,  # (N, H) rows at stride_h, (H,), (), (N,), (N,)
+    dlogit_ptr, partial_ptr,  # (N,) fp32; (3, num_blocks) fp32: loss, mask and dlogit sums
+    N, H, stride_h, num_blocks,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    in_m = rows < N
+    row_off = rows.to(tl.int64) * stride_h
+    acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        cols = h0 + tl.arange(0, BLOCK_H)
+        in_h = cols < H
+        # loads, then fp32: bf16 arithmetic is wrong in the interpreter (DESIGN.md §3)
+        x = tl.load(h_ptr + row_off[:, None] + cols[None, :], mask=in_m[:, None] & in_h[None, :], other=0.0)
+        w = tl.load(w_ptr + cols, mask=in_h, other=0.0)
+        acc += tl.sum(x.to(tl.float32) * w.to(tl.float32)[None, :], axis=1)
+    z = acc + tl.load(b_ptr).to(tl.float32)
+    y = tl.load(labels_ptr + rows, mask=in_m, other=0).to(tl.float32)
+    m = tl.load(mask_ptr + rows, mask=in_m, other=0).to(tl.float32)
+    loss, dlogit = _bce_with_logits(z, y, m)
+    tl.store(dlogit_ptr + rows, dlogit, mask=in_m)
+    tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
+    tl.store(partial_ptr + num_blocks + pid, tl.sum(m, axis=0))
+    tl.store(partial_ptr + 2 * num_blocks + pid, tl.sum(dlogit, axis=0))
+
+
+@triton.jit
+def _rtd_bwd_kernel(
+    h_ptr, w_ptr, dlogit_ptr, scale_ptr,  # (N, H) at stride_h, (H,), (N,) fp32, () fp32 = grad / n
+    dh_ptr, dw_partial_ptr,  # (N, H) contiguous; (num_chunks, H) fp32
+    N, H, stride_h, rows_per_prog,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    # grid (row chunks, H tiles); each program owns rows_per_prog rows (a multiple of BLOCK_M)
+    # of one H tile and writes its own partial dweight row: the sum over chunks is done by torch
+    pid_m = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    in_h = cols < H
+    scale = tl.load(scale_ptr).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=in_h, other=0.0).to(tl.float32) * scale
+    dw = tl.zeros([BLOCK_H], dtype=tl.float32)
+    row0 = pid_m * rows_per_prog
+    for r0 in range(0, rows_per_prog, BLOCK_M):
+        rows = row0 + r0 + tl.arange(0, BLOCK_M)
+        in_m = rows < N
+        tile = in_m[:, None] & in_h[None, :]
+        rows64 = rows.to(tl.int64)
+        dl = tl.load(dlogit_ptr + rows, mask=in_m, other=0.0)
+        x = tl.load(h_ptr + rows64[:, None] * stride_h + cols[None, :], mask=tile, other=0.0).to(tl.float32)
+        dh = dl[:, None] * w[None, :]
+        tl.store(dh_ptr + rows64[:, None] * H + cols[None, :], dh.to(dh_ptr.dtype.element_ty), mask=tile)
+        dw += tl.sum(dl[:, None] * x, axis=0)
+    tl.store(dw_partial_ptr + pid_m.to(tl.int64) * H + cols, dw * scale, mask=in_h)
+
+
+@triton.jit
+def _rtd_logits_fwd_kernel(
+    z_ptr, labels_ptr, mask_ptr,  # (N,) each
+    dlogit_ptr, partial_ptr,  # (N,) fp32; (3, num_blocks) fp32
+    N, num_blocks,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < N
+    z = tl.load(z_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    y = tl.load(labels_ptr + offs, mask=ok, other=0).to(tl.float32)
+    m = tl.load(mask_ptr + offs, mask=ok, other=0).to(tl.float32)
+    loss, dlogit = _bce_with_logits(z, y, m)
+    tl.store(dlogit_ptr + offs, dlogit, mask=ok)
+    tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
+    tl.store(partial_ptr + num_blocks + pid, tl.sum(m, axis=0))
+    tl.store(partial_ptr + 2 * num_blocks + pid, tl.sum(dlogit, axis=0))
+
+
+# ----------------------------------------------------------------------------- block sizes
+_LOGITS_BLOCK = 1024
+
+
+_BWD_PROGRAMS = 512  # backward grid size to aim for: a few waves on any current GPU
+_NUM_WARPS = 8  # with 2048-element tiles: ~60 registers, high occupancy for these memory-bound kernels
+
+
+def _fwd_blocks(H: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_H): 2048-element tiles, 8 per thread (tools/compile_kernels.py: no spills)."""
+    block_h = min(128, max(16, triton.next_power_of_2(H)))
+    return max(16, 2048 // block_h), block_h
+
+
+def _bwd_blocks(N: int, H: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_H, rows_per_prog, num_chunks). About _BWD_PROGRAMS programs whatever the GPU, so the
+    partial-dweight buffer stays small and the result does not depend on the device."""
+    block_h = min(128, max(16, triton.next_power_of_2(H)))
+    block_m = max(16, 2048 // block_h)
+    h_tiles = triton.cdiv(H, block_h)
+    chunks = max(1, min(triton.cdiv(_BWD_PROGRAMS, h_tiles), triton.cdiv(N, block_m)))
+    rows_per_prog = max(1, triton.cdiv(triton.cdiv(N, chunks), block_m)) * block_m
+    return block_m, block_h, rows_per_prog, max(1, triton.cdiv(N, rows_per_prog))
+
+
+# ----------------------------------------------------------------------------- input checks
+def _check_targets(labels, mask, lead: tuple, device, debug: bool) -> None:
+    for name, t in (("labels", labels), ("mask", mask)):
+        if tuple(t.shape) != lead:
+            raise ValueError(f"{name} must have shape {lead} (the leading shape of hidden/logits); "
+                             f"got {tuple(t.shape)}")
+        if t.dtype.is_complex:
+            raise ValueError(f"{name} must be bool, integer or float; got {t.dtype}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but hidden/logits is on {device}")
+    # soft labels are fine, but outside [0, 1] the BCE is meaningless; reading the values back is a
+    # device sync on CUDA, so there only with debug=True
+    if labels.numel() and labels.dtype != torch.bool and (labels.device.type == "cpu" or debug):
+        lo, hi = float(labels.min()), float(labels.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"labels must lie in [0, 1]; got values in [{lo}, {hi}]")
+
+
+def _check_rtd_inputs(hidden, weight, bias, labels, mask, debug: bool) -> None:
+    if hidden.dim() < 1:
+        raise ValueError("hidden must be (..., H); got a 0-dim tensor")
+    if hidden.dtype not in _FLOATS:
+        raise ValueError(f"hidden must be float32, float16 or bfloat16; got {hidden.dtype}")
+    H = hidden.shape[-1]
+    if weight.dim() != 1 or weight.shape[0] != H:
+        raise ValueError(f"weight must be (H,) with H={H} (the last dim of hidden); got shape {tuple(weight.shape)}")
+    if weight.dtype not in _FLOATS:
+        raise ValueError(f"weight must be float32, float16 or bfloat16; got {weight.dtype}")
+    if bias.dim() != 0:
+        raise ValueError(f"bias must be a 0-dim tensor (use bias.view(())); got shape {tuple(bias.shape)}")
+    if bias.dtype not in _FLOATS:
+        raise ValueError(f"bias must be float32, float16 or bfloat16; got {bias.dtype}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.device != hidden.device:
+            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
+    _check_targets(labels, mask, tuple(hidden.shape[:-1]), hidden.device, debug)
+
+
+def _check_logits_inputs(logits, labels, mask, debug: bool) -> None:
+    if logits.dtype not in _FLOATS:
+        raise ValueError(f"logits must be float32, float16 or bfloat16; got {logits.dtype}")
+    _check_targets(labels, mask, tuple(logits.shape), logits.device, debug)
+
+
+def _mean(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, n) from the [loss sum, mask sum] pair, without a host sync; 0 when n == 0."""
+    n = sums[1]
+    n_safe = torch.where(n > 0, n, torch.ones_like(n))
+    return sums[0] / n_safe, n_safe
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).contiguous()
+
+
+# ----------------------------------------------------------------------------- host launchers
+def _rtd_forward(hidden, weight, bias, labels, mask):
+    """Launch the fused forward. Returns (loss, n_safe, dlogit (N,) fp32, dlogit sum, h2d)."""
+    H = hidden.shape[-1]
+    h2d = hidden.reshape(-1, H)
+    if h2d.stride(-1) != 1:
+        h2d = h2d.contiguous()
+    N = h2d.shape[0]
+    block_m, block_h = _fwd_blocks(H)
+    num_blocks = max(1, triton.cdiv(N, block_m))
+    dlogit = torch.empty(N, dtype=torch.float32, device=hidden.device)
+    partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=hidden.device)
+    if N:
+        _rtd_fwd_kernel[(num_blocks,)](h2d, weight.contiguous(), bias, _flat(labels), _flat(mask), dlogit, partial,
+                                       N, H, h2d.stride(0), num_blocks, BLOCK_M=block_m, BLOCK_H=block_h,
+                                       num_warps=_NUM_WARPS)
+    sums = partial.sum(dim=1)
+    loss, n_safe = _mean(sums)
+    return loss, n_safe, dlogit, sums[2], h2d
+
+
+def _rtd_backward(h2d, weight, dlogit, scale, hidden_dtype):
+    """dhidden (N, H) and dweight (H,) for dlogit scaled by ``scale`` (a 0-dim fp32 tensor)."""
+    N, H = h2d.shape
+    dh = torch.empty((N, H), dtype=hidden_dtype, device=h2d.device)
+    block_m, block_h, rows_per_prog, chunks = _bwd_blocks(N, H)
+    dw_partial = torch.zeros(chunks, H, dtype=torch.float32, device=h2d.device)
+    if N:
+        _rtd_bwd_kernel[(chunks, triton.cdiv(H, block_h))](
+            h2d, weight.contiguous(), dlogit, scale, dh, dw_partial, N, H, h2d.stride(0), rows_per_prog,
+            BLOCK_M=block_m, BLOCK_H=block_h, num_warps=_NUM_WARPS)
+    return dh, dw_partial.sum(dim=0)
+
+
+def rtd_loss_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
+                    mask: torch.Tensor, *, debug: bool = False) -> torch.Tensor:
+    """Triton path (CUDA, or the CPU under TRITON_INTERPRET=1), differentiable. See rtd_loss."""
+    _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
+    return RTDLoss.apply(hidden, weight, bias, labels, mask)
+
+
+def rtd_loss_from_logits_triton(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
+                                debug: bool = False) -> torch.Tensor:
+    """Triton path of rtd_loss_from_logits, differentiable."""
+    _check_logits_inputs(logits, labels, mask, debug)
+    return RTDLossFromLogits.apply(logits, labels, mask)
+
+
+# ----------------------------------------------------------------------------- references
+def rtd_loss_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
+                       mask: torch.Tensor, *, debug: bool = False) -> torch.Tensor:
+    """Plain PyTorch, fp32 logits; differentiable through torch autograd."""
+    _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
+    logits = hidden.float() @ weight.float() + bias.float()
+    return _masked_bce_mean(logits, labels, mask)
+
+
+def rtd_loss_from_logits_reference(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
+                                   debug: bool = False) -> torch.Tensor:
+    """Plain PyTorch reference of rtd_loss_from_logits."""
+    _check_logits_inputs(logits, labels, mask, debug)
+    return _masked_bce_mean(logits.float(), labels, mask)
+
+
+def _masked_bce_mean(logits, labels, mask):
+    m = mask.float()
+    total = F.binary_cross_entropy_with_logits(logits, labels.float(), weight=m, reduction="sum")
+    n = m.sum()
+    return total / torch.where(n > 0, n, torch.ones_like(n))
+
+
+# ----------------------------------------------------------------------------- autograd
+class RTDLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, mask):
+        loss, n_safe, dlogit, dlogit_sum, h2d = _rtd_forward(hidden, weight, bias, labels, mask)
+        ctx.save_for_backward(h2d, weight, dlogit, dlogit_sum, n_safe)
+        ctx.hidden_shape, ctx.hidden_dtype, ctx.bias_dtype = hidden.shape, hidden.dtype, bias.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        h2d, weight, dlogit, dlogit_sum, n_safe = ctx.saved_tensors
+        scale = (grad.float() / n_safe).contiguous()  # 0-dim, stays on the device: no sync
+        dhidden = dweight = dbias = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            dh, dw = _rtd_backward(h2d, weight, dlogit, scale, ctx.hidden_dtype)
+            dhidden = dh.view(ctx.hidden_shape) if ctx.needs_input_grad[0] else None
+            dweight = dw.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        if ctx.needs_input_grad[2]:
+            dbias = (dlogit_sum * scale).to(ctx.bias_dtype)
+        return dhidden, dweight, dbias, None, None
+
+
+class RTDLossFromLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, mask):
+        N = logits.numel()
+        num_blocks = max(1, triton.cdiv(N, _LOGITS_BLOCK))
+        dlogit = torch.empty(N, dtype=torch.float32, device=logits.device)
+        partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=logits.device)
+        if N:
+            _rtd_logits_fwd_kernel[(num_blocks,)](_flat(logits), _flat(labels), _flat(mask), dlogit, partial,
+                                                  N, num_blocks, BLOCK=_LOGITS_BLOCK, num_warps=4)
+        loss, n_safe = _mean(partial.sum(dim=1))
+        ctx.save_for_backward(dlogit, n_safe)
+        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        dlogit, n_safe = ctx.saved_tensors
+        dlogits = (dlogit * (grad.float() / n_safe)).to(ctx.logits_dtype).view(ctx.logits_shape)
+        return dlogits, None, None
+
+
+# ----------------------------------------------------------------------------- dispatch
+def _interpreting() -> bool:
+    """True when the kernels were defined under TRITON_INTERPRET=1 (set before triton's import)."""
+    return not isinstance(_rtd_fwd_kernel, triton.JITFunction)
+
+
+def select_backend(device: torch.device | str, backend: str | None = None) -> str:
+    """"triton" or "reference" for tensors on ``device``. ``backend`` None reads the environment
+    variable ELECTRA_FAST_BACKEND ("triton" / "reference"); unset: CUDA -> triton, else reference."""
+    device = torch.device(device)
+    choice = backend if backend is not None else os.environ.get("ELECTRA_FAST_BACKEND", "")
+    choice = choice.strip().lower()
+    if choice in ("", "auto"):
+        return "triton" if device.type == "cuda" else "reference"
+    if choice == "reference":
+        return "reference"
+    if choice == "triton":
+        if device.type != "cuda" and not _interpreting():
+            raise ValueError(f"backend 'triton' on {device.type} tensors needs TRITON_INTERPRET=1 set before "
+                               "triton is imported; use backend='reference' on the CPU")
+        return "triton"
+    raise ValueError(f"backend must be 'triton', 'reference' or None (ELECTRA_FAST_BACKEND); got {choice!r}")
+
+
+def rtd_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
+             mask: torch.Tensor, *, backend: str | None = None, debug: bool = False) -> torch.Tensor:
+    """Mean sigmoid BCE of the discriminator's logits over the masked-in tokens.
+
+    hidden (..., H) float32/float16/bfloat16, weight (H,), bias 0-dim; logits = hidden @ weight +
+    bias in fp32. labels (...) bool/int/float in [0, 1] (1 = replaced); mask (...) bool/float.
+    Returns the fp32 0-dim loss sum(mask * bce) / sum(mask), 0.0 when the mask is empty.
+    Differentiable w.r.t. hidden, weight and bias. ``backend``: "triton", "reference" or None
+    (see ``select_backend``); ``debug`` also range-checks CUDA labels (a device sync).
+    """
+    if select_backend(hidden.device, backend) == "triton":
+        return rtd_loss_triton(hidden, weight, bias, labels, mask, debug=debug)
+    return rtd_loss_reference(hidden, weight, bias, labels, mask, debug=debug)
+
+
+def rtd_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
+                         backend: str | None = None, debug: bool = False) -> torch.Tensor:
+    """rtd_loss for trainers that already have the logits (...): same labels, mask and result.
+    Differentiable w.r.t. logits."""
+    if select_backend(logits.device, backend) == "triton":
+        return rtd_loss_from_logits_triton(logits, labels, mask, debug=debug)
+    return rtd_loss_from_logits_reference(logits, labels, mask, debug=debug)
+
+
+# ----------------------------------------------------------------------------- AOT specs
+_FWD_SIGNATURE = {"h_ptr": "*{dt}", "w_ptr": "*fp32", "b_ptr": "*fp32", "labels_ptr": "*i1", "mask_ptr": "*i1",
+                  "dlogit_ptr": "*fp32", "partial_ptr": "*fp32", "N": "i32", "H": "i32", "stride_h": "i32",
+                  "num_blocks": "i32", "BLOCK_M": "constexpr", "BLOCK_H": "constexpr"}
+_BWD_SIGNATURE = {"h_ptr": "*{dt}", "w_ptr": "*fp32", "dlogit_ptr": "*fp32", "scale_ptr": "*fp32",
+                  "dh_ptr": "*{dt}", "dw_partial_ptr": "*fp32", "N": "i32", "H": "i32", "stride_h": "i32",
+                  "rows_per_prog": "i32", "BLOCK_M": "constexpr", "BLOCK_H": "constexpr"}
+_LOGITS_SIGNATURE = {"z_ptr": "*{dt}", "labels_ptr": "*i1", "mask_ptr": "*i1", "dlogit_ptr": "*fp32",
+                     "partial_ptr": "*fp32", "N": "i32", "num_blocks": "i32", "BLOCK": "constexpr"}
+
+
+def aot_specs() -> list[dict]:
+    """Kernel configurations at ELECTRA-Small (B=128, T=128, H=256) and Base (B=256, T=512,
+    H=768) for ``tools/compile_kernels.py``: hidden fp16/bf16, weight and bias fp32 (parameters
+    under autocast), bool labels and mask. Presets that launch the same configuration share a spec."""
+    configs: dict[tuple, list[str]] = {}  # (kernel, BLOCK_M, BLOCK_H) -> presets
+    for preset, N, H in (("small", 128 * 128, 256), ("base", 256 * 512, 768)):
+        configs.setdefault(("fwd", *_fwd_blocks(H)), []).append(preset)
+        configs.setdefault(("bwd", *_bwd_blocks(N, H)[:2]), []).append(preset)
+    specs = []
+    for (kind, block_m, block_h), presets in configs.items():
+        for dt in ("fp16", "bf16"):
+            specs.append({
+                "name": f"rtd_{kind}[{'+'.join(presets)},{dt}]",
+                "fn": _rtd_fwd_kernel if kind == "fwd" else _rtd_bwd_kernel,
+                "signature": {k: v.format(dt=dt) for k, v in (_FWD_SIGNATURE if kind == "fwd" else _BWD_SIGNATURE).items()},
+                "constexprs": {"BLOCK_M": block_m, "BLOCK_H": block_h},
+                "num_warps": _NUM_WARPS,
+                "num_stages": 1,
+            })
+    for dt in ("fp32", "bf16"):  # shape-independent block size
+        specs.append({
+            "name": f"rtd_logits_fwd[{dt}]",
+            "fn": _rtd_logits_fwd_kernel,
+            "signature": {k: v.format(dt=dt) for k, v in _LOGITS_SIGNATURE.items()},
+            "constexprs": {"BLOCK": _LOGITS_BLOCK},
+            "num_warps": 4,
+            "num_stages": 1,
+        })
+    return specs
