@@ -16,8 +16,10 @@ They follow the data flow of one pre-training step (DESIGN.md §1):
 Each op runs its Triton kernel on CUDA tensors and its plain PyTorch reference on CPU tensors.
 ``backend="triton"`` / ``"reference"`` (or the environment variable ELECTRA_FAST_BACKEND) forces
 one; the Triton path on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported.
-``backend(device)`` says which one a call will take. The kernels, references and autograd
-wrappers live one op per file in ``electra_fast.kernels``.
+``backend(device)`` says which one a call will take. The Triton paths are torch custom ops
+(``torch.ops.electra_fast.*``, with fake implementations and registered gradients), so
+``torch.compile(fullgraph=True)`` traces a training step through them without graph breaks. The
+kernels, references and autograd wrappers live one op per file in ``electra_fast.kernels``.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ format (``electra_fast.masking``): real slots have weight > 0, padding slots wei
 position 0, real positions are distinct. Returns corrupted (B, T) with input_ids' dtype and
 is_replaced (B, T) bool. Integer op: no gradients.
 
-This file holds the four pieces of the op: the Triton kernel, its host launcher, the PyTorch
-reference (the CPU path and the test oracle), the autograd wrapper and the dispatch.
+This file holds the pieces of the op: the Triton kernel, its host launcher (a torch custom op;
+no autograd wrapper is needed for an integer op), the PyTorch reference (the CPU path and the
+test oracle) and the dispatch.
 """
 
 from __future__ import annotations
@@ -94,17 +95,23 @@ def _check_inputs(input_ids, positions, samples, weights, debug: bool) -> None:
     if weights.dtype.is_complex:
         raise ValueError(f"weights must be float, integer or bool; got {weights.dtype}")
     # a range check reads the tensor back: free on the CPU, a device sync on CUDA (debug only)
-    if positions.numel() and (positions.device.type == "cpu" or debug):
+    if (positions.numel() and (positions.device.type == "cpu" or debug)
+            and not torch.compiler.is_compiling()):  # a traced graph cannot branch on values
         lo, hi = int(positions.min()), int(positions.max())
         if lo < 0 or hi >= T:
             raise ValueError(f"positions must lie in [0, T={T}); got values in [{lo}, {hi}]")
 
 
 # ----------------------------------------------------------------------------- host launcher
-def replace_tokens_triton(input_ids: torch.Tensor, positions: torch.Tensor, samples: torch.Tensor,
-                          weights: torch.Tensor, *, debug: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton path (CUDA, or the CPU under TRITON_INTERPRET=1). Same contract as replace_tokens."""
-    _check_inputs(input_ids, positions, samples, weights, debug)
+# The Triton path is a torch custom op with a fake (shape-only) implementation, so
+# torch.compile(fullgraph=True) traces it as one opaque node and a CUDA graph can capture it.
+# An integer op needs no autograd wrapper: its outputs are integer and bool, which autograd never
+# tracks, and ``weights`` is detached on the way in (a float weight may require grad). The schema
+# is spelled out: this file uses ``from __future__ import annotations``, which older torch cannot
+# infer a schema from.
+@torch.library.custom_op("electra_fast::replace_tokens", mutates_args=(), schema=(
+    "(Tensor input_ids, Tensor positions, Tensor samples, Tensor weights) -> (Tensor, Tensor)"))
+def _replace_tokens_op(input_ids, positions, samples, weights):
     input_ids, positions = input_ids.contiguous(), positions.contiguous()
     samples, weights = samples.contiguous(), weights.contiguous()
     B, T = input_ids.shape
@@ -116,6 +123,19 @@ def replace_tokens_triton(input_ids: torch.Tensor, positions: torch.Tensor, samp
         _replace_tokens_kernel[(B,)](input_ids, positions, samples, weights, out, flag, T, P,
                                      BLOCK_T=block_t, BLOCK_P=block_p, num_warps=4)
     return out, flag.view(torch.bool)
+
+
+@_replace_tokens_op.register_fake
+def _(input_ids, positions, samples, weights):
+    out = torch.empty_like(input_ids, memory_format=torch.contiguous_format)
+    return out, torch.empty(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+
+
+def replace_tokens_triton(input_ids: torch.Tensor, positions: torch.Tensor, samples: torch.Tensor,
+                          weights: torch.Tensor, *, debug: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton path (CUDA, or the CPU under TRITON_INTERPRET=1). Same contract as replace_tokens."""
+    _check_inputs(input_ids, positions, samples, weights, debug)
+    return _replace_tokens_op(input_ids, positions, samples, weights.detach())
 
 
 # ----------------------------------------------------------------------------- reference
@@ -130,22 +150,6 @@ def replace_tokens_reference(input_ids: torch.Tensor, positions: torch.Tensor, s
     out.scatter_(1, cols, samples.to(input_ids.dtype))
     out = out[:, :T].contiguous()
     return out, out != input_ids
-
-
-# ----------------------------------------------------------------------------- autograd
-class ReplaceTokens(torch.autograd.Function):
-    """Integer op: both outputs are non-differentiable; present so the op composes with autograd
-    like the other fused ops (and a float ``weights`` that requires grad does not break it)."""
-
-    @staticmethod
-    def forward(ctx, input_ids, positions, samples, weights, debug=False):
-        out, flag = replace_tokens_triton(input_ids, positions, samples, weights, debug=debug)
-        ctx.mark_non_differentiable(out, flag)
-        return out, flag
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_flag):
-        return None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -184,7 +188,7 @@ def replace_tokens(input_ids: torch.Tensor, positions: torch.Tensor, samples: to
     positions of CUDA tensors (a device sync).
     """
     if select_backend(input_ids.device, backend) == "triton":
-        return ReplaceTokens.apply(input_ids, positions, samples, weights, debug)
+        return replace_tokens_triton(input_ids, positions, samples, weights, debug=debug)
     return replace_tokens_reference(input_ids, positions, samples, weights, debug=debug)
 
 

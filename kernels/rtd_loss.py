@@ -15,7 +15,8 @@ writes dhidden = dlogit * weight and accumulates per-row-chunk partial sums of
 dweight = sum_tokens dlogit * hidden (summed by torch afterwards: deterministic, no atomics).
 
 This file holds the Triton kernels, their host launchers, the PyTorch reference (the CPU path
-and the test oracle), the autograd wrappers and the dispatch.
+and the test oracle), the autograd wrappers (torch custom ops with register_autograd, so
+torch.compile(fullgraph=True) traces them) and the dispatch.
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ def _check_targets(labels, mask, lead: tuple, device, debug: bool) -> None:
             raise ValueError(f"{name} is on {t.device} but hidden/logits is on {device}")
     # soft labels are fine, but outside [0, 1] the BCE is meaningless; reading the values back is a
     # device sync on CUDA, so there only with debug=True
-    if labels.numel() and labels.dtype != torch.bool and (labels.device.type == "cpu" or debug):
+    if (labels.numel() and labels.dtype != torch.bool and (labels.device.type == "cpu" or debug)
+            and not torch.compiler.is_compiling()):  # a traced graph cannot branch on values
         lo, hi = float(labels.min()), float(labels.max())
         if lo < 0 or hi > 1:
             raise ValueError(f"labels must lie in [0, 1]; got values in [{lo}, {hi}]")
@@ -223,7 +225,7 @@ def _rtd_forward(hidden, weight, bias, labels, mask):
                                        num_warps=_NUM_WARPS)
     sums = partial.sum(dim=1)
     loss, n_safe = _mean(sums)
-    return loss, n_safe, dlogit, sums[2], h2d
+    return loss, n_safe, dlogit, sums[2].clone(), h2d
 
 
 def _rtd_backward(h2d, weight, dlogit, scale, hidden_dtype):
@@ -243,14 +245,14 @@ def rtd_loss_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                     mask: torch.Tensor, *, debug: bool = False) -> torch.Tensor:
     """Triton path (CUDA, or the CPU under TRITON_INTERPRET=1), differentiable. See rtd_loss."""
     _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
-    return RTDLoss.apply(hidden, weight, bias, labels, mask)
+    return _rtd_fwd_op(hidden, weight, bias, labels, mask)[0]
 
 
 def rtd_loss_from_logits_triton(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
                                 debug: bool = False) -> torch.Tensor:
     """Triton path of rtd_loss_from_logits, differentiable."""
     _check_logits_inputs(logits, labels, mask, debug)
-    return RTDLossFromLogits.apply(logits, labels, mask)
+    return _rtd_logits_fwd_op(logits, labels, mask)[0]
 
 
 # ----------------------------------------------------------------------------- references
@@ -277,48 +279,96 @@ def _masked_bce_mean(logits, labels, mask):
 
 
 # ----------------------------------------------------------------------------- autograd
-class RTDLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, mask):
-        loss, n_safe, dlogit, dlogit_sum, h2d = _rtd_forward(hidden, weight, bias, labels, mask)
-        ctx.save_for_backward(h2d, weight, dlogit, dlogit_sum, n_safe)
-        ctx.hidden_shape, ctx.hidden_dtype, ctx.bias_dtype = hidden.shape, hidden.dtype, bias.dtype
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad):
-        h2d, weight, dlogit, dlogit_sum, n_safe = ctx.saved_tensors
-        scale = (grad.float() / n_safe).contiguous()  # 0-dim, stays on the device: no sync
-        dhidden = dweight = dbias = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dh, dw = _rtd_backward(h2d, weight, dlogit, scale, ctx.hidden_dtype)
-            dhidden = dh.view(ctx.hidden_shape) if ctx.needs_input_grad[0] else None
-            dweight = dw.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        if ctx.needs_input_grad[2]:
-            dbias = (dlogit_sum * scale).to(ctx.bias_dtype)
-        return dhidden, dweight, dbias, None, None
+# The Triton path is a pair of torch custom ops per function (forward, backward) with fake
+# (shape-only) implementations, so torch.compile(fullgraph=True) traces each as one opaque node
+# and a CUDA graph can capture it; register_autograd ties the backward op to the forward op.
+# Schemas are spelled out rather than inferred from annotations (this file uses
+# ``from __future__ import annotations``, which older torch cannot infer from).
+_T4 = "(Tensor, Tensor, Tensor, Tensor)"
 
 
-class RTDLossFromLogits(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, labels, mask):
-        N = logits.numel()
-        num_blocks = max(1, triton.cdiv(N, _LOGITS_BLOCK))
-        dlogit = torch.empty(N, dtype=torch.float32, device=logits.device)
-        partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=logits.device)
-        if N:
-            _rtd_logits_fwd_kernel[(num_blocks,)](_flat(logits), _flat(labels), _flat(mask), dlogit, partial,
-                                                  N, num_blocks, BLOCK=_LOGITS_BLOCK, num_warps=4)
-        loss, n_safe = _mean(partial.sum(dim=1))
-        ctx.save_for_backward(dlogit, n_safe)
-        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
-        return loss
+@torch.library.custom_op("electra_fast::rtd_loss_fwd", mutates_args=(), schema=(
+    f"(Tensor hidden, Tensor weight, Tensor bias, Tensor labels, Tensor mask) -> {_T4}"))
+def _rtd_fwd_op(hidden, weight, bias, labels, mask):
+    """(loss, n_safe, dlogit (N,) fp32, dlogit sum): everything the backward needs besides inputs."""
+    loss, n_safe, dlogit, dlogit_sum, _ = _rtd_forward(hidden, weight, bias, labels, mask)
+    return loss, n_safe, dlogit, dlogit_sum
 
-    @staticmethod
-    def backward(ctx, grad):
-        dlogit, n_safe = ctx.saved_tensors
-        dlogits = (dlogit * (grad.float() / n_safe)).to(ctx.logits_dtype).view(ctx.logits_shape)
-        return dlogits, None, None
+
+@_rtd_fwd_op.register_fake
+def _(hidden, weight, bias, labels, mask):
+    scalar = lambda: hidden.new_empty((), dtype=torch.float32)
+    return scalar(), scalar(), hidden.new_empty(labels.numel(), dtype=torch.float32), scalar()
+
+
+@torch.library.custom_op("electra_fast::rtd_loss_bwd", mutates_args=(), schema=(
+    "(Tensor hidden, Tensor weight, Tensor dlogit, Tensor scale) -> (Tensor, Tensor)"))
+def _rtd_bwd_op(hidden, weight, dlogit, scale):
+    """(dhidden like hidden, dweight (H,) fp32) for dlogit scaled by the 0-dim ``scale``."""
+    H = hidden.shape[-1]
+    h2d = hidden.reshape(-1, H)
+    if h2d.stride(-1) != 1:
+        h2d = h2d.contiguous()
+    dh, dw = _rtd_backward(h2d, weight, dlogit, scale, hidden.dtype)
+    return dh.view(hidden.shape), dw
+
+
+@_rtd_bwd_op.register_fake
+def _(hidden, weight, dlogit, scale):
+    return torch.empty_like(hidden, memory_format=torch.contiguous_format), \
+        weight.new_empty(weight.shape, dtype=torch.float32)
+
+
+def _rtd_setup_context(ctx, inputs, output):
+    hidden, weight, bias, _, _ = inputs
+    _, n_safe, dlogit, dlogit_sum = output
+    ctx.save_for_backward(hidden, weight, dlogit, dlogit_sum, n_safe)
+    ctx.bias_dtype = bias.dtype
+
+
+def _rtd_backward_rule(ctx, grad, *unused_grads):
+    hidden, weight, dlogit, dlogit_sum, n_safe = ctx.saved_tensors
+    scale = grad.float() / n_safe  # 0-dim, stays on the device: no sync
+    dhidden, dweight = _rtd_bwd_op(hidden, weight, dlogit, scale)
+    return dhidden, dweight.to(weight.dtype), (dlogit_sum * scale).to(ctx.bias_dtype), None, None
+
+
+_rtd_fwd_op.register_autograd(_rtd_backward_rule, setup_context=_rtd_setup_context)
+
+
+@torch.library.custom_op("electra_fast::rtd_loss_from_logits_fwd", mutates_args=(), schema=(
+    "(Tensor logits, Tensor labels, Tensor mask) -> (Tensor, Tensor, Tensor)"))
+def _rtd_logits_fwd_op(logits, labels, mask):
+    """(loss, n_safe, dlogit (N,) fp32)."""
+    N = logits.numel()
+    num_blocks = max(1, triton.cdiv(N, _LOGITS_BLOCK))
+    dlogit = torch.empty(N, dtype=torch.float32, device=logits.device)
+    partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=logits.device)
+    if N:
+        _rtd_logits_fwd_kernel[(num_blocks,)](_flat(logits), _flat(labels), _flat(mask), dlogit, partial,
+                                              N, num_blocks, BLOCK=_LOGITS_BLOCK, num_warps=4)
+    loss, n_safe = _mean(partial.sum(dim=1))
+    return loss, n_safe, dlogit
+
+
+@_rtd_logits_fwd_op.register_fake
+def _(logits, labels, mask):
+    scalar = lambda: logits.new_empty((), dtype=torch.float32)
+    return scalar(), scalar(), logits.new_empty(logits.numel(), dtype=torch.float32)
+
+
+def _rtd_logits_setup_context(ctx, inputs, output):
+    logits = inputs[0]
+    ctx.save_for_backward(output[2], output[1])
+    ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+
+
+def _rtd_logits_backward_rule(ctx, grad, *unused_grads):
+    dlogit, n_safe = ctx.saved_tensors
+    return (dlogit * (grad.float() / n_safe)).to(ctx.logits_dtype).view(ctx.logits_shape), None, None
+
+
+_rtd_logits_fwd_op.register_autograd(_rtd_logits_backward_rule, setup_context=_rtd_logits_setup_context)
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -169,3 +169,13 @@ def test_dispatch(monkeypatch):
     want = python_loop(ids, positions, samples, weights)
     got = ops.replace_tokens(ids, positions, samples, weights)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_custom_op_passes_opcheck_and_compiles(backend):
+    ids, positions, samples, weights = (t.to(DEVICE) for t in make_batch(3, 29, 6))
+    torch.library.opcheck(rt._replace_tokens_op, (ids, positions, samples, weights))
+    compiled = torch.compile(lambda *a: rt.replace_tokens(*a, backend=backend), fullgraph=True, backend="aot_eager")
+    got_ids, got_flags = compiled(ids, positions, samples, weights)
+    want_ids, want_flags = python_loop(*(t.cpu() for t in (ids, positions, samples, weights)))
+    assert torch.equal(got_ids.cpu(), want_ids) and torch.equal(got_flags.cpu(), want_flags)

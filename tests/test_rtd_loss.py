@@ -218,3 +218,28 @@ def test_public_api(monkeypatch):
     assert ops.backend(DEVICE) == ("triton" if DEVICE == "cuda" else "reference")
     monkeypatch.setenv("ELECTRA_FAST_BACKEND", "reference")
     assert ops.backend("cuda") == "reference"
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_custom_ops_pass_opcheck(backend):
+    # schema, fake (meta) implementation and autograd registration agree with the real kernels
+    hidden, weight, bias, labels, mask = make_inputs((3, 7), 40, torch.float32)
+    torch.library.opcheck(rl._rtd_fwd_op, (hidden, weight, bias, labels, mask))
+    dlogit = torch.randn(21, device=DEVICE)
+    torch.library.opcheck(rl._rtd_bwd_op, (hidden.detach(), weight.detach(), dlogit, torch.tensor(0.3, device=DEVICE)))
+    logits = torch.randn(3, 7, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(rl._rtd_logits_fwd_op, (logits, labels, mask.float()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_torch_compile_fullgraph(backend):
+    # the Triton path traces without graph breaks (aot_eager: no C++ compiler needed on the CPU)
+    hidden, weight, bias, labels, mask = make_inputs((3, 29), 40, torch.float32)
+    step = lambda h, w, b, y, m: (rl.rtd_loss(h, w, b, y, m, backend=backend)
+                                  + rl.rtd_loss_from_logits(h @ w + b, y, m, backend=backend))
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    want = torch.autograd.grad(step(hidden, weight, bias, labels, mask), (hidden, weight, bias))
+    loss = compiled(hidden, weight, bias, labels, mask)
+    got = torch.autograd.grad(loss, (hidden, weight, bias))
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
