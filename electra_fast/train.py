@@ -96,10 +96,9 @@ def resolve_config(args, saved: dict | None) -> ElectraConfig:
             over[name] = v
     if args.gdes:
         over["gdes"] = True
-    for name in ("train_steps", "batch_size", "max_seq_length"):
+    for flag, name in (("--steps", "train_steps"), ("--batch-size", "batch_size"), ("--seq-len", "max_seq_length")):
         if name in over and over[name] <= 0:
-            raise TrainError(f"--{name.replace('_', '-').replace('train-', '').replace('max-seq-length', 'seq-len')} "
-                             f"must be positive, got {over[name]}")
+            raise TrainError(f"{flag} must be positive, got {over[name]}")
     if args.grad_accum <= 0:
         raise TrainError(f"--grad-accum must be positive, got {args.grad_accum}")
     if "warmup_steps" in over and over["warmup_steps"] < 0:
@@ -213,6 +212,9 @@ def evaluate(model, batches, device, autocast, most_frequent_id: int | None = No
     return res
 
 
+# flags that define a run: a resumed run takes them from its checkpoint, not the command line
+RUN_ARGS = ("preset", "data", "errors", "vocab", "objective", "whole_word", "grad_accum", "seed")
+
 _MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_ids",
                "masked_weights", "original_ids")
 
@@ -257,43 +259,48 @@ def _setup_distributed(device_flag):
 
 
 def _prepare_data(args, cfg, out_dir: Path, rank: int, world: int, resumed: bool):
-    """corpus -> tokenizer -> packed example shards (rank 0 builds them, the others wait)."""
+    """corpus -> tokenizer -> packed example shards. Rank 0 builds them; the others wait at a
+    barrier, then read the same vocabulary (the tokenizers trainer is not bit-reproducible
+    across processes, so every rank must use the saved one)."""
     from .corpus import default_corpus, read_corpus
     from .data import prepare_dataset
     from .tokenizer import load_tokenizer, train_tokenizer
 
     vocab_dir = out_dir / "vocab"
-    docs = None
-    if resumed or (vocab_dir / "vocab.txt").exists():
-        tok = load_tokenizer(vocab_dir)  # the run's own vocabulary: checkpoints stay self-describing
-    elif args.vocab:
-        tok = load_tokenizer(args.vocab)
-    else:
-        vsize = args.vocab_size or (4096 if args.preset == "tiny" else 30522)
-        if vsize < 16:
-            raise TrainError(f"--vocab-size {vsize} is too small; use at least 16")
-        docs = list(read_corpus(args.data, errors=args.errors)) if args.data else default_corpus()
-        say(f"training a WordPiece vocabulary of {vsize} on the corpus ({len(docs)} documents)", rank=rank)
-        tok = train_tokenizer(docs, vsize)
-    if rank == 0 and not (vocab_dir / "vocab.txt").exists():
-        tok.save(vocab_dir)
     data_dir = out_dir / "data"
     if rank == 0:
+        docs = None
+        if resumed or (vocab_dir / "vocab.txt").exists():
+            tok = load_tokenizer(vocab_dir)  # the run's own vocabulary: checkpoints stay self-describing
+        elif args.vocab:
+            tok = load_tokenizer(args.vocab)
+        else:
+            vsize = args.vocab_size or (4096 if args.preset == "tiny" else 30522)
+            if vsize < 16:
+                raise TrainError(f"--vocab-size {vsize} is too small; use at least 16")
+            docs = list(read_corpus(args.data, errors=args.errors)) if args.data else default_corpus()
+            say(f"training a WordPiece vocabulary of {vsize} on the corpus ({len(docs)} documents)")
+            tok = train_tokenizer(docs, vsize)
+        if not (vocab_dir / "vocab.txt").exists():
+            tok.save(vocab_dir)
         source = args.data if args.data else docs  # None: the embedded corpus
         ds = prepare_dataset(source, tok, data_dir, cfg.max_seq_length, seed=args.seed, num_workers=args.workers,
                              progress=not args.no_progress, errors=args.errors)
-        counts = ds.num_examples
-        say(f"data: {counts} examples of <= {cfg.max_seq_length} tokens in {data_dir}"
-            + (" (reused)" if ds.reused else ""), rank=rank)
+        say(f"data: {ds.num_examples} examples of <= {cfg.max_seq_length} tokens in {data_dir}"
+            + (" (reused)" if ds.reused else ""))
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
+    if rank != 0:
+        tok = load_tokenizer(vocab_dir)
     return tok, data_dir
 
 
 def train(args) -> int:
     t_start = time.time()
+    if args.data:  # absolute, so that --resume works from any folder
+        args.data = [str(Path(p).expanduser().absolute()) for p in args.data]
     rank, world, device = _setup_distributed(args.device)
     out_dir = Path(args.resume or args.out or f"runs/{args.preset}")
     resume_state = None
@@ -302,7 +309,8 @@ def train(args) -> int:
             raise TrainError(f"--resume {args.resume}: no such run folder")
         resume_state, ck_path = load_latest(args.resume, log=lambda m: say(m, rank=rank))
         say(f"resuming from {ck_path} (step {resume_state['step']})", rank=rank)
-        args.objective = resume_state.get("objective", args.objective)
+        for k, v in resume_state.get("run_args", {}).items():  # the run's data, seed, objective, ...
+            setattr(args, k, v)
     cfg = resolve_config(args, resume_state["config"] if resume_state else None)
     if cfg.batch_size % (world * args.grad_accum):
         raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by ranks x --grad-accum "
@@ -391,6 +399,7 @@ def train(args) -> int:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "step": at_step, "config": cfg.to_dict(),
                  "objective": args.objective, "vocab_hash": tok.vocab_hash(),
+                 "run_args": {k: getattr(args, k) for k in RUN_ARGS},
                  "loader": loader_states, "rng": rngs, "world_size": world,
                  "scaler": scaler.state_dict() if scaler else None}
         return save_checkpoint(state, out_dir, at_step, keep=args.keep)
@@ -513,8 +522,22 @@ def train(args) -> int:
     if world > 1:
         import torch.distributed as dist
 
+        digests = _gather(_param_digest(model), world)
+        if len(set(digests)) != 1:
+            raise TrainError(f"parameters differ between ranks after step {step}: {digests}")
+        say(f"parameters identical on all {world} ranks (sha256 {digests[0][:16]})", rank=rank)
         dist.destroy_process_group()
     return 0
+
+
+def _param_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _gather(obj, world: int):

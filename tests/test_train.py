@@ -1,0 +1,181 @@
+"""The training CLI end to end on the CPU: exact resume after SIGKILL, signals, DDP with gloo,
+and one clear error line for each bad input."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from electra_fast.checkpoint import list_checkpoints, load_checkpoint
+from electra_fast.train import lr_lambda, main, roc_auc
+
+WORDS = ("the cat sat on a mat while dogs ran in the park and birds sang over trees near quiet rivers "
+         "where children played games with bright red balls every sunny morning before school began").split()
+
+
+def _corpus(folder: Path, n_docs=40, seed=None) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = []
+    for _ in range(n_docs):
+        sents = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(rng.randint(3, 8))]
+        docs.append("\n".join(sents))
+    (folder / "part1.txt").write_text("\n\n".join(docs[: n_docs // 2]) + "\n", encoding="utf-8")
+    (folder / "part2.txt").write_text("\n\n".join(docs[n_docs // 2:]) + "\n", encoding="utf-8")
+    return folder
+
+
+SMALL = ["--vocab-size", "120", "--seq-len", "32", "--batch-size", "4", "--no-progress", "--log-every", "1",
+         "--eval-batches", "2"]
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "electra_fast.train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def _vocab(corpus: Path, out: Path) -> Path:
+    from electra_fast.corpus import read_corpus
+    from electra_fast.tokenizer import train_tokenizer
+
+    train_tokenizer(list(read_corpus([corpus])), 120).save(out)
+    return out
+
+
+def _steps_logged(run: Path) -> list[dict]:
+    p = run / "metrics.jsonl"
+    if not p.exists():
+        return []
+    out = []
+    for ln in p.read_text().splitlines():
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if "eval" not in rec:
+            out.append(rec)
+    return out
+
+
+def _final_params(run: Path) -> dict:
+    return load_checkpoint(list_checkpoints(run)[-1])["model"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path):
+    data = _corpus(tmp_path / "corpus", seed=1)
+    steps, every = 24, 5
+    # one vocabulary for both runs: the tokenizers trainer is not bit-reproducible across processes
+    common = ["--data", str(data), "--vocab", str(_vocab(data, tmp_path / "vocab")), "--steps", str(steps),
+              "--save-every", str(every), *SMALL]
+    ref = _cli(*common, "--out", str(tmp_path / "ref"))
+    _, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err
+    want = {r["step"]: r["loss"] for r in _steps_logged(tmp_path / "ref")}
+    assert sorted(want) == list(range(1, steps + 1))
+
+    run = tmp_path / "killed"
+    rng = random.Random()
+    kills = sorted(rng.sample([s for s in range(every + 1, steps - 1) if s % every], 3))
+    proc = _cli(*common, "--out", str(run))
+    for target in kills:
+        deadline = time.time() + 300
+        while time.time() < deadline and not any(r["step"] >= target for r in _steps_logged(run)):
+            if proc.poll() is not None:
+                pytest.fail(f"run ended before the kill at step {target}: {proc.stderr.read()}")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = _cli("--resume", str(run), *SMALL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    got = {r["step"]: r["loss"] for r in _steps_logged(run)}
+    assert got == want, f"kills at {kills}"
+    a, b = _final_params(tmp_path / "ref"), _final_params(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    data = _corpus(tmp_path / "corpus", seed=2)
+    run = tmp_path / "run"
+    proc = _cli("--data", str(data), "--steps", "400", "--save-every", "1000", "--out", str(run), *SMALL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_steps_logged(run)) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM: stopped at step" in err and "--resume" in err
+    assert "Traceback" not in err
+    ck = list_checkpoints(run)
+    assert len(ck) == 1
+    assert load_checkpoint(ck[0])["step"] >= 3
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_gloo_keep_identical_parameters(tmp_path):
+    data = _corpus(tmp_path / "corpus", seed=3)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(29500 + random.randint(0, 2000)), "-m", "electra_fast.train", "--data", str(data),
+                          "--steps", "6", "--device", "cpu", "--out", str(tmp_path / "ddp"), *SMALL],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "parameters identical on all 2 ranks" in res.stderr
+    assert "ranks=2" in res.stderr
+    ck = load_checkpoint(list_checkpoints(tmp_path / "ddp")[-1])
+    assert ck["world_size"] == 2 and len(ck["loader"]) == 2
+    assert ck["loader"][0] == ck["loader"][1]  # same number of batches consumed by each rank
+
+
+def _one_error_line(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        sys.exit(main(argv))
+    assert e.value.code not in (0, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("error: "), err
+    return err[-1]
+
+
+def test_bad_inputs_get_one_clear_error_line(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "o"), "--no-progress"]
+    assert "no such file" in _one_error_line(capsys, ["--data", str(tmp_path / "missing.txt"), *out])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    assert "empty" in _one_error_line(capsys, ["--data", str(empty), *out])
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    line = _one_error_line(capsys, ["--data", str(bad), *out])
+    assert "latin1.txt" in line and "byte offset 3" in line
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\nhello\nworld\n")
+    assert "[MASK]" in _one_error_line(capsys, ["--data", str(_corpus(tmp_path / "c")), "--vocab", str(vocab), *out])
+    assert "position embeddings" in _one_error_line(capsys, ["--seq-len", "4096", *out])
+    assert "--batch-size must be positive" in _one_error_line(capsys, ["--batch-size", "0", *out])
+
+
+def test_schedule_is_warmup_times_linear_decay():
+    assert lr_lambda(0, 10, 100) == 0.0
+    assert lr_lambda(5, 10, 100) == pytest.approx(0.5 * 0.95)
+    assert lr_lambda(10, 10, 100) == pytest.approx(0.9)
+    assert lr_lambda(100, 10, 100) == 0.0
+
+
+def test_roc_auc_against_pairwise_definition():
+    g = torch.Generator().manual_seed(int(time.time()))
+    scores = torch.randn(300, generator=g).round(decimals=1).numpy()  # ties included
+    labels = (torch.rand(300, generator=g) < 0.3).numpy()
+    pos, neg = scores[labels], scores[~labels]
+    want = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    assert roc_auc(scores, labels) == pytest.approx(want, abs=1e-12)
