@@ -18,6 +18,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -27,8 +28,6 @@ import torch
 from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import PRESETS, ElectraConfig
 
-log_file = sys.stderr
-
 
 class TrainError(Exception):
     """A problem the user can fix (bad flag, bad data); printed as one line, no traceback."""
@@ -36,7 +35,7 @@ class TrainError(Exception):
 
 def say(*a, rank: int = 0) -> None:
     if rank == 0:
-        print(*a, file=log_file, flush=True)
+        print(*a, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -459,7 +458,9 @@ def train(args) -> int:
                 if bad_in_a_row >= args.max_bad_steps:
                     raise TrainError(f"{bad_in_a_row} consecutive non-finite steps ending at step {step + 1}; "
                                      f"stopping (last good checkpoint: {last_ckpt or 'none'}). Lower --lr?")
-            scheduler.step()
+            with warnings.catch_warnings():  # a skipped step still advances the schedule, by design
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                scheduler.step()
             step += 1
             log_acc["loss"] = log_acc.get("loss", 0) + step_loss
             log_n += 1

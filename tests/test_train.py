@@ -12,42 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import SMALL, _corpus, _vocab
 
 from electra_fast.checkpoint import list_checkpoints, load_checkpoint
 from electra_fast.train import lr_lambda, main, roc_auc
-
-WORDS = ("the cat sat on a mat while dogs ran in the park and birds sang over trees near quiet rivers "
-         "where children played games with bright red balls every sunny morning before school began").split()
-
-
-def _corpus(folder: Path, n_docs=40, seed=None) -> Path:
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    docs = []
-    for _ in range(n_docs):
-        sents = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(rng.randint(3, 8))]
-        docs.append("\n".join(sents))
-    (folder / "part1.txt").write_text("\n\n".join(docs[: n_docs // 2]) + "\n", encoding="utf-8")
-    (folder / "part2.txt").write_text("\n\n".join(docs[n_docs // 2:]) + "\n", encoding="utf-8")
-    return folder
-
-
-SMALL = ["--vocab-size", "120", "--seq-len", "32", "--batch-size", "4", "--no-progress", "--log-every", "1",
-         "--eval-batches", "2"]
 
 
 def _cli(*args, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "electra_fast.train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, **kw)
-
-
-def _vocab(corpus: Path, out: Path) -> Path:
-    from electra_fast.corpus import read_corpus
-    from electra_fast.tokenizer import train_tokenizer
-
-    train_tokenizer(list(read_corpus([corpus])), 120).save(out)
-    return out
 
 
 def _steps_logged(run: Path) -> list[dict]:
