@@ -1,0 +1,566 @@
+"""Fused ELECTRA generator head: MLM cross-entropy and Gumbel-max sampling in one pass over the vocabulary.
+
+At the masked positions only (ELECTRA paper, section 2; official code ``pretrain_helpers``),
+the generator computes ``logits = h @ W.T + b`` (W: the tied word embeddings), the MLM loss
+``cross_entropy(logits, targets)`` and a replacement token sampled from ``softmax(logits / T)``
+with Gumbel-max: ``argmax(logits / T + g)``, ``g = -log(-log(u))``, in fp32, with no gradient
+through the sample. Unfused this is ~8 passes over an [M, V] tensor; here the forward streams
+over vocabulary tiles keeping only per-row running state (online log-sum-exp, target logit,
+running Gumbel argmax), and the backward recomputes the tiles (one pass over vocab tiles per
+row block for dL/dh, one pass over row blocks per vocab tile for dL/dW and dL/db:
+deterministic, no atomics, never an [M, V] tensor).
+
+The noise is keyed by (seed, row, vocab index) through Triton's counter-based Philox
+(``tl.rand(seed, row * V + v)``), never by program id or tile, so samples do not depend on the
+block sizes or the grid.
+
+Layout of this file: Triton kernels, host launcher (input checks, block sizes), PyTorch
+reference (the CPU path and the test oracle), autograd wrapper and dispatch, AOT specs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+# u from tl.rand / torch.rand is clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
+U_EPS = 1e-7
+_U_EPS_TL = tl.constexpr(U_EPS)  # the same value, readable inside @triton.jit functions
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_tile(PTR, idx, idx_ok, ks, E: tl.constexpr, DOT_F32: tl.constexpr):
+    """Rows ``idx`` of a contiguous [*, E] matrix, columns ``ks``; zero outside the masks."""
+    x = tl.load(PTR + idx.to(tl.int64)[:, None] * E + ks[None, :],
+                mask=idx_ok[:, None] & (ks < E)[None, :], other=0.0)
+    if DOT_F32:
+        # fp32 inputs, or the interpreter (whose bf16 arithmetic and bf16 tl.dot are wrong).
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_F32: tl.constexpr):
+    if DOT_F32:
+        # Exact fp32 products; the default for fp32 inputs would be TF32 on the GPU.
+        return tl.dot(a, b, acc=acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc=acc)
+
+
+@triton.jit
+def _generator_head_fwd_kernel(
+    H, W, B, TARGETS, SEED,  # [M, E], [V, E], [V], [M] int64, [1] int64
+    LSE, ROW_LOSS, SAMPLES, ARGMAX,  # [M] fp32, [M] fp32, [M] int64, [M] int64
+    M, V, inv_temperature, ignore_index,
+    E: tl.constexpr, HAS_BIAS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    tgt = tl.load(TARGETS + rows, mask=row_ok, other=ignore_index)
+    valid = row_ok & (tgt != ignore_index)
+    seed = tl.load(SEED)
+    noise_row = rows.to(tl.int64) * V
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of the logits
+    s_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum of exp(logit - m_i)
+    tgt_logit = tl.zeros((BLOCK_M,), tl.float32)
+    best = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of logits / T + g
+    best_idx = tl.zeros((BLOCK_M,), tl.int32)
+    amax_idx = tl.zeros((BLOCK_M,), tl.int32)
+
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < V
+        acc = tl.zeros((BLOCK_M, BLOCK_V), tl.float32)
+        for e0 in range(0, E, BLOCK_E):
+            ks = e0 + tl.arange(0, BLOCK_E)
+            h = _load_tile(H, rows, row_ok, ks, E, DOT_F32)  # (BLOCK_M, BLOCK_E)
+            w = _load_tile(W, cols, col_ok, ks, E, DOT_F32)  # (BLOCK_V, BLOCK_E)
+            acc = _dot(h, tl.trans(w), acc, DOT_F32)
+        if HAS_BIAS:
+            acc += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        logits = tl.where(col_ok[None, :], acc, float("-inf"))  # (BLOCK_M, BLOCK_V)
+
+        # Online log-sum-exp; every tile has at least one real column, so m_new is finite.
+        if RETURN_ARGMAX:
+            tile_max, tile_amax = tl.max(logits, 1, return_indices=True)
+            # Strict '>' keeps the first index on ties across tiles, like torch.argmax.
+            amax_idx = tl.where(tile_max > m_i, tile_amax + v0, amax_idx)
+        else:
+            tile_max = tl.max(logits, 1)
+        m_new = tl.maximum(m_i, tile_max)
+        s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
+        m_i = m_new
+        tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], logits, 0.0), 1)
+
+        # Gumbel-max: argmax over the vocabulary of logits / T + g, g = -log(-log(u)).
+        u = tl.rand(seed, noise_row[:, None] + cols[None, :])
+        u = tl.minimum(tl.maximum(u, _U_EPS_TL), 1.0 - _U_EPS_TL)
+        score = tl.where(col_ok[None, :], logits * inv_temperature - tl.log(-tl.log(u)), float("-inf"))
+        tile_best, tile_idx = tl.max(score, 1, return_indices=True)
+        better = tile_best > best
+        best = tl.where(better, tile_best, best)
+        best_idx = tl.where(better, tile_idx + v0, best_idx)
+
+    lse = m_i + tl.log(s_i)
+    tl.store(LSE + rows, lse, mask=row_ok)
+    tl.store(ROW_LOSS + rows, tl.where(valid, lse - tgt_logit, 0.0), mask=row_ok)
+    tl.store(SAMPLES + rows, tl.where(valid, best_idx.to(tl.int64), tgt), mask=row_ok)
+    if RETURN_ARGMAX:
+        tl.store(ARGMAX + rows, amax_idx.to(tl.int64), mask=row_ok)
+
+
+@triton.jit
+def _softmax_minus_onehot(h, w, B, cols, col_ok, tgt, valid, lse,
+                          HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Recomputed (softmax(logits) - onehot(target)) for one (row block, vocab tile); 0 where ignored."""
+    logits = _dot(h, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_V), tl.float32), DOT_F32)
+    if HAS_BIAS:
+        logits += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    p = tl.exp(logits - lse[:, None])
+    p = p - tl.where(cols[None, :] == tgt[:, None], 1.0, 0.0)
+    return tl.where(valid[:, None] & col_ok[None, :], p, 0.0)
+
+
+@triton.jit
+def _generator_head_bwd_dh_kernel(
+    H, W, B, TARGETS, LSE, SCALE,  # [M, E], [V, E], [V], [M] int64, [M] fp32, [1] fp32
+    DH,  # [M, E]
+    M, V, ignore_index,
+    E: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    """dL/dh for one row block: sum over vocab tiles of (softmax - onehot) @ W_tile, times SCALE."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    ks = tl.arange(0, BLOCK_E)  # BLOCK_E >= E: the whole embedding in one tile
+    tgt = tl.load(TARGETS + rows, mask=row_ok, other=ignore_index)
+    valid = row_ok & (tgt != ignore_index)
+    lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
+    h = _load_tile(H, rows, row_ok, ks, E, DOT_F32)  # (BLOCK_M, BLOCK_E)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_E), tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < V
+        w = _load_tile(W, cols, col_ok, ks, E, DOT_F32)  # (BLOCK_V, BLOCK_E)
+        dlogits = _softmax_minus_onehot(h, w, B, cols, col_ok, tgt, valid, lse, HAS_BIAS, DOT_F32,
+                                        BLOCK_M, BLOCK_V)
+        # Unscaled (values in [-1, 1]) so the cast to fp16 cannot underflow; scaled once below.
+        acc = _dot(dlogits.to(w.dtype), w, acc, DOT_F32)
+
+    acc = acc * tl.load(SCALE)
+    tl.store(DH + rows.to(tl.int64)[:, None] * E + ks[None, :], acc.to(DH.dtype.element_ty),
+             mask=row_ok[:, None] & (ks < E)[None, :])
+
+
+@triton.jit
+def _generator_head_bwd_dw_kernel(
+    H, W, B, TARGETS, LSE, SCALE,  # [M, E], [V, E], [V], [M] int64, [M] fp32, [1] fp32
+    DW, DB,  # [V, E], [V]
+    M, V, ignore_index,
+    E: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    """dL/dW and dL/db for one vocab tile: sum over row blocks of (softmax - onehot).T @ h."""
+    pid = tl.program_id(0)
+    cols = pid * BLOCK_V + tl.arange(0, BLOCK_V)
+    col_ok = cols < V
+    ks = tl.arange(0, BLOCK_E)  # BLOCK_E >= E
+    w = _load_tile(W, cols, col_ok, ks, E, DOT_F32)  # (BLOCK_V, BLOCK_E)
+
+    acc = tl.zeros((BLOCK_V, BLOCK_E), tl.float32)
+    db = tl.zeros((BLOCK_V,), tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        tgt = tl.load(TARGETS + rows, mask=row_ok, other=ignore_index)
+        valid = row_ok & (tgt != ignore_index)
+        lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
+        h = _load_tile(H, rows, row_ok, ks, E, DOT_F32)  # (BLOCK_M, BLOCK_E)
+        dlogits = _softmax_minus_onehot(h, w, B, cols, col_ok, tgt, valid, lse, HAS_BIAS, DOT_F32,
+                                        BLOCK_M, BLOCK_V)
+        acc = _dot(tl.trans(dlogits.to(h.dtype)), h, acc, DOT_F32)
+        db += tl.sum(dlogits, 0)
+
+    scale = tl.load(SCALE)
+    tl.store(DW + cols.to(tl.int64)[:, None] * E + ks[None, :], (acc * scale).to(DW.dtype.element_ty),
+             mask=col_ok[:, None] & (ks < E)[None, :])
+    if HAS_BIAS:
+        tl.store(DB + cols, (db * scale).to(DB.dtype.element_ty), mask=col_ok)
+
+
+# --------------------------------------------------------------------------------------------
+# Host launcher
+# --------------------------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    """True when the kernels were defined under TRITON_INTERPRET=1 (the CPU interpreter)."""
+    return not isinstance(_generator_head_fwd_kernel, triton.JITFunction)
+
+
+def _describe(x) -> str:
+    return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug) -> None:
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
+        raise ValueError(f"hidden must be a 2-D tensor [M, E] (the masked positions); "
+                         f"got {_describe(hidden)}")
+    M, E = hidden.shape
+    if (not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != E
+            or weight.shape[0] == 0):
+        raise ValueError(f"weight must be a 2-D tensor [V, E] with V > 0 and E = hidden.shape[1] = {E}; "
+                         f"got {_describe(weight)}")
+    V = weight.shape[0]
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (V,)):
+        raise ValueError(f"bias must be None or a tensor [V] with V = weight.shape[0] = {V}; "
+                         f"got {_describe(bias)}")
+    if (not isinstance(targets, torch.Tensor) or tuple(targets.shape) != (M,)
+            or targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool):
+        raise ValueError(f"targets must be an integer tensor [M] with M = hidden.shape[0] = {M}; "
+                         f"got {_describe(targets)}")
+    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{name} must be float16, bfloat16 or float32; got {t.dtype}")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}; cast one")
+    for name, t in (("weight", weight), ("bias", bias), ("targets", targets)):
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}; use one device")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0; got {temperature!r}")
+    if isinstance(seed, torch.Tensor):
+        if seed.numel() != 1 or seed.dtype.is_floating_point or seed.dtype == torch.bool:
+            raise ValueError(f"seed must be an int or a one-element integer tensor; got {_describe(seed)}")
+        if seed.device != hidden.device:
+            raise ValueError(f"seed is on {seed.device} but hidden is on {hidden.device}")
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63) or a one-element integer tensor; got {seed!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or abs(ignore_index) >= 2**31:
+        raise ValueError(f"ignore_index must be an int32 value; got {ignore_index!r}")
+    # The range check reads the targets back to the host: free on the CPU, a sync on CUDA.
+    if (debug or targets.device.type == "cpu") and M > 0:
+        bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
+        if bool(bad.any()):
+            raise ValueError(f"targets must lie in [0, V={V}) or equal ignore_index={ignore_index}; "
+                             f"found {targets[bad][0].item()}")
+
+
+def _block_sizes(M: int, E: int, block_m: int | None = None, block_v: int | None = None) -> dict[str, dict]:
+    """Block sizes, warps and stages per kernel ("fwd", "bwd_dh", "bwd_dw").
+
+    ELECTRA-Small has few masked rows (128 x 19 = 2432): small row blocks keep the forward grid
+    above the SM count. The backward kernels hold a whole [rows, E] or [vocab, E] fp32
+    accumulator, padded to a power of two, so wide embeddings (Base, 768 -> 1024) get narrow
+    tiles and 8 warps to stay within registers.
+    """
+    e_pad = max(16, triton.next_power_of_2(E))
+    wide = e_pad > 256
+    fwd_m = 64 if M >= 64 * 256 else 32 if M >= 32 * 128 else 16
+    blocks = {
+        # The Philox noise keeps ~4 words per logit live: 16 logits per thread stays unspilled.
+        "fwd": dict(BLOCK_M=fwd_m, BLOCK_V=64 if fwd_m == 64 else 128, BLOCK_E=min(e_pad, 128),
+                    num_warps=8 if fwd_m == 64 else 4, num_stages=2),
+        "bwd_dh": dict(BLOCK_M=16, BLOCK_V=32 if wide else 64, BLOCK_E=e_pad,
+                       num_warps=8 if wide else 4, num_stages=2),
+        "bwd_dw": dict(BLOCK_M=32 if wide else 64, BLOCK_V=16 if wide else 64, BLOCK_E=e_pad,
+                       num_warps=8, num_stages=2),
+    }
+    for cfg in blocks.values():
+        if block_m is not None:
+            cfg["BLOCK_M"] = block_m
+        if block_v is not None:
+            cfg["BLOCK_V"] = block_v
+    return blocks
+
+
+def _check_block(name: str, value: int | None) -> None:
+    # tl.dot needs every tile dimension >= 16 on the GPU (the interpreter would accept less).
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16
+                              or value & (value - 1)):
+        raise ValueError(f"{name} must be a power of two >= 16; got {value!r}")
+
+
+def _seed_tensor(seed, device) -> torch.Tensor:
+    if isinstance(seed, torch.Tensor):
+        return seed.reshape(1).to(torch.int64)
+    # torch.full is a fill kernel with the seed as its argument: no host-to-device copy, no sync.
+    return torch.full((1,), seed, dtype=torch.int64, device=device)
+
+
+def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
+                    block_m, block_v):
+    """Runs the forward kernel. Returns (loss, samples, argmax or None, lse, n_valid)."""
+    M, E = hidden.shape
+    V = weight.shape[0]
+    device = hidden.device
+    n_valid = (targets != ignore_index).sum()
+    lse = torch.empty(M, dtype=torch.float32, device=device)
+    row_loss = torch.empty(M, dtype=torch.float32, device=device)
+    samples = torch.empty(M, dtype=torch.int64, device=device)
+    argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
+    if M > 0:
+        cfg = _block_sizes(M, E, block_m, block_v)["fwd"]
+        _generator_head_fwd_kernel[(triton.cdiv(M, cfg["BLOCK_M"]),)](
+            hidden, weight, bias if bias is not None else weight, targets, _seed_tensor(seed, device),
+            lse, row_loss, samples, argmax if return_argmax else samples,
+            M, V, 1.0 / temperature, ignore_index,
+            E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax,
+            DOT_F32=hidden.dtype == torch.float32 or _interpreting(),
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"], BLOCK_E=cfg["BLOCK_E"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
+    # Mean over the non-ignored rows; 0.0 (not NaN) when every row is ignored.
+    loss = row_loss.sum() / n_valid.clamp(min=1).to(torch.float32)
+    return loss, samples, argmax, lse, n_valid
+
+
+def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index,
+                     block_m, block_v, need_dh, need_dw):
+    """Runs the backward kernels that are needed. Returns (dh, dW, db); None where not needed."""
+    M, E = hidden.shape
+    V = weight.shape[0]
+    scale = (grad_loss.to(torch.float32) / n_valid.clamp(min=1).to(torch.float32)).reshape(1)
+    blocks = _block_sizes(M, E, block_m, block_v)
+    dot_f32 = hidden.dtype == torch.float32 or _interpreting()
+    b = bias if bias is not None else weight
+    dh = dw = db = None
+    if need_dh:
+        dh = torch.empty_like(hidden)
+        if M > 0:
+            cfg = blocks["bwd_dh"]
+            _generator_head_bwd_dh_kernel[(triton.cdiv(M, cfg["BLOCK_M"]),)](
+                hidden, weight, b, targets, lse, scale, dh, M, V, ignore_index,
+                E=E, HAS_BIAS=bias is not None, DOT_F32=dot_f32,
+                BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"], BLOCK_E=cfg["BLOCK_E"],
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            )
+    if need_dw:
+        dw = torch.empty_like(weight)
+        db = torch.empty_like(bias) if bias is not None else None
+        cfg = blocks["bwd_dw"]
+        _generator_head_bwd_dw_kernel[(triton.cdiv(V, cfg["BLOCK_V"]),)](
+            hidden, weight, b, targets, lse, scale, dw, db if db is not None else dw, M, V, ignore_index,
+            E=E, HAS_BIAS=bias is not None, DOT_F32=dot_f32,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"], BLOCK_E=cfg["BLOCK_E"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
+    return dh, dw, db
+
+
+def generator_loss_and_sample_triton(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    seed: int | torch.Tensor,
+    ignore_index: int = -100,
+    return_argmax: bool = False,
+    block_m: int | None = None,
+    block_v: int | None = None,
+    debug: bool = False,
+):
+    """Fused generator head on the Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1).
+
+    hidden [M, E] (the masked positions), weight [V, E] (tied word embeddings), bias [V] or
+    None, targets [M] with ``ignore_index`` at rows to skip. Returns ``(loss, samples)`` or
+    ``(loss, samples, argmax)``: loss is the 0-dim fp32 mean cross-entropy over the non-ignored
+    rows (0.0 if none), differentiable w.r.t. hidden, weight and bias; samples [M] int64 are
+    Gumbel-max draws from softmax(logits / temperature), equal to the target at ignored rows;
+    argmax [M] int64 is the argmax of the logits (for MLM accuracy). ``seed`` may be a
+    one-element integer device tensor, so a captured CUDA graph can draw fresh samples per
+    replay. ``block_m``/``block_v`` override the block sizes (tests); ``debug`` enables the
+    target range check on CUDA tensors (it syncs).
+    """
+    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
+    _check_block("block_m", block_m)
+    _check_block("block_v", block_v)
+    if hidden.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"the triton backend needs CUDA tensors (got {hidden.device}); on the CPU set "
+                         "TRITON_INTERPRET=1 before importing triton, or use the reference backend")
+    loss, samples, argmax = GeneratorLossAndSample.apply(
+        hidden, weight, bias, targets, float(temperature), seed, ignore_index, bool(return_argmax),
+        block_m, block_v)
+    return (loss, samples, argmax) if return_argmax else (loss, samples)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference (plain PyTorch: the CPU path and the oracle in tests)
+# --------------------------------------------------------------------------------------------
+
+
+def generator_loss_and_sample_reference(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    seed: int | torch.Tensor,
+    ignore_index: int = -100,
+    return_argmax: bool = False,
+    debug: bool = False,
+):
+    """Same contract as :func:`generator_loss_and_sample_triton`, materialising [M, V] fp32 logits.
+
+    Differentiable by plain autograd. The Gumbel noise comes from a ``torch.Generator`` seeded
+    with ``seed``, so samples follow the same distribution as the Triton path but not the same
+    draws.
+    """
+    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
+    if isinstance(seed, torch.Tensor):
+        seed = int(seed.item())
+    targets = targets.long()
+    logits = hidden.float() @ weight.float().T
+    if bias is not None:
+        logits = logits + bias.float()
+    valid = targets != ignore_index
+    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    loss = loss / valid.sum().clamp(min=1).to(torch.float32)
+    with torch.no_grad():
+        gen = torch.Generator(device=hidden.device).manual_seed(seed)
+        u = torch.rand(logits.shape, generator=gen, device=hidden.device, dtype=torch.float32)
+        u = u.clamp(U_EPS, 1.0 - U_EPS)
+        samples = torch.argmax(logits / temperature - torch.log(-torch.log(u)), dim=-1)
+        samples = torch.where(valid, samples, targets)
+        argmax = torch.argmax(logits, dim=-1)
+    return (loss, samples, argmax) if return_argmax else (loss, samples)
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd wrapper and dispatch
+# --------------------------------------------------------------------------------------------
+
+
+class GeneratorLossAndSample(torch.autograd.Function):
+    """Triton forward/backward. Outputs (loss, samples, argmax); argmax is empty unless asked."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
+                block_m, block_v):
+        hidden = hidden.contiguous()
+        weight = weight.contiguous()
+        bias = bias.contiguous() if bias is not None else None
+        targets = targets.contiguous().long()
+        loss, samples, argmax, lse, n_valid = _launch_forward(
+            hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, block_m, block_v)
+        if argmax is None:
+            argmax = samples.new_empty(0)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, n_valid)
+        ctx.ignore_index, ctx.block_m, ctx.block_v = ignore_index, block_m, block_v
+        ctx.mark_non_differentiable(samples, argmax)
+        return loss, samples, argmax
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_samples, _grad_argmax):
+        hidden, weight, bias, targets, lse, n_valid = ctx.saved_tensors
+        need_dh = ctx.needs_input_grad[0]
+        need_dw = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        dh, dw, db = _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid,
+                                      ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
+        return (dh, dw if ctx.needs_input_grad[1] else None, db if ctx.needs_input_grad[2] else None,
+                None, None, None, None, None, None, None)
+
+
+def generator_loss_and_sample(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    seed: int | torch.Tensor,
+    ignore_index: int = -100,
+    return_argmax: bool = False,
+    backend: str | None = None,
+):
+    """MLM loss and Gumbel-max samples of the ELECTRA generator head at the masked positions.
+
+    ``backend``: "triton", "reference", or None: the environment variable ELECTRA_FAST_BACKEND
+    if set ("triton" on CPU tensors needs TRITON_INTERPRET=1), else triton for CUDA tensors and
+    the reference for CPU tensors. See :func:`generator_loss_and_sample_triton` for the contract.
+    """
+    if backend is None:
+        backend = os.environ.get("ELECTRA_FAST_BACKEND") or ("triton" if hidden.is_cuda else "reference")
+    kwargs = dict(temperature=temperature, seed=seed, ignore_index=ignore_index, return_argmax=return_argmax)
+    if backend == "triton":
+        return generator_loss_and_sample_triton(hidden, weight, bias, targets, **kwargs)
+    if backend == "reference":
+        return generator_loss_and_sample_reference(hidden, weight, bias, targets, **kwargs)
+    raise ValueError(f"backend must be 'triton', 'reference' or None (ELECTRA_FAST_BACKEND); got {backend!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Ahead-of-time compilation specs
+# --------------------------------------------------------------------------------------------
+
+# Masked rows per batch and embedding size: batch x max_predictions (19 at length 128, 79 at 512).
+AOT_SHAPES = {"small": dict(M=128 * 19, E=128, V=30522), "base": dict(M=256 * 79, E=768, V=30522)}
+
+
+def aot_specs(shapes: dict[str, dict] | None = None,
+              dtypes: tuple[str, ...] = ("fp16", "bf16")) -> list[dict]:
+    """Kernels at the block sizes the launcher picks, for ``triton.compile(ASTSource(...))``.
+
+    One dict per (shape, dtype, kernel variant): name, fn (the @triton.jit kernel), signature
+    ({arg: "*fp16" | "*fp32" | "*i64" | "i32" | "fp32" | "constexpr"}), constexprs ({name: value}),
+    attrs (16-byte alignment of the pointers, as the JIT launcher assumes for torch tensors:
+    ``ASTSource(fn, signature, constexprs, attrs)``), num_warps, num_stages. With bias; the
+    forward with and without the argmax output. Kernels defined under TRITON_INTERPRET=1 cannot
+    be compiled: import this module without it.
+    """
+    specs = []
+    for shape_name, shape in (shapes or AOT_SHAPES).items():
+        M, E = shape["M"], shape["E"]
+        blocks = _block_sizes(M, E)
+        for dt in dtypes:
+            x = f"*{dt}"
+            common = dict(M="i32", V="i32", ignore_index="i32")
+            kernels = [
+                ("fwd", _generator_head_fwd_kernel, "fwd", False,
+                 dict(H=x, W=x, B=x, TARGETS="*i64", SEED="*i64", LSE="*fp32", ROW_LOSS="*fp32",
+                      SAMPLES="*i64", ARGMAX="*i64", **common, inv_temperature="fp32")),
+                ("fwd_argmax", _generator_head_fwd_kernel, "fwd", True, None),
+                ("bwd_dh", _generator_head_bwd_dh_kernel, "bwd_dh", None,
+                 dict(H=x, W=x, B=x, TARGETS="*i64", LSE="*fp32", SCALE="*fp32", DH=x, **common)),
+                ("bwd_dw", _generator_head_bwd_dw_kernel, "bwd_dw", None,
+                 dict(H=x, W=x, B=x, TARGETS="*i64", LSE="*fp32", SCALE="*fp32", DW=x, DB=x, **common)),
+            ]
+            fwd_sig = kernels[0][4]
+            for kname, fn, block_key, with_argmax, runtime_sig in kernels:
+                runtime_sig = runtime_sig or fwd_sig
+                cfg = blocks[block_key]
+                constexprs = dict(E=E, HAS_BIAS=True, DOT_F32=False, BLOCK_M=cfg["BLOCK_M"],
+                                  BLOCK_V=cfg["BLOCK_V"], BLOCK_E=cfg["BLOCK_E"])
+                if with_argmax is not None:
+                    constexprs["RETURN_ARGMAX"] = with_argmax
+                arg_names = list(fn.arg_names)
+                signature = {a: (runtime_sig[a] if a in runtime_sig else "constexpr") for a in arg_names}
+                missing = set(arg_names) - set(runtime_sig) - set(constexprs)
+                assert not missing, f"aot_specs: no type or value for {missing} of {fn.__name__}"
+                attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(arg_names)
+                         if signature[a].startswith("*")}
+                specs.append(dict(name=f"generator_head_{kname}_{shape_name}_{dt}", fn=fn,
+                                  signature=signature, constexprs=constexprs, attrs=attrs,
+                                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+    return specs

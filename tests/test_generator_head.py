@@ -1,0 +1,237 @@
+"""Fused generator head (kernels/generator_head.py) against an independent fp64 computation.
+
+Both backends run here: the reference (plain PyTorch) and the Triton kernels, on the CPU through
+the Triton interpreter (TRITON_INTERPRET=1 must be set before triton is imported) or on CUDA
+when a GPU is present and the interpreter is switched off (TRITON_INTERPRET=0).
+Inputs are fresh random numbers each run.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from electra_fast.kernels import generator_head as gh  # noqa: E402
+from scipy import stats  # noqa: E402
+
+IGNORE = -100
+DEVICE = "cpu" if gh._interpreting() or not torch.cuda.is_available() else "cuda"
+BACKENDS = [
+    "reference",
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(
+            DEVICE == "cpu" and not gh._interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1"
+        ),
+    ),
+]
+# Max abs error allowed, relative to the largest reference value (outputs are in the input dtype).
+GRAD_TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+LOSS_RTOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}
+
+
+def run(backend, hidden, weight, bias, targets, **kwargs):
+    if backend == "triton":
+        return gh.generator_loss_and_sample_triton(hidden, weight, bias, targets, **kwargs)
+    return gh.generator_loss_and_sample_reference(hidden, weight, bias, targets, **kwargs)
+
+
+def make_inputs(M, E, V, dtype=torch.float32, with_bias=True, ignore_frac=0.2):
+    """Logits with std ~2; about ignore_frac of the rows ignored (never all of them)."""
+    hidden = torch.randn(M, E, device=DEVICE)
+    weight = torch.randn(V, E, device=DEVICE) * (2.0 / E**0.5)
+    bias = torch.randn(V, device=DEVICE) * 0.5 if with_bias else None
+    targets = torch.randint(0, V, (M,), device=DEVICE)
+    ignored = torch.rand(M, device=DEVICE) < ignore_frac
+    ignored[0] = False
+    targets[ignored] = IGNORE
+    cast = lambda t: None if t is None else t.to(dtype).requires_grad_()
+    return cast(hidden), cast(weight), cast(bias), targets
+
+
+def fp64_oracle(hidden, weight, bias, targets):
+    """Loss, grads (dh, dW, db) and logits from float64 copies of the inputs."""
+    h = hidden.detach().double().requires_grad_()
+    w = weight.detach().double().requires_grad_()
+    b = bias.detach().double().requires_grad_() if bias is not None else None
+    logits = h @ w.T + (b if b is not None else 0.0)
+    valid = targets != IGNORE
+    logp = torch.log_softmax(logits, dim=-1)
+    picked = logp[valid.nonzero()[:, 0], targets[valid]]
+    loss = -picked.sum() / max(int(valid.sum()), 1)
+    inputs = [x for x in (h, w, b) if x is not None]
+    grads = torch.autograd.grad(loss, inputs)
+    db = grads[2] if b is not None else None
+    return loss.detach(), grads[0], grads[1], db, logits.detach()
+
+
+def assert_close_rel(got, want, tol, name):
+    err = (got.double() - want).abs().max().item()
+    scale = want.abs().max().item()
+    assert err <= tol * scale + 1e-12, f"{name}: max abs error {err:.3g} vs max |ref| {scale:.3g}"
+
+
+def check_against_oracle(backend, hidden, weight, bias, targets, dtype, **kwargs):
+    loss, samples = run(backend, hidden, weight, bias, targets, seed=7, **kwargs)
+    want_loss, want_dh, want_dw, want_db, _ = fp64_oracle(hidden, weight, bias, targets)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert samples.dtype == torch.int64 and samples.shape == targets.shape
+    torch.testing.assert_close(loss.double(), want_loss, rtol=LOSS_RTOL[dtype], atol=1e-6)
+    loss.backward()
+    assert hidden.grad.dtype == dtype and weight.grad.dtype == dtype
+    assert_close_rel(hidden.grad, want_dh, GRAD_TOL[dtype], "dL/dh")
+    assert_close_rel(weight.grad, want_dw, GRAD_TOL[dtype], "dL/dW")
+    if bias is not None:
+        assert_close_rel(bias.grad, want_db, GRAD_TOL[dtype], "dL/db")
+    valid = targets != IGNORE
+    assert torch.equal(samples[~valid], targets[~valid])
+    assert bool(((samples[valid] >= 0) & (samples[valid] < weight.shape[0])).all())
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loss_and_grads_match_fp64(backend, dtype, with_bias):
+    inputs = make_inputs(37, 48, 1000, dtype, with_bias)
+    check_against_oracle(backend, *inputs, dtype)
+
+
+@pytest.mark.parametrize("V, block_m, block_v", [(1000, 16, 64), (333, 32, 128), (333, 16, 16)])
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_vocab_not_a_multiple_of_the_block(backend, V, block_m, block_v):
+    inputs = make_inputs(37, 48, V)
+    check_against_oracle(backend, *inputs, torch.float32, block_m=block_m, block_v=block_v)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_row(backend):
+    inputs = make_inputs(1, 48, 1000, ignore_frac=0.0)
+    check_against_oracle(backend, *inputs, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_row_ignored(backend):
+    hidden, weight, bias, targets = make_inputs(21, 48, 100)
+    targets.fill_(IGNORE)
+    loss, samples = run(backend, hidden, weight, bias, targets, seed=3)
+    assert loss.item() == 0.0
+    loss.backward()
+    for t in (hidden, weight, bias):
+        assert torch.count_nonzero(t.grad) == 0
+    assert torch.equal(samples, targets)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seed_controls_samples(backend):
+    hidden, weight, bias, targets = make_inputs(37, 48, 1000)
+    first = run(backend, hidden, weight, bias, targets, seed=11)[1]
+    again = run(backend, hidden, weight, bias, targets, seed=11)[1]
+    as_tensor = run(backend, hidden, weight, bias, targets, seed=torch.tensor(11, device=DEVICE))[1]
+    other = run(backend, hidden, weight, bias, targets, seed=12)[1]
+    assert torch.equal(first, again)
+    assert torch.equal(first, as_tensor)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_samples_do_not_depend_on_block_sizes(backend):
+    hidden, weight, bias, targets = make_inputs(37, 48, 333)
+    runs = [
+        run(backend, hidden, weight, bias, targets, seed=5, return_argmax=True, block_m=bm, block_v=bv)
+        for bm, bv in [(16, 64), (64, 16), (32, 128)]
+    ]
+    for loss, samples, argmax in runs[1:]:
+        assert torch.equal(samples, runs[0][1])
+        assert torch.equal(argmax, runs[0][2])
+        torch.testing.assert_close(loss, runs[0][0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sample_frequencies_follow_softmax(backend, temperature):
+    rows, E, V = 2000, 16, 16
+    # Logits with std ~0.8: even at T = 0.5 no single token takes almost all the draws.
+    hidden = F.normalize(torch.randn(1, E, device=DEVICE), dim=-1).expand(rows, E).contiguous()
+    weight = torch.randn(V, E, device=DEVICE) * 0.7
+    bias = torch.randn(V, device=DEVICE) * 0.4
+    targets = torch.randint(0, V, (rows,), device=DEVICE)
+    seed = int(torch.randint(0, 2**31, ()))
+    _, samples = run(backend, hidden, weight, bias, targets, temperature=temperature, seed=seed)
+    logits = hidden[0].double() @ weight.double().T + bias.double()
+    expected = torch.softmax(logits / temperature, dim=-1).cpu().numpy() * rows
+    observed = np.bincount(samples.cpu().numpy(), minlength=V).astype(np.float64)
+    # Merge the rarest categories until every bin expects >= 5 draws (chi-square validity).
+    order = np.argsort(expected)
+    exp_bins, obs_bins, e_acc, o_acc = [], [], 0.0, 0.0
+    for i in order:
+        e_acc, o_acc = e_acc + expected[i], o_acc + observed[i]
+        if e_acc >= 5:
+            exp_bins.append(e_acc), obs_bins.append(o_acc)
+            e_acc = o_acc = 0.0
+    exp_bins[-1] += e_acc
+    obs_bins[-1] += o_acc
+    assert len(exp_bins) >= 3
+    p_value = stats.chisquare(obs_bins, exp_bins).pvalue
+    assert p_value > 1e-3, f"samples do not follow softmax(logits / {temperature}): p = {p_value:.2g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_argmax_matches_torch(backend):
+    hidden, weight, bias, targets = make_inputs(37, 48, 1000)
+    _, _, argmax = run(backend, hidden, weight, bias, targets, seed=1, return_argmax=True)
+    *_, logits = fp64_oracle(hidden, weight, bias, targets)
+    assert argmax.dtype == torch.int64
+    top2 = logits.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4  # rows whose maximum fp32 rounding cannot flip
+    assert torch.equal(argmax[clear], logits.argmax(-1)[clear])
+    picked = logits.gather(1, argmax[:, None])[:, 0]
+    assert bool((picked >= top2[:, 0] - 1e-4).all())
+
+
+def test_dispatch(monkeypatch):
+    hidden, weight, bias, targets = make_inputs(37, 48, 100)
+    args = (hidden, weight, bias, targets)
+    reference = gh.generator_loss_and_sample_reference(*args, seed=2)
+    monkeypatch.delenv("ELECTRA_FAST_BACKEND", raising=False)
+    if DEVICE == "cpu":
+        assert torch.equal(gh.generator_loss_and_sample(*args, seed=2)[1], reference[1])
+    monkeypatch.setenv("ELECTRA_FAST_BACKEND", "reference")
+    assert torch.equal(gh.generator_loss_and_sample(*args, seed=2)[1], reference[1])
+    if DEVICE == "cuda" or gh._interpreting():
+        triton_out = gh.generator_loss_and_sample_triton(*args, seed=2, return_argmax=True)
+        monkeypatch.setenv("ELECTRA_FAST_BACKEND", "triton")
+        dispatched = gh.generator_loss_and_sample(*args, seed=2, return_argmax=True)
+        assert len(dispatched) == 3
+        assert torch.equal(dispatched[1], triton_out[1])
+    with pytest.raises(ValueError, match="backend"):
+        gh.generator_loss_and_sample(*args, seed=2, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_input_checks_name_the_argument(backend):
+    hidden, weight, bias, targets = make_inputs(8, 16, 50)
+    bad_calls = {
+        "hidden": dict(hidden=hidden[0]),
+        "weight": dict(weight=weight[:, :8]),
+        "bias": dict(bias=bias[:10]),
+        "targets": dict(targets=targets.float()),
+        "temperature": dict(temperature=0.0),
+        "seed": dict(seed=-1),
+    }
+    for name, change in bad_calls.items():
+        kwargs = dict(hidden=hidden, weight=weight, bias=bias, targets=targets, seed=1)
+        kwargs.update(change)
+        with pytest.raises(ValueError, match=name):
+            run(backend, **kwargs)
+    out_of_range = targets.clone()
+    out_of_range[3] = 50
+    with pytest.raises(ValueError, match="targets"):
+        run(backend, hidden, weight, bias, out_of_range, seed=1, debug=True)
+    with pytest.raises(ValueError, match="weight dtype"):
+        run(backend, hidden, weight.detach().half(), bias, targets, seed=1)
+    if backend == "triton":
+        with pytest.raises(ValueError, match="block_v"):
+            run(backend, hidden, weight, bias, targets, seed=1, block_v=24)
