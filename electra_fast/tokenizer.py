@@ -1,0 +1,217 @@
+"""WordPiece tokenisation (BERT uncased style) through the ``tokenizers`` package.
+
+``train_tokenizer`` learns a vocabulary from documents in about a second; ``load_tokenizer`` reads
+a BERT ``vocab.txt`` or a ``tokenizer.json``. Both return an ``ElectraTokenizer``: the ids of the
+special tokens, batch encoding without specials (the example builder adds [CLS] / [SEP] itself),
+and the word-start table that whole-word masking needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+# [PAD] first so that padding is id 0, as in BERT's vocab.txt and the model's pad_token_id.
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CONTINUATION_PREFIX = "##"
+
+
+class TokenizerError(ValueError):
+    """A vocabulary file cannot be used; the message says what is wrong with it."""
+
+
+def _bert_pipeline(tok: Tokenizer, lowercase: bool = True) -> Tokenizer:
+    """BERT's text handling: clean control characters, split CJK characters, lowercase and strip
+    accents (uncased), split on whitespace and punctuation, join "##" pieces when decoding."""
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
+    return tok
+
+
+def _bert_post_processor(tok: Tokenizer) -> None:
+    """[CLS] A [SEP] B [SEP] for users of the saved tokenizer.json (encode_batch adds no specials)."""
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+
+
+class ElectraTokenizer:
+    """A WordPiece ``tokenizers.Tokenizer`` with the ids and tables pre-training needs."""
+
+    def __init__(self, tokenizer: Tokenizer, name: str = "tokenizer"):
+        if not isinstance(tokenizer.model, models.WordPiece):
+            raise TokenizerError(
+                f"{name} holds a {type(tokenizer.model).__name__} model; expected a WordPiece vocabulary "
+                f"(continuation pieces start with {CONTINUATION_PREFIX!r})"
+            )
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        vocab = [tokenizer.id_to_token(i) for i in range(size)]
+        if None in vocab:
+            raise TokenizerError(
+                f"{name} has no token for id {vocab.index(None)}; ids must run 0..{size - 1}"
+            )
+        expected = "expected a WordPiece vocabulary with " + " ".join(SPECIAL_TOKENS)
+        if size <= len(SPECIAL_TOKENS):
+            raise TokenizerError(f"{name} has {size} entries; {expected}")
+        missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise TokenizerError(f"{name} is missing {' '.join(missing)}; {expected}")
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        if hasattr(tokenizer, "encode_special_tokens"):
+            tokenizer.encode_special_tokens = True  # the text "[MASK]" in a corpus is not the mask id
+        if tokenizer.decoder is None:
+            tokenizer.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
+        self.tokenizer = tokenizer
+        self.vocab: list[str] = vocab
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            tokenizer.token_to_id(t) for t in SPECIAL_TOKENS
+        )
+        self.special_ids: list[int] = [self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id]
+        # (V,) bool, True unless the token is a "##" continuation: whole-word masking and packing
+        self.word_start_table = np.array([not t.startswith(CONTINUATION_PREFIX) for t in vocab], dtype=bool)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def __repr__(self) -> str:
+        return f"ElectraTokenizer(vocab_size={self.vocab_size}, vocab_hash={self.vocab_hash()[:12]})"
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str:
+        return self.vocab[i]
+
+    def encode(self, line: str) -> list[int]:
+        """Token ids of one line, no [CLS] / [SEP]."""
+        return self.tokenizer.encode(line, add_special_tokens=False).ids
+
+    def encode_batch(self, lines: Sequence[str]) -> list[list[int]]:
+        """Token ids of each line, no [CLS] / [SEP]; parallel inside the tokenizers library."""
+        enc = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)  # fast: no offsets
+        return [e.ids for e in enc(list(lines), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def word_starts(self, ids) -> np.ndarray:
+        """Boolean array shaped like ``ids``: True where a token begins a word (does not start
+        with "##"). Special tokens count as word starts. Used by whole-word masking."""
+        return self.word_start_table[np.asarray(ids, dtype=np.int64)]
+
+    def vocab_hash(self) -> str:
+        """sha256 of the vocabulary in id order: two tokenizers with the same hash map text to
+        the same ids (for the same normalisation), so prepared shards can be reused."""
+        return hashlib.sha256("\n".join(self.vocab).encode("utf-8")).hexdigest()
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``vocab.txt`` (one token per line, id order) and ``tokenizer.json`` into directory."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "vocab.txt").write_text("".join(t + "\n" for t in self.vocab), encoding="utf-8")
+        self.tokenizer.save(str(d / "tokenizer.json"))
+        return d
+
+
+def train_tokenizer(
+    documents: Iterable[Sequence[str]],
+    vocab_size: int,
+    *,
+    min_frequency: int = 2,
+    lowercase: bool = True,
+) -> ElectraTokenizer:
+    """Learn a WordPiece vocabulary (BERT uncased normalisation, "##" continuations, the special
+    tokens at ids 0-4) from documents given as lists of lines."""
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise TokenizerError(
+            f"vocab_size={vocab_size}; it must leave room for word pieces after {len(SPECIAL_TOKENS)} specials"
+        )
+    tok = _bert_pipeline(
+        Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)),
+        lowercase,
+    )
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        continuing_subword_prefix=CONTINUATION_PREFIX,
+        show_progress=False,
+    )
+    lines = (line for doc in documents for line in doc)
+    tok.train_from_iterator(lines, trainer)
+    _bert_post_processor(tok)
+    return ElectraTokenizer(tok, name="trained tokenizer")
+
+
+def vocab_lines(text: str) -> list[str]:
+    """Tokens of a vocab.txt, one per line. Only "\\n" ends a line: str.splitlines would also
+    split on characters such as U+2028 or U+0085 and shift every id after them."""
+    return [t.removesuffix("\r") for t in text.removesuffix("\n").split("\n")] if text else []
+
+
+def _load_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
+    vocab: dict[str, int] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not valid UTF-8 at byte offset {e.start}") from None
+    for lineno, token in enumerate(vocab_lines(text), 1):
+        if token in vocab:
+            raise TokenizerError(
+                f"{path}:{lineno}: {token!r} repeats line {vocab[token] + 1}; each token must appear once"
+            )
+        vocab[token] = lineno - 1
+    if "[UNK]" not in vocab:
+        raise TokenizerError(
+            f"{path.name} is missing [UNK]; expected a WordPiece vocabulary with " + " ".join(SPECIAL_TOKENS)
+        )
+    tok = _bert_pipeline(
+        Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)),
+        lowercase,
+    )
+    present = [t for t in SPECIAL_TOKENS if t in vocab]
+    tok.add_special_tokens(present)  # already in the vocab: marks them special, keeps their ids
+    if "[CLS]" in vocab and "[SEP]" in vocab:
+        _bert_post_processor(tok)
+    return tok
+
+
+def load_tokenizer(path: str | os.PathLike, *, lowercase: bool = True) -> ElectraTokenizer:
+    """Load a WordPiece vocabulary: a ``vocab.txt`` (BERT format, one token per line, the line
+    number is the id), a ``tokenizer.json`` (``tokenizers`` format), or a folder holding either
+    (``tokenizer.json`` preferred: it records its own normalisation). ``lowercase`` applies to
+    ``vocab.txt`` only (uncased BERT vocabularies need it)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("tokenizer.json", "vocab.txt"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise TokenizerError(f"{path} holds neither tokenizer.json nor vocab.txt")
+    elif not p.is_file():
+        raise TokenizerError(f"no such file or folder: {path}")
+    if p.suffix == ".json":
+        try:
+            tok = Tokenizer.from_file(str(p))
+        except Exception as e:  # the library raises a bare Exception with the serde message
+            raise TokenizerError(f"{p}: not a tokenizers JSON file ({e})") from None
+    else:
+        tok = _load_vocab_txt(p, lowercase)
+    return ElectraTokenizer(tok, name=p.name)

@@ -1,0 +1,116 @@
+"""Reading corpora: the official one-sentence-per-line format, jsonl, errors, the embedded default."""
+
+import json
+import random
+import re
+import secrets
+
+import pytest
+
+from electra_fast.corpus import CorpusError, corpus_files, default_corpus, read_corpus
+
+
+@pytest.fixture
+def rnd():
+    seed = secrets.randbits(32)
+    print(f"random seed {seed}")  # shown when a test fails
+    return random.Random(seed)
+
+
+def random_docs(rnd, n_docs):
+    words = ["alpha", "beta", "gamma", "delta", "été", "naïve", "x", "42", "zeta!", "œuvre"]
+    return [
+        [" ".join(rnd.choices(words, k=rnd.randint(1, 12))) for _ in range(rnd.randint(1, 6))]
+        for _ in range(n_docs)
+    ]
+
+
+def write_official(path, docs, rnd, newline="\n"):
+    """Documents separated by one or more blank (or whitespace-only) lines."""
+    parts = []
+    for doc in docs:
+        parts.append(newline.join(doc))
+        parts.append(newline + rnd.choice(["", "   ", "\t"]) + newline * rnd.randint(1, 2))
+    path.write_bytes("".join(parts).encode("utf-8"))
+
+
+def test_folder_recursive_sorted_skips_hidden(tmp_path, rnd):
+    docs = random_docs(rnd, 12)
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    (tmp_path / ".hidden_dir").mkdir()
+    (tmp_path / ".hidden_dir" / "x.txt").write_text("never read\n")
+    (tmp_path / ".hidden.txt").write_text("never read\n")
+    write_official(tmp_path / "a.txt", docs[:4], rnd)
+    write_official(tmp_path / "b" / "deep" / "c.txt", docs[8:], rnd, newline="\r\n")
+    write_official(tmp_path / "b" / "b.data", docs[4:8], rnd)  # any suffix is text
+    assert [p.name for p in corpus_files(tmp_path)] == ["a.txt", "b.data", "c.txt"]
+    assert list(read_corpus(tmp_path)) == docs
+    assert list(read_corpus([tmp_path / "b", tmp_path / "a.txt"])) == docs[4:] + docs[:4]
+
+
+def test_lines_are_stripped_and_file_end_closes_document(tmp_path):
+    (tmp_path / "t.txt").write_text("  one.  \ntwo.\n\n\n\nthree.", encoding="utf-8")
+    assert list(read_corpus(tmp_path / "t.txt")) == [["one.", "two."], ["three."]]
+
+
+def test_jsonl_documents(tmp_path, rnd):
+    docs = random_docs(rnd, 7)
+    rows = [json.dumps({"body": "\n\n".join(d), "id": i}) for i, d in enumerate(docs)]
+    rows.insert(3, "")  # blank lines between objects are allowed
+    (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert list(read_corpus(tmp_path / "d.jsonl", text_field="body")) == docs
+    with pytest.raises(CorpusError, match=r'd\.jsonl:1: no "text" field'):
+        list(read_corpus(tmp_path / "d.jsonl"))
+
+
+def test_jsonl_bad_line_names_file_and_line(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "fine"}\n{"text": broken\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"d\.jsonl:2: not valid JSON"):
+        list(read_corpus(tmp_path / "d.jsonl"))
+    (tmp_path / "e.jsonl").write_text('{"text": 3}\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r'e\.jsonl:1: "text" is int'):
+        list(read_corpus(tmp_path / "e.jsonl"))
+
+
+def test_invalid_utf8_names_file_and_byte_offset(tmp_path, rnd):
+    prefix = "".join(rnd.choice(["ab", "é", "\n", "日本", " "]) for _ in range(rnd.randint(0, 400)))
+    data = prefix.encode("utf-8") + b"\xff" + b"tail\n"
+    (tmp_path / "bad.txt").write_bytes(data)
+    offset = len(prefix.encode("utf-8"))
+    with pytest.raises(CorpusError) as e:
+        list(read_corpus(tmp_path))
+    msg = str(e.value)
+    assert f"bad.txt: not valid UTF-8 at byte offset {offset};" in msg
+    assert "--errors replace" in msg
+    assert isinstance(e.value, ValueError)
+
+    text = "".join(line.strip() for doc in read_corpus(tmp_path, errors="replace") for line in doc)
+    assert text == "".join(x.strip() for x in (prefix + "\ufffdtail\n").splitlines())
+
+
+def test_missing_path_and_empty_corpus(tmp_path):
+    with pytest.raises(CorpusError, match=r"^no such file or folder: .*nope$"):
+        read_corpus([tmp_path, tmp_path / "nope"])  # raised at the call, before reading anything
+    (tmp_path / "blank.txt").write_text("\n   \n\n")
+    with pytest.raises(CorpusError, match="empty corpus"):
+        list(read_corpus(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="empty corpus"):
+        list(read_corpus(tmp_path / "empty"))
+    with pytest.raises(CorpusError, match="errors="):
+        read_corpus(tmp_path, errors="bogus")
+
+
+def test_default_corpus_is_english_prose():
+    docs = default_corpus()
+    assert docs == default_corpus()  # deterministic, and each call gets its own copy
+    docs[0].append("mutated")
+    assert default_corpus()[0][-1] != "mutated"
+    lines = [line for doc in docs for line in doc]
+    n_bytes = sum(len(line.encode("utf-8")) + 1 for line in lines)
+    assert len(docs) > 500 and n_bytes > 500_000, (len(docs), n_bytes)
+    words = re.findall(r"[a-z]+", " ".join(lines).lower())
+    common = {w: words.count(w) for w in ("the", "of", "and", "is", "function", "return", "object")}
+    assert all(c > 200 for c in common.values()), common
+    assert not any(line.startswith((">>>", "...")) for line in lines)
+    assert all(doc for doc in docs)
