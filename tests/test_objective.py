@@ -56,7 +56,20 @@ def _perturb(model, scale=0.3):
             p.add_(torch.randn_like(p) * scale * spread)
 
 
-def test_loss_matches_independent_computation_and_50x_weighting():
+@pytest.fixture(params=["reference", "triton"])
+def backend(request, monkeypatch):
+    """Both paths of the fused ops behind the model (Triton through the interpreter on the CPU)."""
+    from electra_fast import ops
+
+    try:
+        ops.backend("cpu", request.param)
+    except ValueError as e:
+        pytest.skip(str(e))
+    monkeypatch.setenv("ELECTRA_FAST_BACKEND", request.param)
+    return request.param
+
+
+def test_loss_matches_independent_computation_and_50x_weighting(backend):
     cfg = _cfg()
     model = Electra(cfg).eval()
     _perturb(model)
@@ -133,7 +146,7 @@ def test_sample_frequencies_match_softmax(temperature):
     assert chisquare(obs, exp).pvalue > 1e-3
 
 
-def test_no_gradient_through_samples_and_shared_embeddings_get_both_gradients():
+def test_no_gradient_through_samples_and_shared_embeddings_get_both_gradients(backend):
     cfg = _cfg()
     model = Electra(cfg)
     _perturb(model)
