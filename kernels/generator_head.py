@@ -15,7 +15,8 @@ The noise is keyed by (seed, row, vocab index) through Triton's counter-based Ph
 block sizes or the grid.
 
 Layout of this file: Triton kernels, host launcher (input checks, block sizes), PyTorch
-reference (the CPU path and the test oracle), autograd wrapper and dispatch, AOT specs.
+reference (the CPU path and the test oracle), autograd wrapper (torch custom ops, so
+torch.compile(fullgraph=True) traces the Triton path) and dispatch, AOT specs.
 """
 
 from __future__ import annotations
@@ -256,8 +257,9 @@ def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index
         raise ValueError(f"seed must be an int in [0, 2**63) or a one-element integer tensor; got {seed!r}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or abs(ignore_index) >= 2**31:
         raise ValueError(f"ignore_index must be an int32 value; got {ignore_index!r}")
-    # The range check reads the targets back to the host: free on the CPU, a sync on CUDA.
-    if (debug or targets.device.type == "cpu") and M > 0:
+    # The range check reads the targets back to the host: free on the CPU, a sync on CUDA; a traced
+    # graph cannot branch on values, so never while torch.compile traces.
+    if (debug or targets.device.type == "cpu") and M > 0 and not torch.compiler.is_compiling():
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
         if bool(bad.any()):
             raise ValueError(f"targets must lie in [0, V={V}) or equal ignore_index={ignore_index}; "
@@ -398,9 +400,15 @@ def generator_loss_and_sample_triton(
     if hidden.device.type != "cuda" and not _interpreting():
         raise ValueError(f"the triton backend needs CUDA tensors (got {hidden.device}); on the CPU set "
                          "TRITON_INTERPRET=1 before importing triton, or use the reference backend")
-    loss, samples, argmax = GeneratorLossAndSample.apply(
-        hidden, weight, bias, targets, float(temperature), seed, ignore_index, bool(return_argmax),
-        block_m, block_v)
+    seed = _seed_tensor(seed, hidden.device)
+    if _HAS_CUSTOM_OP:
+        loss, samples, argmax, _, _ = _generator_head_fwd_op(
+            hidden, weight, bias, targets, seed, float(temperature), ignore_index, bool(return_argmax),
+            block_m, block_v)
+    else:
+        loss, samples, argmax = GeneratorLossAndSample.apply(
+            hidden, weight, bias, targets, float(temperature), seed, ignore_index, bool(return_argmax),
+            block_m, block_v)
     return (loss, samples, argmax) if return_argmax else (loss, samples)
 
 
@@ -423,13 +431,12 @@ def generator_loss_and_sample_reference(
 ):
     """Same contract as :func:`generator_loss_and_sample_triton`, materialising [M, V] fp32 logits.
 
-    Differentiable by plain autograd. The Gumbel noise comes from a ``torch.Generator`` seeded
-    with ``seed``, so samples follow the same distribution as the Triton path but not the same
-    draws.
+    Differentiable by plain autograd. The Gumbel noise is a hash of (seed, row * V + v) in plain
+    torch ops (:func:`_reference_uniform`), so samples follow the same distribution as the Triton
+    path but not the same draws; a tensor seed is never read back to the host, and
+    ``torch.compile(fullgraph=True)`` traces the whole function.
     """
     _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
-    if isinstance(seed, torch.Tensor):
-        seed = int(seed.item())
     targets = targets.long()
     logits = hidden.float() @ weight.float().T
     if bias is not None:
@@ -438,22 +445,144 @@ def generator_loss_and_sample_reference(
     loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     loss = loss / valid.sum().clamp(min=1).to(torch.float32)
     with torch.no_grad():
-        gen = torch.Generator(device=hidden.device).manual_seed(seed)
-        u = torch.rand(logits.shape, generator=gen, device=hidden.device, dtype=torch.float32)
-        u = u.clamp(U_EPS, 1.0 - U_EPS)
-        samples = torch.argmax(logits / temperature - torch.log(-torch.log(u)), dim=-1)
+        M, V = logits.shape
+        seed = _seed_tensor(seed, hidden.device)
+        # Row chunks bound the int64 hash temporaries: cache-sized in eager; large when traced, where
+        # the compiler fuses the hash and a Python loop would unroll into the graph.
+        step = max(1, (1 << 24 if torch.compiler.is_compiling() else 1 << 16) // V)
+        samples = [torch.argmax(logits[r0:r0 + step] / temperature
+                                - torch.log(-torch.log(_reference_uniform(seed, r0, min(M, r0 + step), V))), dim=-1)
+                   for r0 in range(0, M, step)]
+        samples = torch.cat(samples) if samples else targets.new_empty(0)
         samples = torch.where(valid, samples, targets)
         argmax = torch.argmax(logits, dim=-1)
     return (loss, samples, argmax) if return_argmax else (loss, samples)
 
 
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """Integer hash of uint32 values held in int64, in place: xorshift-multiply rounds (the shape of
+    lowbias32, C. Wellons' hash-prospector). Both multipliers are < 2**31, so no product overflows int64."""
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x &= _M32
+    x ^= x >> 15
+    x *= 0x5BD1E995
+    x &= _M32
+    x ^= x >> 16
+    return x
+
+
+def _reference_uniform(seed: torch.Tensor, r0: int, r1: int, V: int) -> torch.Tensor:
+    """Uniforms in [U_EPS, 1 - U_EPS], fp32 [r1 - r0, V], for rows r0..r1 of the reference's noise.
+
+    Counter-based like tl.rand (a different function): element (row, v) is a hash of the seed
+    (a (1,) int64 tensor) and the counter row * V + v, so the draws do not depend on the chunking
+    and need neither a generator object nor a host read of the seed.
+    """
+    k1 = _mix32((seed & _M32) ^ 0x9E3779B9)  # (1,) keys from the seed's low and high words
+    k2 = _mix32(((seed >> 32) & _M32) ^ k1)
+    n = torch.arange(r0, r1, device=seed.device)[:, None] * V + torch.arange(V, device=seed.device)
+    x = n
+    if r1 * V > _M32:  # counters past 2**32 also hash their high word; _mix32(0) = 0 keeps the rest
+        x = (n & _M32) ^ _mix32(n >> 32)
+    x = _mix32(x ^ k1)
+    x ^= k2
+    x = _mix32(x)
+    return ((x >> 8).to(torch.float32) * 2.0**-24).clamp_(U_EPS, 1.0 - U_EPS)  # top 24 bits: exact in fp32
+
+
 # --------------------------------------------------------------------------------------------
-# Autograd wrapper and dispatch
+# Autograd wrapper (torch custom ops) and dispatch
 # --------------------------------------------------------------------------------------------
+
+# The Triton path is a pair of torch custom ops (forward, backward) with fake (shape-only)
+# implementations, so torch.compile(fullgraph=True) traces each as one opaque node and a CUDA
+# graph can capture it; register_autograd ties the backward op to the forward op. The seed is a
+# (1,) int64 tensor argument: a captured graph that refills it draws fresh samples each replay.
+# Schemas are spelled out (``from __future__ import annotations`` defeats inference on older
+# torch). Torch without torch.library.custom_op (< 2.4) falls back to GeneratorLossAndSample.
+_HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
+
+
+def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v):
+    """(loss, samples, argmax, lse, n_valid); argmax is empty unless asked."""
+    hidden = hidden.contiguous()
+    weight = weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    loss, samples, argmax, lse, n_valid = _launch_forward(
+        hidden, weight, bias, targets.contiguous().long(), temperature, seed, ignore_index, return_argmax,
+        block_m, block_v)
+    return loss, samples, argmax if argmax is not None else samples.new_empty(0), lse, n_valid
+
+
+def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v):
+    M = hidden.shape[0]
+    scalar = hidden.new_empty((), dtype=torch.float32)
+    samples = hidden.new_empty(M, dtype=torch.int64)
+    argmax = hidden.new_empty(M if return_argmax else 0, dtype=torch.int64)
+    return scalar, samples, argmax, hidden.new_empty(M, dtype=torch.float32), hidden.new_empty((), dtype=torch.int64)
+
+
+def _bwd_impl(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
+              need_dh, need_dw):
+    """(dh, dW, db); an empty tensor where not needed (a custom op cannot return None)."""
+    hidden = hidden.contiguous()
+    weight = weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    dh, dw, db = _launch_backward(grad_loss, hidden, weight, bias, targets.contiguous().long(), lse, n_valid,
+                                  ignore_index, block_m, block_v, need_dh, need_dw)
+    empty = lambda like: like.new_empty(0)
+    return (dh if dh is not None else empty(hidden), dw if dw is not None else empty(weight),
+            db if db is not None else empty(weight))
+
+
+def _bwd_fake(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
+              need_dh, need_dw):
+    dh = hidden.new_empty(hidden.shape if need_dh else (0,))
+    dw = weight.new_empty(weight.shape if need_dw else (0,))
+    db = bias.new_empty(bias.shape) if need_dw and bias is not None else weight.new_empty(0)
+    return dh, dw, db
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias, targets, _, _, ignore_index, _, block_m, block_v = inputs
+    _, _, _, lse, n_valid = output
+    ctx.save_for_backward(hidden, weight, bias, targets, lse, n_valid)
+    ctx.ignore_index, ctx.block_m, ctx.block_v = ignore_index, block_m, block_v
+
+
+def _backward_rule(ctx, grad_loss, *unused_grads):
+    hidden, weight, bias, targets, lse, n_valid = ctx.saved_tensors
+    need_dh = ctx.needs_input_grad[0]
+    need_dw = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+    dh, dw, db = _generator_head_bwd_op(grad_loss, hidden, weight, bias, targets, lse, n_valid,
+                                        ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
+    return (dh if need_dh else None, dw if ctx.needs_input_grad[1] else None,
+            db if ctx.needs_input_grad[2] else None, None, None, None, None, None, None, None)
+
+
+if _HAS_CUSTOM_OP:
+    _generator_head_fwd_op = torch.library.custom_op(
+        "electra_fast::generator_head_fwd", _fwd_impl, mutates_args=(), schema=(
+            "(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor seed, float temperature, "
+            "int ignore_index, bool return_argmax, int? block_m, int? block_v) "
+            "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"))
+    _generator_head_fwd_op.register_fake(_fwd_fake)
+    _generator_head_bwd_op = torch.library.custom_op(
+        "electra_fast::generator_head_bwd", _bwd_impl, mutates_args=(), schema=(
+            "(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor lse, "
+            "Tensor n_valid, int ignore_index, int? block_m, int? block_v, bool need_dh, bool need_dw) "
+            "-> (Tensor, Tensor, Tensor)"))
+    _generator_head_bwd_op.register_fake(_bwd_fake)
+    _generator_head_fwd_op.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
 class GeneratorLossAndSample(torch.autograd.Function):
-    """Triton forward/backward. Outputs (loss, samples, argmax); argmax is empty unless asked."""
+    """Triton forward/backward without custom ops (torch < 2.4): eager only, torch.compile breaks the
+    graph here. Outputs (loss, samples, argmax); argmax is empty unless asked."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
