@@ -208,17 +208,18 @@ class Electra(nn.Module):
 
     # ------------------------------------------------------------------ pre-training step
     def forward(self, input_ids, token_type_ids, attention_mask, masked_positions, masked_ids, masked_weights,
-                *, original_ids=None, seed: int | None = None, return_logits: bool = False) -> ElectraOutput:
+                *, original_ids=None, seed: int | torch.Tensor | None = None, return_logits: bool = False) -> ElectraOutput:
         """One pre-training step on a masked batch (the format of ``electra_fast.masking``).
 
         input_ids (B, T) ids after masking; masked_positions / masked_ids / masked_weights (B, P):
         positions, original ids there, 1.0 for real slots and 0.0 for padding. ``original_ids``
-        (B, T) saves a scatter when the loader has them. ``seed`` keys the Gumbel noise; by
-        default it is drawn from torch's CPU generator (checkpointed with the run).
+        (B, T) saves a scatter when the loader has them. ``seed`` (an int or a 1-element int64
+        tensor) keys the Gumbel noise; by default it is drawn from torch's generator on the batch's
+        device (checkpointed with the run).
         """
         cfg = self.config
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # CPU tensor: no device sync
+        if seed is None:  # a device tensor: no host sync, and torch.compile never recompiles for it
+            seed = torch.randint(0, 2**31 - 1, (1,), device=masked_ids.device)
         B, P = masked_positions.shape
         real_slot = masked_weights > 0
         n_pred = masked_weights.sum()

@@ -430,8 +430,10 @@ def train(args) -> int:
                 cpu_batch = next(it)
                 tokens_seen += int(cpu_batch["attention_mask"].sum()) * world  # CPU tensor: no device sync
                 batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+                # the sampling seed: from the (checkpointed) CPU generator, passed as a tensor
+                seed = torch.randint(0, 2**31 - 1, (1,)).to(device, non_blocking=True)
                 with autocast:
-                    out = fwd(**_model_inputs(batch))
+                    out = fwd(**_model_inputs(batch), seed=seed)
                 loss = out.loss / args.grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.detach()

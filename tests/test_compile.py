@@ -141,3 +141,17 @@ def test_generator_head_ops_pass_opcheck(with_bias):
         torch.library.opcheck(gh._generator_head_bwd_op,
                               (grad, hidden.detach(), weight.detach(), None if bias is None else bias.detach(),
                                targets, lse.detach(), n_valid, -100, None, None, need_dh, need_dw))
+
+
+def test_default_seed_compiles_without_graph_breaks(backend):
+    """The training loop's call: no seed given, the model draws one on the device, in the graph."""
+    model, batch = _model(), _batch()
+    cnt = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=cnt)
+    torch.manual_seed(7)
+    first = compiled(**batch)
+    first.loss.backward()
+    second = compiled(**batch)
+    assert torch.isfinite(first.loss) and torch.isfinite(second.loss)
+    assert cnt.frame_count == 1
+    assert not counters["graph_break"], dict(counters["graph_break"])
