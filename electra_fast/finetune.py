@@ -1,0 +1,731 @@
+"""Fine-tuning: the pre-trained discriminator on GLUE, a user's TSV, or the offline probe.
+
+    python -m electra_fast.finetune --checkpoint runs/tiny --task sst2 --data-dir glue/SST-2
+    python -m electra_fast.finetune --checkpoint runs/tiny --task probe
+
+The recipe is the paper's (Clark et al., 2020, section 3.1 and Table 7): the encoder's [CLS]
+vector -> dropout -> one linear layer; AdamW (eps 1e-6, weight decay 0.01 except LayerNorm and
+biases, global-norm clipping 1.0); 10% warmup and linear decay; layer-wise learning-rate decay
+0.8 (0.9 for Large); 3 epochs, batch 32; peak lr 3e-4 / 1e-4 / 5e-5 for Small / Base / Large
+(1e-3 for our tiny preset). Layer-wise decay is done right: the head gets lr, the top encoder
+layer lr*d, each layer below one more factor d, the embeddings one factor below the lowest
+layer (the official run_finetuning.py is off by one and gives the top layer lr*d^2).
+
+``--checkpoint`` is one of our training run folders (its newest readable ckpt-*.pt and its
+vocab/) or a HuggingFace ELECTRA discriminator folder on disk (config.json, model.safetensors
+or pytorch_model.bin, vocab.txt). Writes ``results.json``, the dev predictions and the best
+epoch's model (``best/``, read back by ``load_classifier``) into ``--out``.
+
+``--task probe`` needs no data: line pairs from documents of the embedded corpus that the run
+held out of pre-training, fine-tuned twice with the same recipe, once from the checkpoint and
+once from a randomly initialised encoder of the same config; one line compares the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import CheckpointError, list_checkpoints, load_latest
+from .config import ElectraConfig
+from .glue import GLUE_TASKS, DataError, Examples, Task, compute_metrics, label_set_of, read_split, user_task
+from .hf import HFFormatError, load_hf
+from .model import Electra, Embeddings, Encoder
+from .tokenizer import ElectraTokenizer, TokenizerError, load_tokenizer
+
+
+class FinetuneError(ValueError):
+    """A checkpoint or an option cannot be used; the message says what to change."""
+
+
+USER_ERRORS = (FinetuneError, DataError, CheckpointError, TokenizerError, HFFormatError)
+
+# Table 7 of the paper (tiny is ours: a 128-wide model learns faster with a larger step).
+DEFAULT_LR = {"tiny": 1e-3, "small": 3e-4, "base": 1e-4, "large": 5e-5}
+DEFAULT_LAYER_DECAY = {"tiny": 0.8, "small": 0.8, "base": 0.8, "large": 0.9}
+
+
+def model_size(cfg: ElectraConfig) -> str:
+    """The preset a config is closest to, by width (picks the default lr and layer decay)."""
+    h = cfg.hidden_size
+    return "tiny" if h <= 128 else "small" if h <= 256 else "base" if h <= 768 else "large"
+
+
+# ============================================================================ loading
+@dataclass
+class Pretrained:
+    model: Electra
+    tokenizer: ElectraTokenizer
+    source: str  # what was loaded, for logs and results.json
+    run_dir: Path | None = None  # our run folder (the probe looks for its pre-training holdout)
+
+
+def load_run(run_dir: str | Path, log=print) -> Pretrained:
+    """Our training run folder: the newest readable checkpoint and the vocabulary in ``vocab/``."""
+    d = Path(run_dir)
+    state, path = load_latest(d, log=log)
+    try:
+        cfg = ElectraConfig.from_dict(state["config"])
+        model = Electra(cfg, state.get("objective", "electra"))
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FinetuneError(f"{path}: cannot rebuild the model from this checkpoint ({first[:200]})") from None
+    vocab = d / "vocab"
+    if not vocab.is_dir():
+        raise FinetuneError(f"{d}: no vocab/ folder; the run's vocab.txt / tokenizer.json are needed")
+    tok = load_tokenizer(vocab)
+    _check_vocab(cfg, tok, f"checkpoint {path}", vocab)
+    if state.get("vocab_hash") not in (None, tok.vocab_hash()):
+        raise FinetuneError(f"{vocab} does not match the vocabulary checkpoint {path} was trained with "
+                            "(same size, different tokens)")
+    return Pretrained(model, tok, f"{path} (step {state.get('step')}, objective {model.objective})", d)
+
+
+def _check_vocab(cfg: ElectraConfig, tok: ElectraTokenizer, what: str, vocab_path: Path) -> None:
+    if cfg.vocab_size != tok.vocab_size:
+        raise FinetuneError(f"{what} has a {cfg.vocab_size}-token vocabulary but {vocab_path} has "
+                            f"{tok.vocab_size} tokens; use the vocabulary the model was trained with")
+
+
+def load_pretrained(path: str | Path, log=print) -> Pretrained:
+    """Our run folder (or one ckpt-*.pt in it), or a HuggingFace ELECTRA discriminator folder."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".pt":
+        p = p.parent
+    if not p.is_dir():
+        raise FinetuneError(f"--checkpoint {path}: no such folder")
+    hf_weights = (p / "model.safetensors").is_file() or (p / "pytorch_model.bin").is_file()
+    if (p / "config.json").is_file() and hf_weights and not list_checkpoints(p):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model = load_hf(p)
+            except KeyError as e:
+                raise FinetuneError(f"{p}: missing weight {e.args[0]!r}; not an ELECTRA discriminator") from None
+            except RuntimeError as e:
+                raise FinetuneError(f"{p}: weights do not fit config.json ({str(e).splitlines()[0][:200]})") from None
+        for w in caught:  # the discriminator head is not needed for fine-tuning
+            if "discriminator_predictions" not in str(w.message):
+                log(f"warning: {w.message}")
+        lowercase = True
+        tc = p / "tokenizer_config.json"
+        if tc.is_file():
+            lowercase = bool(json.loads(tc.read_text(encoding="utf-8")).get("do_lower_case", True))
+        tok = load_tokenizer(p, lowercase=lowercase)
+        _check_vocab(model.config, tok, f"{p / 'config.json'}", p)
+        return Pretrained(model, tok, f"{p} (HuggingFace)")
+    if list_checkpoints(p):
+        return load_run(p, log=log)
+    raise FinetuneError(f"--checkpoint {path}: neither a training run folder (ckpt-*.pt + vocab/) nor a "
+                        "HuggingFace ELECTRA folder (config.json + model.safetensors + vocab.txt)")
+
+
+# ============================================================================ the model
+class SequenceClassifier(nn.Module):
+    """ELECTRA encoder (shared embeddings + discriminator) -> [CLS] -> dropout -> linear."""
+
+    def __init__(self, config: ElectraConfig, num_outputs: int, dropout: float = 0.1):
+        super().__init__()
+        cfg = config.replace(dropout=dropout, attention_dropout=dropout)  # the paper fine-tunes with 0.1
+        self.config = cfg
+        self.num_outputs = num_outputs
+        self.embeddings = Embeddings(cfg)
+        self.encoder = Encoder(cfg, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(cfg.hidden_size, num_outputs)
+        nn.init.normal_(self.classifier.weight, std=cfg.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    @classmethod
+    def from_electra(cls, electra: Electra, num_outputs: int, dropout: float = 0.1) -> SequenceClassifier:
+        """Copy the encoder ELECTRA keeps: the discriminator, or for the BERT (MLM) baseline the
+        full-size generator; the word embeddings with the GDES delta folded in."""
+        model = cls(electra.config, num_outputs, dropout)
+        with torch.no_grad():
+            model.embeddings.load_state_dict(electra.embeddings.state_dict())
+            if electra.disc_embedding_delta is not None:
+                model.embeddings.word_embeddings.weight.add_(electra.disc_embedding_delta)
+            encoder = electra.discriminator if electra.discriminator is not None else electra.generator
+            model.encoder.load_state_dict(encoder.state_dict())
+        return model
+
+    def hidden(self, input_ids, token_type_ids=None, attention_mask=None):  # (B, T) -> (B, T, H)
+        return self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):  # -> (B, K), or (B,) if K == 1
+        cls_vec = self.hidden(input_ids, token_type_ids, attention_mask)[:, 0]  # (B, H)
+        out = self.classifier(self.dropout(cls_vec))
+        return out.squeeze(-1) if self.num_outputs == 1 else out
+
+
+def layerwise_param_groups(model: SequenceClassifier, lr: float, layer_decay: float,
+                           weight_decay: float = 0.01) -> list[dict]:
+    """AdamW groups: head lr; encoder layer i of L gets lr * d^(L - i) (the top one lr * d);
+    embeddings and embeddings_project lr * d^(L + 1). No weight decay on LayerNorm and biases."""
+    L = len(model.encoder.layers)
+    parts = [("head", 0, [model.classifier])]
+    parts += [(f"layer {i}", L - i, [layer]) for i, layer in enumerate(model.encoder.layers)]
+    parts += [("embeddings", L + 1, [model.embeddings, model.encoder.embeddings_project])]
+    groups = []
+    for name, depth, modules in parts:
+        decay, no_decay = [], []
+        for top in modules:
+            if top is None:
+                continue
+            for mod in top.modules():
+                for pname, p in mod.named_parameters(recurse=False):
+                    if p.requires_grad:
+                        (no_decay if isinstance(mod, nn.LayerNorm) or pname == "bias" else decay).append(p)
+        for params, wd, kind in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no decay")):
+            if params:
+                groups.append({"params": params, "lr": lr * layer_decay ** depth, "weight_decay": wd,
+                               "name": f"{name} ({kind})"})
+    covered = {id(p) for g in groups for p in g["params"]}
+    missed = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+    if missed:
+        raise AssertionError(f"parameters without a learning-rate group: {missed}")
+    return groups
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Multiplier of the peak lr for update ``step`` (0-based): linear warmup times linear decay
+    to zero, multiplied as in the official optimization.py."""
+    return min(1.0, (step + 1) / max(1, warmup)) * max(0.0, 1.0 - step / max(1, total))
+
+
+# ============================================================================ data -> tensors
+@dataclass
+class Encoded:
+    """Token ids per example ([CLS] a [SEP] (b [SEP])), segment ids and targets."""
+
+    ids: list[list[int]]
+    types: list[list[int]]
+    targets: np.ndarray  # (N,) int64 class index, or float32 for regression
+    examples: Examples
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _pair_lengths(la: int, lb: int, budget: int) -> tuple[int, int]:
+    """Longest-first truncation (BERT's _truncate_seq_pair) in closed form."""
+    if la + lb <= budget:
+        return la, lb
+    if la <= lb:
+        ka = min(la, (budget + 1) // 2)
+        return ka, budget - ka
+    kb = min(lb, budget // 2)
+    return budget - kb, kb
+
+
+def encode(tok: ElectraTokenizer, ex: Examples, task: Task, seq_len: int) -> Encoded:
+    a = tok.encode_batch(ex.text_a)
+    b = tok.encode_batch(ex.text_b) if ex.text_b is not None else None
+    ids, types = [], []
+    for i, x in enumerate(a):
+        if b is None:
+            x = x[: seq_len - 2]
+            ids.append([tok.cls_id, *x, tok.sep_id])
+            types.append([0] * (len(x) + 2))
+        else:
+            ka, kb = _pair_lengths(len(x), len(b[i]), seq_len - 3)
+            ids.append([tok.cls_id, *x[:ka], tok.sep_id, *b[i][:kb], tok.sep_id])
+            types.append([0] * (ka + 2) + [1] * (kb + 1))
+    if task.regression:
+        targets = np.array([float(v) for v in ex.labels], dtype=np.float32)
+    else:
+        index = {label: i for i, label in enumerate(task.labels)}
+        targets = np.array([index[v] for v in ex.labels], dtype=np.int64)
+    return Encoded(ids, types, targets, ex)
+
+
+def make_batch(data: Encoded, rows, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, token_type_ids, attention_mask), padded to the longest row of the batch."""
+    T = max(len(data.ids[r]) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    types = torch.zeros((len(rows), T), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for j, r in enumerate(rows):
+        n = len(data.ids[r])
+        ids[j, :n] = torch.tensor(data.ids[r])
+        types[j, :n] = torch.tensor(data.types[r])
+        mask[j, :n] = 1
+    return ids.to(device), types.to(device), mask.to(device)
+
+
+# ============================================================================ training
+@dataclass
+class Hyper:
+    epochs: int = 3
+    lr: float = 1e-3
+    layer_decay: float = 0.8
+    batch_size: int = 32
+    seq_len: int = 128
+    seed: int = 42
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    dropout: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 128
+
+
+@torch.no_grad()
+def predict(model: SequenceClassifier, data: Encoded, pad_id: int, device, batch_size: int = 128) -> np.ndarray:
+    """Class indices (or scores for regression) for every example, in order."""
+    model.eval()
+    out = []
+    order = np.argsort([len(x) for x in data.ids], kind="stable")  # similar lengths: less padding
+    for s in range(0, len(order), batch_size):
+        rows = order[s:s + batch_size]
+        logits = model(*make_batch(data, rows, pad_id, device)).float().cpu()
+        out.append(logits.numpy() if model.num_outputs == 1 else logits.argmax(-1).numpy())
+    pred = np.concatenate(out)
+    result = np.empty_like(pred)
+    result[order] = pred
+    return result
+
+
+def write_predictions(path: Path, task: Task, data: Encoded, pred: np.ndarray) -> None:
+    """line (in the dev file), prediction, gold label: one row per dev example."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("line\tprediction\tlabel\n")
+        for line, p, gold in zip(data.examples.lines, pred, data.examples.labels):
+            shown = f"{float(p):.6g}" if task.regression else task.labels[int(p)]
+            f.write(f"{line}\t{shown}\t{gold}\n")
+
+
+def save_classifier(model: SequenceClassifier, folder: Path, meta: dict, tokenizer: ElectraTokenizer | None) -> None:
+    """``model.safetensors`` (the classifier's state dict) + ``config.json`` (our ElectraConfig,
+    the head, the task's labels) + the vocabulary: ``load_classifier`` rebuilds it."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    info = {"electra_config": model.config.to_dict(), "num_outputs": model.num_outputs, **meta}
+    (folder / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if tokenizer is not None:
+        tokenizer.save(folder)
+
+
+def load_classifier(folder: str | Path) -> tuple[SequenceClassifier, dict]:
+    """A classifier written by ``save_classifier`` (eval mode) and its config.json."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    info = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg = ElectraConfig.from_dict(info["electra_config"])
+    model = SequenceClassifier(cfg, info["num_outputs"], dropout=cfg.dropout)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model.eval(), info
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[str, Encoded],
+             hp: Hyper, out_dir: Path, *, pad_id: int, device="cpu", tokenizer: ElectraTokenizer | None = None,
+             progress: bool = True, log=print, meta: dict | None = None) -> dict:
+    """Train ``model`` on ``train``, evaluate every epoch on each dev split, keep the best epoch
+    (by ``task.metric`` on the first dev split). Writes results.json, ``<dev>_predictions.tsv``
+    and ``best/`` into ``out_dir``; returns the results."""
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    groups = layerwise_param_groups(model, hp.lr, hp.layer_decay, hp.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.999), eps=1e-6)
+    steps_per_epoch = math.ceil(len(train) / hp.batch_size)
+    total = steps_per_epoch * hp.epochs
+    warmup = max(1, round(hp.warmup_fraction * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+    rng = np.random.default_rng(hp.seed)
+    targets = torch.from_numpy(train.targets)
+    main_dev = next(iter(devs))
+    history, best, best_value = [], None, -math.inf
+    t0 = time.time()
+    bar = tqdm(total=total, desc=f"fine-tuning {task.title}", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    say = bar.write if progress else log  # above the live bar, not through it
+    try:
+        for epoch in range(1, hp.epochs + 1):
+            model.train()
+            order = rng.permutation(len(train))
+            loss_sum, n_batches = torch.zeros(()), 0
+            for s in range(0, len(order), hp.batch_size):
+                rows = order[s:s + hp.batch_size]
+                out = model(*make_batch(train, rows, pad_id, device))
+                y = targets[rows].to(device)
+                loss = F.mse_loss(out.float(), y) if task.regression else F.cross_entropy(out.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+                opt.step()
+                sched.step()
+                loss_sum += loss.detach().cpu()
+                n_batches += 1
+                bar.update(1)
+                if n_batches % 10 == 0:
+                    bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / n_batches:.4f}")
+            record = {"epoch": epoch, "train_loss": loss_sum.item() / max(1, n_batches), "dev": {}}
+            preds = {}
+            for name, data in devs.items():
+                preds[name] = predict(model, data, pad_id, device, hp.eval_batch_size)
+                record["dev"][name] = compute_metrics(task, preds[name], data.targets)
+            value = record["dev"][main_dev][task.metric]
+            value = -math.inf if math.isnan(value) else value  # a diverged epoch is never the best
+            improved = best is None or value > best_value
+            history.append(record)
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in record["dev"][main_dev].items())
+            say(f"epoch {epoch}/{hp.epochs}: train loss {record['train_loss']:.4f}; {main_dev}: {shown}"
+                + (" (best)" if improved else ""))
+            if improved:
+                best_value, best = value, record
+                for name, data in devs.items():
+                    write_predictions(out_dir / f"{name}_predictions.tsv", task, data, preds[name])
+                save_classifier(model, out_dir / "best", {
+                    "task": task.name, "labels": list(task.labels) if task.labels else None,
+                    "regression": task.regression, "seq_len": hp.seq_len, "epoch": epoch,
+                    "dev": record["dev"], **(meta or {})}, tokenizer)
+    finally:
+        bar.close()
+    results = {
+        "task": task.name, "metric": task.metric, "main_dev": main_dev,
+        "best": {"epoch": best["epoch"], "value": best_value, "dev": best["dev"]},
+        "final": history[-1]["dev"], "epochs": history,
+        "train_examples": len(train), "dev_examples": {k: len(v) for k, v in devs.items()},
+        "hyperparameters": {**dataclasses.asdict(hp), "steps": total, "warmup_steps": warmup},
+        "train_seconds": round(time.time() - t0, 1), **(meta or {}),
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+# ============================================================================ GLUE / TSV runs
+def load_task_data(args) -> tuple[Task, Examples, dict[str, Examples]]:
+    """The task definition and its train / dev examples from ``--data-dir``."""
+    if args.data_dir is None:
+        raise FinetuneError(f"--task {args.task} needs --data-dir (a folder with train.tsv and dev.tsv)")
+    d = Path(args.data_dir)
+    if not d.is_dir():
+        raise FinetuneError(f"--data-dir {d}: no such folder")
+    if args.task == "tsv":
+        if not args.text_cols or args.label_col is None:
+            raise FinetuneError("--task tsv needs --text-cols A[,B] and --label-col C (header names or 0-based indices)")
+        train_path = next((d / f"train{s}" for s in (".tsv", ".csv") if (d / f"train{s}").is_file()), d / "train.tsv")
+        dev_path = next((d / f"dev{s}" for s in (".tsv", ".csv") if (d / f"dev{s}").is_file()), d / "dev.tsv")
+        delimiter = args.delimiter or ("," if train_path.suffix == ".csv" else "\t")
+        if delimiter in ("\\t", "tab"):
+            delimiter = "\t"
+        if len(delimiter) != 1:
+            raise FinetuneError(f"--delimiter must be one character, got {delimiter!r}")
+        task = user_task([c.strip() for c in args.text_cols.split(",")], args.label_col.strip(), args.regression,
+                         delimiter, train_path, dev_path)
+        train = read_split(train_path, task)
+        if not task.regression:
+            task = dataclasses.replace(task, labels=label_set_of(train))
+            if len(task.labels) < 2:
+                raise DataError(f"{train_path}: every label is {task.labels[0]!r}; a classifier needs two or more "
+                                "(numeric targets: add --regression)")
+    else:
+        task = GLUE_TASKS[args.task]
+        train = read_split(d / task.train_file, task)
+    devs = {Path(f).stem: read_split(d / f, task) for f in task.dev_files}
+    return task, train, devs
+
+
+def run_task(args, data: tuple[Task, Examples, dict[str, Examples]], pre: Pretrained, hp: Hyper, out: Path,
+             device) -> dict:
+    task, train_ex, dev_ex = data
+    tok = pre.tokenizer
+    train = encode(tok, train_ex, task, hp.seq_len)
+    devs = {k: encode(tok, v, task, hp.seq_len) for k, v in dev_ex.items()}
+    _seed_all(hp.seed)
+    model = SequenceClassifier.from_electra(pre.model, task.num_outputs, hp.dropout)
+    print(f"{task.title}: {len(train)} train examples, "
+          + ", ".join(f"{len(v)} {k}" for k, v in devs.items())
+          + f"; lr {hp.lr:g}, layer decay {hp.layer_decay:g}, {hp.epochs} epochs, batch {hp.batch_size}")
+    res = finetune(model, task, train, devs, hp, out, pad_id=tok.pad_id, device=device, tokenizer=tok,
+                   progress=not args.no_progress, meta={"checkpoint": pre.source})
+    best = res["best"]
+    print(f"{task.title} best dev {task.metric} = {best['value']:.4f} (epoch {best['epoch']}); "
+          f"results in {out / 'results.json'}")
+    return res
+
+
+# ============================================================================ the probe
+# Pairs of lines from held-out documents of the embedded corpus. "next" (the default): is the
+# second line the one that follows the first, or a line of another document? "order": were two
+# consecutive lines swapped? Label 1 is the document's own order.
+PROBE_TASKS = {
+    "next": Task("probe", ("first", "second"), "label", ("other", "next"), display="probe (next line)"),
+    "order": Task("probe", ("first", "second"), "label", ("swapped", "in_order"), display="probe (line order)"),
+}
+PROBE_MIN_WORDS = 3
+
+
+def _doc_tokens(tok: ElectraTokenizer, docs: list[list[str]]) -> list[list[int]]:
+    ids = tok.encode_batch([line for doc in docs for line in doc])
+    out, pos = [], 0
+    for doc in docs:
+        out.append([t for line in ids[pos:pos + len(doc)] for t in line])
+        pos += len(doc)
+    return out
+
+
+def pretraining_holdout(run_dir: Path | None, docs: list[list[str]], tok: ElectraTokenizer) -> list[int] | None:
+    """Indices of the default-corpus documents the run held out of pre-training, or None.
+
+    Rebuilt from the run's data/manifest.json (same corpus fingerprint, seed and holdout count as
+    ``data.prepare_dataset``'s draw) and then verified against the holdout shard itself: the
+    opening tokens of its examples must occur in the rebuilt documents. Anything that does not
+    match gives None (and the probe falls back to a hash split)."""
+    if run_dir is None or not (run_dir / "data" / "manifest.json").is_file():
+        return None
+    from .corpus import documents_fingerprint
+    from .data import load_dataset
+
+    try:
+        m = json.loads((run_dir / "data" / "manifest.json").read_text(encoding="utf-8"))
+        key, n_hold = m["key"], int(m["num_documents"]["holdout"])
+        if key["fingerprint"] != "docs:" + documents_fingerprint(docs) or not 0 < n_hold < len(docs):
+            return None
+        idx = np.sort(np.random.default_rng([key["seed"], 1]).choice(len(docs), n_hold, replace=False))
+        holdout = load_dataset(run_dir / "data").splits["holdout"]
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    n = 6
+    grams = set()
+    for stream in _doc_tokens(tok, [docs[i] for i in idx]):
+        grams.update(tuple(stream[j:j + n]) for j in range(len(stream) - n + 1))
+    checked = found = 0
+    for r in range(min(len(holdout), 50)):
+        row = [int(t) for t in holdout.input_ids[r, 1:int(holdout.lengths[r])]]
+        seg = row[:row.index(tok.sep_id)] if tok.sep_id in row else row
+        if len(seg) >= n:
+            checked += 1
+            found += tuple(seg[:n]) in grams
+    return [int(i) for i in idx] if checked and found >= 0.9 * checked else None
+
+
+def probe_data(pre: Pretrained, n_train: int, n_dev: int, kind: str = "next") -> tuple[Examples, Examples, dict]:
+    """The probe's examples from the embedded default corpus (see PROBE_TASKS for ``kind``).
+
+    Split by document: dev documents are the run's pre-training holdout when it can be recovered,
+    else a fixed hash split (15%); dev lines found in any other document are left out. Train:
+    ``n_train`` pairs, each with a random label. Dev: up to ``n_dev // 2`` pairs, each giving one
+    example of either label (exactly balanced). Deterministic: the same examples on every call."""
+    from .corpus import default_corpus
+
+    docs = default_corpus()
+    held = pretraining_holdout(pre.run_dir, docs, pre.tokenizer)
+    if held is not None:
+        dev_docs = set(held)
+        how = f"the {len(held)} documents held out of pre-training"
+    else:
+        dev_docs = {i for i, d in enumerate(docs)
+                    if int(hashlib.sha256("\n".join(d).encode()).hexdigest()[:8], 16) % 100 < 15}
+        how = f"{len(dev_docs)} documents by hash (pre-training may have seen them)"
+    # the corpus repeats passages across documents (overlapping help topics, inherited
+    # docstrings): a dev line that also occurs in any other document is not used
+    outside = {line for i, doc in enumerate(docs) if i not in dev_docs for line in doc}
+
+    def usable(line: str, dev: bool) -> bool:
+        return len(line.split()) >= PROBE_MIN_WORDS and not (dev and line in outside)
+
+    def split(which: list[int], dev: bool):  # consecutive pairs and the lines negatives come from
+        pairs = [(i, a, b) for i in which for a, b in zip(docs[i], docs[i][1:])
+                 if a != b and usable(a, dev) and usable(b, dev)]
+        pool = [(i, line) for i in which for line in docs[i] if usable(line, dev)]
+        return pairs, pool
+
+    labels = PROBE_TASKS[kind].labels
+    rng = np.random.default_rng(20200101)  # fixed: the probe data never depends on --seed
+
+    def example(ex: Examples, pair, keep: bool, pool) -> None:
+        """keep: the two lines as the document has them (label 1); else swapped / replaced (0)."""
+        doc, first, second = pair
+        if not keep and kind == "order":
+            first, second = second, first
+        elif not keep:  # a line of another document of the same split
+            while True:
+                other_doc, second = pool[rng.integers(len(pool))]
+                if other_doc != doc:
+                    break
+        ex.text_a.append(first)
+        ex.text_b.append(second)
+        ex.labels.append(labels[1] if keep else labels[0])
+        ex.lines.append(len(ex.lines))
+
+    train_pairs, train_pool = split([i for i in range(len(docs)) if i not in dev_docs], dev=False)
+    dev_pairs, dev_pool = split(sorted(dev_docs), dev=True)
+    if not train_pairs or not dev_pairs or len({d for d, _ in dev_pool}) < 2:
+        raise FinetuneError("the probe found too few sentence pairs in the default corpus")
+    train = Examples(Path("<probe train>"), [], [], [], [])
+    for k in rng.permutation(len(train_pairs))[:n_train]:
+        example(train, train_pairs[k], bool(rng.random() < 0.5), train_pool)
+    dev = Examples(Path("<probe dev>"), [], [], [], [])
+    chosen = np.sort(rng.permutation(len(dev_pairs))[:max(1, n_dev // 2)])
+    for k in chosen:
+        example(dev, dev_pairs[k], True, dev_pool)
+        example(dev, dev_pairs[k], False, dev_pool)
+    info = {"probe": kind, "dev_documents": how, "train_pairs": len(train), "dev_examples": len(dev),
+            "dev_pairs": len(chosen)}
+    return train, dev, info
+
+
+def run_probe(args, pre: Pretrained, hp: Hyper, out: Path, device) -> dict:
+    task = PROBE_TASKS[args.probe]
+    train_ex, dev_ex, info = probe_data(pre, args.probe_train, args.probe_dev, args.probe)
+    tok = pre.tokenizer
+    train = encode(tok, train_ex, task, hp.seq_len)
+    devs = {"dev": encode(tok, dev_ex, task, hp.seq_len)}
+    question = ("does the second line follow the first, or come from another document?" if args.probe == "next"
+                else "were two consecutive lines swapped?")
+    print(f"{task.title}: {question} {info['train_pairs']} train pairs; {info['dev_examples']} dev examples "
+          f"({info['dev_pairs']} pairs x both labels) from {info['dev_documents']}; "
+          f"lr {hp.lr:g}, layer decay {hp.layer_decay:g}, {hp.epochs} epochs, seq {hp.seq_len}")
+    scores = {}
+    for name in ("pretrained", "random"):
+        if name == "pretrained":
+            electra = pre.model
+        else:
+            _seed_all(hp.seed + 1)
+            electra = Electra(pre.model.config, pre.model.objective)  # the same config, fresh weights
+        _seed_all(hp.seed)  # same head initialisation and batch order for both encoders
+        model = SequenceClassifier.from_electra(electra, task.num_outputs, hp.dropout)
+        print(f"--- {name} encoder")
+        res = finetune(model, task, train, devs, hp, out / name, pad_id=tok.pad_id, device=device,
+                       tokenizer=tok, progress=not args.no_progress,
+                       meta={"checkpoint": pre.source, "encoder": name})
+        scores[name] = res
+    pt, rd = scores["pretrained"]["best"]["value"], scores["random"]["best"]["value"]
+    line = (f"probe ({args.probe}) dev accuracy on {info['dev_examples']} examples: pre-trained {pt:.4f} "
+            f"vs random init {rd:.4f} ({pt - rd:+.4f})")
+    results = {"task": "probe", "metric": "accuracy", "pretrained": pt, "random": rd, "difference": pt - rd,
+               "summary": line, "checkpoint": pre.source, **info,
+               "hyperparameters": scores["pretrained"]["hyperparameters"],
+               "runs": {k: {"best": v["best"], "epochs": v["epochs"], "train_seconds": v["train_seconds"]}
+                        for k, v in scores.items()}}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(line)
+    return results
+
+
+# ============================================================================ CLI
+TASKS = (*GLUE_TASKS, "tsv", "probe")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m electra_fast.finetune",
+        description="Fine-tune a pre-trained ELECTRA discriminator on a GLUE task, your own TSV/CSV, or "
+                    "the offline probe (pre-trained vs randomly initialised encoder).")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a training run folder (newest good ckpt-*.pt, vocab/) or a HuggingFace ELECTRA folder")
+    p.add_argument("--task", required=True, metavar="TASK", help=f"one of: {', '.join(TASKS)}")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with train.tsv and dev.tsv in GLUE's layout "
+                   "(MNLI: dev_matched.tsv and dev_mismatched.tsv); not needed for --task probe")
+    p.add_argument("--out", metavar="DIR", help="results, dev predictions and best/ (default: runs/finetune-TASK)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, help="peak lr (default by model size: tiny 1e-3, small 3e-4, "
+                   "base 1e-4, large 5e-5)")
+    p.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default 0.8; 0.9 for large)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, help="maximum tokens per example (default 128; probe 64)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout in the encoder and before the head")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-fraction", type=float, default=0.1)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    g = p.add_argument_group("--task tsv (your own file: data-dir/train.tsv|csv and dev.tsv|csv, header row)")
+    g.add_argument("--text-cols", metavar="A[,B]", help="one or two text columns, by header name or 0-based index")
+    g.add_argument("--label-col", metavar="C", help="label column, by header name or 0-based index")
+    g.add_argument("--regression", action="store_true", help="numeric labels: one output, MSE loss")
+    g.add_argument("--delimiter", help="field separator (default: tab; ',' for .csv files)")
+    g = p.add_argument_group("--task probe (line pairs from held-out documents of the embedded corpus)")
+    g.add_argument("--probe", default="next", choices=list(PROBE_TASKS),
+                   help="next: next line or another document's line (default); order: swapped or not")
+    g.add_argument("--probe-train", type=int, default=3000, metavar="N", help="training pairs")
+    g.add_argument("--probe-dev", type=int, default=1000, metavar="N", help="at most N dev examples")
+    return p
+
+
+def _hyper(args, cfg: ElectraConfig) -> Hyper:
+    size = model_size(cfg)
+    hp = Hyper(epochs=args.epochs, lr=args.lr if args.lr is not None else DEFAULT_LR[size],
+               layer_decay=args.layer_decay if args.layer_decay is not None else DEFAULT_LAYER_DECAY[size],
+               batch_size=args.batch_size, seq_len=args.seq_len or (64 if args.task == "probe" else 128),
+               seed=args.seed, weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction,
+               dropout=args.dropout)
+    for name in ("epochs", "batch_size", "seq_len"):
+        if getattr(hp, name) < 1:
+            raise FinetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(hp, name)}")
+    if hp.seq_len < 4:
+        raise FinetuneError(f"--seq-len {hp.seq_len} leaves no room for text after [CLS] and [SEP]")
+    if hp.seq_len > cfg.max_position_embeddings:
+        raise FinetuneError(f"--seq-len {hp.seq_len} exceeds the model's {cfg.max_position_embeddings} positions")
+    if not hp.lr > 0 or not 0 < hp.layer_decay <= 1 or not 0 <= hp.dropout < 1:
+        raise FinetuneError("--lr must be > 0, --layer-decay in (0, 1] and --dropout in [0, 1)")
+    return hp
+
+
+def _device(flag: str | None) -> torch.device:
+    if flag is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(flag)
+    except RuntimeError:
+        raise FinetuneError(f"--device {flag!r}: not a device (cpu, cuda, cuda:0 ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FinetuneError(f"--device {flag}: CUDA is not available on this machine")
+    return dev
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.task not in TASKS:
+            raise FinetuneError(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
+        if args.task != "tsv" and (args.text_cols or args.label_col or args.regression):
+            raise FinetuneError("--text-cols / --label-col / --regression apply to --task tsv only")
+        device = _device(args.device)
+        data = None if args.task == "probe" else load_task_data(args)  # bad data: reported before loading
+        pre = load_pretrained(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+        hp = _hyper(args, pre.model.config)
+        out = Path(args.out or f"runs/finetune-{args.task}")
+        print(f"encoder: {pre.source}; {model_size(pre.model.config)}-sized, "
+              f"{pre.model.config.num_layers} layers; device {device}")
+        if args.task == "probe":
+            run_probe(args, pre, hp, out, device)
+        else:
+            run_task(args, data, pre, hp, out, device)
+    except USER_ERRORS as e:
+        msg = str(e).strip().splitlines()
+        print(f"error: {msg[0] if msg else type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
