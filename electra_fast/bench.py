@@ -1,0 +1,430 @@
+"""One command that says how fast a pre-training step is: ``python -m electra_fast.bench``.
+
+On a CUDA GPU it runs the GPU op tests (generator head, replaced-token masking, RTD loss), then
+times one pre-training step (forward + backward + AdamW) at the tiny, small and base presets for
+four implementations on the same batch and precision (bf16 autocast):
+
+    ours-fused       electra_fast.model.Electra, default dispatch (Triton ops on CUDA)
+    ours-reference   the same model with ELECTRA_FAST_BACKEND=reference (plain PyTorch ops)
+    ours-compiled    torch.compile of ours-reference
+    hf               electra_fast.baselines.HFElectra: HF ElectraForMaskedLM (full-sequence
+                     logits) + ElectraForPreTraining, sampling in torch
+
+and prints one table: tokens/s, step ms, peak memory, MFU, speed-up vs HF and vs torch.compile,
+with the card's name and the torch / triton versions (``--json PATH`` saves it). Without a GPU it
+says so and runs the CPU variants (tiny preset, batch 8 x 128, fp32, one thread) into the same
+table. ``--proxies`` prints the CPU-side proxies instead (``electra_fast.proxies``).
+
+MFU = model FLOPs per token x tokens/s / the card's peak dense bf16 FLOP/s, with
+``model_flops_per_token``: 6 x (multiply-adds per token of every weight matmul, the attention
+score and value products, and the LM head at the masked rows only). It is the same number for
+every implementation of a preset, so HF's full-sequence logits count as waste, not as work.
+
+The same step harness (``build_step``) backs ``benchmarks/test_bench_step.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ElectraConfig, max_predictions
+
+IMPLS = ("fused", "reference", "compiled", "hf")
+IMPL_LABELS = {"fused": "ours-fused", "reference": "ours-reference", "compiled": "ours-compiled",
+               "hf": "hf"}
+# (batch, seq) per preset on one GPU: the official batch for small (and our tiny); base at its
+# official length but batch 32 instead of 256 (256 x 512 does not fit an 80 GB card with HF's
+# full-sequence logits without accumulation; 32 x 512 = 16k tokens already fill a GPU for a compute-bound model).
+GPU_SHAPES = {"tiny": (32, 128), "small": (128, 128), "base": (32, 512)}
+CPU_SHAPE = ("tiny", 8, 128)
+GPU_OP_TESTS = ("tests/test_generator_head.py", "tests/test_rtd_loss.py", "tests/test_replace_tokens.py")
+CPU_COMPILE_SKIP = ("torch.compile on a 2-core CPU compiles for 45-120 s per model (fwd+bwd, inductor C++; "
+                    "cold cache, quiet to loaded machine), more than all other CPU benchmarks together; "
+                    "--cpu-compile (ELECTRA_FAST_BENCH_CPU_COMPILE=1 under pytest) runs it")
+# Peak dense bf16 tensor-core FLOP/s (vendor data sheets), matched in order on the device name.
+PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                   ("A100", 312e12))
+GUMBEL_SEED = 1234  # fixed: timing does not depend on the draws, and no per-step recompiles
+BACKEND_ENV = "ELECTRA_FAST_BACKEND"  # read by the ops at call time (electra_fast.kernels.*)
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- FLOPs and peaks
+def model_flops_per_token(cfg: ElectraConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token of one ELECTRA step (forward + backward), analytic.
+
+    6 x multiply-adds per token (2 FLOPs each, forward + 2x for backward) of:
+      discriminator  L  x (4 H^2 + 2 H F + 2 T H)    qkv+out, FFN, QK^T and AV
+      generator      Lg x (4 Hg^2 + 2 Hg Fg + 2 T Hg)
+      E -> H and E -> Hg projections (when E differs), discriminator head H^2 + H
+      LM head        P / T x (Hg E + E V)            at the P masked positions only
+    with T the sequence length and P = max_predictions(mask_prob, T).
+    """
+    T = seq_len or cfg.max_seq_length
+    H, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    G, FG, LG = cfg.generator_hidden_size, cfg.generator_intermediate_size, cfg.generator_num_layers
+    E, V = cfg.embedding_size, cfg.vocab_size
+    P = max_predictions(cfg.mask_prob, T)
+    macs = L * (4 * H * H + 2 * H * F + 2 * T * H) + LG * (4 * G * G + 2 * G * FG + 2 * T * G)
+    macs += (E * H if E != H else 0) + (E * G if E != G else 0) + H * H + H
+    macs += P / T * (G * E + E * V)
+    return 6.0 * macs
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Peak dense bf16 FLOP/s of a known card (H100 SXM / PCIe / NVL, H200, A100), else None."""
+    for key, flops in PEAK_BF16_FLOPS:
+        if key.lower() in device_name.lower():
+            return flops
+    return None
+
+
+# ----------------------------------------------------------------------------- one training step
+@contextmanager
+def backend_env(impl: str) -> Iterator[None]:
+    """ELECTRA_FAST_BACKEND for an implementation: "reference" for the reference and compiled
+    rows, unset (default dispatch: Triton on CUDA, reference on CPU) for the others."""
+    old = os.environ.get(BACKEND_ENV)
+    if impl in ("reference", "compiled"):
+        os.environ[BACKEND_ENV] = "reference"
+    else:
+        os.environ.pop(BACKEND_ENV, None)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(BACKEND_ENV, None)
+        else:
+            os.environ[BACKEND_ENV] = old
+
+
+@dataclass
+class Step:
+    """One pre-training step of one implementation: ``step()`` runs forward + backward + AdamW."""
+
+    impl: str
+    cfg: ElectraConfig
+    batch_size: int
+    seq_len: int
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    run: Callable[[], torch.Tensor]
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def __call__(self) -> torch.Tensor:
+        with backend_env(self.impl):
+            return self.run()
+
+
+def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | None = None,
+               device: str | torch.device = "cpu", *, fused_adamw: bool | None = None, compile_model: bool = False,
+               seed: int = 0) -> Step:
+    """Model, synthetic masked batch and AdamW for ``impl`` (one of IMPLS), ready to step.
+
+    Every implementation gets the same batch (``random_masked_batch``), the same initial seed,
+    AdamW with the official hyper-parameters and parameter groups (fused on CUDA, as
+    ``electra_fast.train``; ``fused_adamw`` overrides), and bf16 autocast on CUDA / fp32 on CPU.
+    ``compile_model`` wraps any implementation's model in torch.compile ("compiled" always is).
+    """
+    from .baselines import HFElectra, random_masked_batch
+    from .model import Electra
+    from .train import param_groups
+
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
+    device = torch.device(device)
+    T = seq_len or cfg.max_seq_length
+    torch.manual_seed(seed)
+    model = (HFElectra(cfg) if impl == "hf" else Electra(cfg)).to(device).train()
+    batch = random_masked_batch(cfg, batch_size, T, seed=seed, device=device)
+    fused = device.type == "cuda" if fused_adamw is None else fused_adamw
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                  **({"fused": True} if fused else {}))
+    fwd = torch.compile(model) if impl == "compiled" or compile_model else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    def run() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            out = fwd(**batch, seed=GUMBEL_SEED)  # HFElectra ignores the seed (torch RNG)
+        loss = out if isinstance(out, torch.Tensor) else out.loss
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return Step(impl, cfg, batch_size, T, device, model, optimizer, run)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch.set_num_threads(n) for the block (None: leave as is)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_step(step: Step, warmup: int, iters: int) -> dict:
+    """Warm up (compilation, optimizer state), then time ``iters`` steps.
+
+    CUDA: CUDA events around the ``iters`` steps after a synchronize, mean ms per step; peak
+    memory = torch.cuda.max_memory_allocated over the timed steps (stats reset after warm-up;
+    weights, gradients and optimizer state included). CPU: perf_counter per step, the median
+    (robust to other load on the machine); no peak memory.
+    """
+    for _ in range(warmup):
+        step()
+    if step.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / iters
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        ms, peak = statistics.median(times) * 1e3, None
+    return {"step_ms": ms, "tokens_per_s": step.tokens / (ms / 1e3), "peak_mem_mib": peak}
+
+
+# ----------------------------------------------------------------------------- environment
+def environment() -> dict:
+    """Machine, card and library versions for a results record."""
+    import triton
+
+    info = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "date": datetime.date.today().isoformat()}
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["transformers"] = None
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device"] = "cpu (no CUDA GPU)"
+    return info
+
+
+def run_gpu_tests(timeout_s: float = 240) -> dict:
+    """``pytest -q`` the op test files (their CUDA cases run here); pass/fail and the summary."""
+    files = [f for f in GPU_OP_TESTS if (REPO / f).is_file()]
+    if not files:
+        return {"status": "skipped", "summary": f"tests/ not found under {REPO}"}
+    t0 = time.time()
+    try:
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+                             cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "FAIL", "summary": f"timed out after {timeout_s:.0f} s", "files": files}
+    lines = [ln for ln in res.stdout.strip().splitlines() if ln.strip()]
+    return {"status": "PASS" if res.returncode == 0 else "FAIL", "summary": lines[-1] if lines else "",
+            "seconds": round(time.time() - t0, 1), "files": files}
+
+
+# ----------------------------------------------------------------------------- the table
+def run_benchmarks(cases: list[tuple[str, int, int]], impls: tuple[str, ...], device: torch.device, *,
+                   warmup: int, iters: int, budget_s: float = float("inf"),
+                   cpu_compile: bool = False, log=print) -> list[dict]:
+    """Time every (preset, batch, seq) x impl; one row per pair, speed-ups filled per config."""
+    t_start = time.time()
+    rows = []
+    peak = peak_flops(torch.cuda.get_device_name()) if device.type == "cuda" else None
+    for preset, B, T in cases:
+        cfg = ElectraConfig.preset(preset)
+        flops_tok = model_flops_per_token(cfg, T)
+        for impl in impls:
+            row = {"config": f"{preset} {B}x{T}", "preset": preset, "batch_size": B, "seq_len": T,
+                   "impl": impl, "implementation": IMPL_LABELS[impl], "tokens_per_s": None, "step_ms": None,
+                   "peak_mem_mib": None, "mfu": None, "vs_hf": None, "vs_compiled": None, "status": "ok"}
+            rows.append(row)
+            if impl == "compiled" and device.type == "cpu" and not cpu_compile:
+                row["status"] = "skipped: " + CPU_COMPILE_SKIP
+                continue
+            if time.time() - t_start > budget_s:
+                row["status"] = f"skipped: time budget ({budget_s:.0f} s) spent"
+                continue
+            log(f"  {row['config']:<14} {row['implementation']:<15} ...", end="", flush=True)
+            t0 = time.time()
+            try:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                step = build_step(impl, cfg, B, T, device)
+                row.update(time_step(step, warmup, iters))
+                if peak is not None:
+                    row["mfu"] = flops_tok * row["tokens_per_s"] / peak
+            except torch.cuda.OutOfMemoryError:
+                row["status"] = "OOM"
+            except Exception as e:  # a broken row must not hide the others
+                row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            finally:
+                step = None
+                if impl == "compiled":
+                    torch._dynamo.reset()  # drop the compiled graphs with the model
+                gc.collect()
+            log(f" {time.time() - t0:5.1f} s  {row['status']}")
+        ref = {r["impl"]: r["tokens_per_s"] for r in rows if r["config"] == f"{preset} {B}x{T}"}
+        for r in rows:
+            if r["config"] == f"{preset} {B}x{T}" and r["tokens_per_s"]:
+                r["vs_hf"] = r["tokens_per_s"] / ref["hf"] if ref.get("hf") else None
+                r["vs_compiled"] = r["tokens_per_s"] / ref["compiled"] if ref.get("compiled") else None
+    return rows
+
+
+def _fmt(x, spec: str, suffix: str = "") -> str:
+    return "n/a" if x is None else format(x, spec) + suffix
+
+
+def format_table(rows: list[dict]) -> str:
+    """One line per row: config, implementation, tokens/s, step ms, peak MiB, MFU, speed-ups."""
+    head = (f"{'config':<14} {'implementation':<15} {'tokens/s':>11} {'step ms':>9} {'peak MiB':>9} "
+            f"{'MFU':>6} {'vs HF':>7} {'vs compile':>10}")
+    out = [head, "-" * len(head)]
+    for r in rows:
+        if r["status"] != "ok":
+            out.append(f"{r['config']:<14} {r['implementation']:<15} {r['status']}")
+            continue
+        mfu = None if r["mfu"] is None else 100 * r["mfu"]
+        out.append(f"{r['config']:<14} {r['implementation']:<15} {r['tokens_per_s']:>11,.0f} {r['step_ms']:>9.1f} "
+                   f"{_fmt(r['peak_mem_mib'], ',.0f'):>9} {_fmt(mfu, '.1f', '%'):>6} "
+                   f"{_fmt(r['vs_hf'], '.2f', 'x'):>7} {_fmt(r['vs_compiled'], '.2f', 'x'):>10}")
+    return "\n".join(out)
+
+
+FORMULA = ("MFU = model FLOPs/token x tokens/s / peak dense bf16 FLOP/s; model FLOPs/token = 6 x [L(4H^2+2HF+2TH)"
+           " + Lg(4Hg^2+2HgFg+2THg) + EH + EHg + H^2 + H + P/T (Hg E + E V)] (matmul multiply-adds of fwd, "
+           "x3 for fwd+bwd, LM head at the P masked rows; the same for every row of a config)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m electra_fast.bench",
+        description="Time one ELECTRA pre-training step (forward + backward + AdamW) for ours (fused Triton "
+                    "ops), ours on the reference ops, torch.compile of the reference, and HF transformers, on "
+                    "the same batch and precision, and print one table: tokens/s, step ms, peak memory, model "
+                    "FLOPs utilisation (MFU) and speed-ups vs HF and vs torch.compile. On a CUDA GPU it first "
+                    "runs the GPU op tests; the presets run at " + ", ".join(
+                        f"{k} {b}x{t}" for k, (b, t) in GPU_SHAPES.items()) + " with bf16 autocast. Without a "
+                    "GPU it runs the CPU variants (tiny preset, batch 8 x 128, fp32).",
+        epilog=FORMULA + ". Peak FLOP/s known for H100 SXM/PCIe/NVL, H200, A100 (else MFU n/a). "
+               "--proxies: FLOPs per step and kernels per step (eager aten ops + Triton launches under "
+               "TRITON_INTERPRET=1, and torch.compile's kernels), see electra_fast.proxies.",
+    )
+    p.add_argument("--json", metavar="PATH", help="also save the table (and machine, versions) as JSON")
+    p.add_argument("--preset", nargs="+", choices=list(GPU_SHAPES), default=None,
+                   help="presets to time on a GPU (default: all; --quick: small). Without a GPU only tiny runs")
+    p.add_argument("--impl", nargs="+", choices=IMPLS, default=None, help="implementations (default: all)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the batch size of every preset")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer steps; GPU: small preset only; CPU: ours-fused and hf only")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 GPU, 1 CPU)")
+    p.add_argument("--iters", type=int, default=None, help="timed steps (default 20 GPU, 5 CPU; --quick 10 / 3)")
+    p.add_argument("--no-tests", action="store_true", help="skip the GPU op tests")
+    p.add_argument("--budget", type=float, default=380.0,
+                   help="seconds for the whole command (tests included); rows that would start later are "
+                        "skipped and say so (default 380: with the last row (a compile: up to ~90 s) the run fits in 8 minutes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1)")
+    p.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (slow)")
+    p.add_argument("--proxies", action="store_true",
+                   help="print the CPU-side proxies (FLOPs and kernels per step) instead of timing")
+    p.add_argument("--proxy-preset", default="small", help="preset whose shapes the proxies use (default small)")
+    p.add_argument("--no-compile", action="store_true", help="with --proxies: skip the torch.compile kernel counts")
+    args = p.parse_args(argv)
+
+    if args.proxies:
+        from . import proxies
+
+        res = proxies.run(args.proxy_preset, compile=not args.no_compile, log=print)
+        print(proxies.format_report(res))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        return 0
+
+    t_start = time.time()
+    cuda = torch.cuda.is_available()
+    env = environment()
+    tests = None
+    if cuda:
+        device = torch.device("cuda")
+        presets = args.preset or (["small"] if args.quick else ["small", "tiny", "base"])  # the headline first
+        cases = [(k, args.batch_size or GPU_SHAPES[k][0], GPU_SHAPES[k][1]) for k in presets]
+        impls = tuple(args.impl or IMPLS)
+        warmup = args.warmup if args.warmup is not None else 3
+        iters = args.iters or (10 if args.quick else 20)
+        print(f"electra_fast bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | bf16 autocast")
+        if not args.no_tests:
+            print("GPU op tests: " + " ".join(GPU_OP_TESTS) + " ...", flush=True)
+            tests = run_gpu_tests(timeout_s=min(240.0, args.budget / 2))
+            print(f"GPU op tests: {tests['status']} ({tests['summary']})")
+        threads = nullcontext()
+    else:
+        device = torch.device("cpu")
+        print("no CUDA GPU found: running the CPU variants")
+        if args.preset and args.preset != ["tiny"]:
+            print(f"  (--preset {' '.join(args.preset)} needs a GPU; the CPU variants use tiny)")
+        preset, B, T = CPU_SHAPE
+        cases = [(preset, args.batch_size or B, T)]
+        impls = tuple(args.impl or (("fused", "hf") if args.quick else IMPLS))
+        warmup = args.warmup if args.warmup is not None else 1
+        iters = args.iters or (3 if args.quick else 5)
+        threads = torch_threads(args.threads)
+        print(f"electra_fast bench on the CPU ({env['cpu_count']} cores, {args.threads} torch thread(s)) | torch "
+              f"{env['torch']} | triton {env['triton']} | fp32 | ours-fused dispatches to the reference ops on "
+              "the CPU (Triton needs a GPU)")
+    with threads:
+        env["torch_threads"] = torch.get_num_threads()
+        rows = run_benchmarks(cases, impls, device, warmup=warmup, iters=iters,
+                              budget_s=args.budget - (time.time() - t_start),
+                              cpu_compile=args.cpu_compile)
+    print()
+    print(format_table(rows))
+    print(FORMULA + (f"; peak {peak_flops(env['device']) / 1e12:.0f} TFLOP/s" if cuda and peak_flops(env["device"])
+                     else "; peak n/a on this device"))
+    print(f"{'CUDA events' if cuda else 'perf_counter, median'} over {iters} steps after {warmup} warm-up; "
+          f"vs HF / vs compile: tokens/s ratios within a config")
+    if args.json:
+        record = {"environment": env, "command": "python -m electra_fast.bench " + " ".join(sys.argv[1:] if argv is None
+                                                                                          else argv),
+                  "tests": tests, "formula": FORMULA, "warmup": warmup, "iters": iters, "rows": rows}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
