@@ -107,7 +107,7 @@ def save_hf(model: Electra, out_dir: str | Path, tokenizer=None) -> tuple[Path, 
     out = Path(out_dir)
     cfg = model.config
     if model.discriminator is None:
-        raise ValueError("an objective='mlm' model has no discriminator; export its encoder with save_hf_mlm")
+        raise ValueError("an objective='mlm' model (the BERT baseline) has no discriminator to export")
     disc_words = model.embeddings.word_embeddings.weight
     if model.disc_embedding_delta is not None:  # GDES: the discriminator's effective embeddings
         disc_words = disc_words + model.disc_embedding_delta
