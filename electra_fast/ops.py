@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import torch
 
+from .kernels.dispatch import select_backend
 from .kernels.generator_head import generator_loss_and_sample
 from .kernels.replace_tokens import replace_tokens
-from .kernels.rtd_loss import rtd_loss, rtd_loss_from_logits, select_backend
+from .kernels.rtd_loss import rtd_loss, rtd_loss_from_logits
 
 __all__ = ["generator_loss_and_sample", "replace_tokens", "rtd_loss", "rtd_loss_from_logits", "backend"]
 

@@ -229,9 +229,9 @@ def count_kernels(exclude_input_checks: bool = True,
 
 def interpreting() -> bool:
     """True when our Triton kernels were defined under TRITON_INTERPRET=1 (they run on the CPU)."""
-    from .kernels import rtd_loss
+    from .kernels import dispatch  # lazily: triton must not be imported before the caller sets the env
 
-    return rtd_loss._interpreting()
+    return dispatch.interpreting()
 
 
 # ----------------------------------------------------------------------------- the step

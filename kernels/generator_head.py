@@ -21,12 +21,12 @@ torch.compile(fullgraph=True) traces the Triton path) and dispatch, AOT specs.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from .dispatch import interpreting, select_backend
 
 # u from tl.rand / torch.rand is clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
 U_EPS = 1e-7
@@ -212,9 +212,7 @@ def _generator_head_bwd_dw_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    """True when the kernels were defined under TRITON_INTERPRET=1 (the CPU interpreter)."""
-    return not isinstance(_generator_head_fwd_kernel, triton.JITFunction)
+
 
 
 def _describe(x) -> str:
@@ -326,7 +324,7 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
             lse, row_loss, samples, argmax if return_argmax else samples,
             M, V, 1.0 / temperature, ignore_index,
             E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax,
-            DOT_F32=hidden.dtype == torch.float32 or _interpreting(),
+            DOT_F32=hidden.dtype == torch.float32 or interpreting(),
             BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"], BLOCK_E=cfg["BLOCK_E"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
@@ -342,7 +340,7 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ign
     V = weight.shape[0]
     scale = (grad_loss.to(torch.float32) / n_valid.clamp(min=1).to(torch.float32)).reshape(1)
     blocks = _block_sizes(M, E, block_m, block_v)
-    dot_f32 = hidden.dtype == torch.float32 or _interpreting()
+    dot_f32 = hidden.dtype == torch.float32 or interpreting()
     b = bias if bias is not None else weight
     dh = dw = db = None
     if need_dh:
@@ -397,7 +395,7 @@ def generator_loss_and_sample_triton(
     _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
     _check_block("block_m", block_m)
     _check_block("block_v", block_v)
-    if hidden.device.type != "cuda" and not _interpreting():
+    if hidden.device.type != "cuda" and not interpreting():
         raise ValueError(f"the triton backend needs CUDA tensors (got {hidden.device}); on the CPU set "
                          "TRITON_INTERPRET=1 before importing triton, or use the reference backend")
     seed = _seed_tensor(seed, hidden.device)
@@ -629,14 +627,10 @@ def generator_loss_and_sample(
     if set ("triton" on CPU tensors needs TRITON_INTERPRET=1), else triton for CUDA tensors and
     the reference for CPU tensors. See :func:`generator_loss_and_sample_triton` for the contract.
     """
-    if backend is None:
-        backend = os.environ.get("ELECTRA_FAST_BACKEND") or ("triton" if hidden.is_cuda else "reference")
     kwargs = dict(temperature=temperature, seed=seed, ignore_index=ignore_index, return_argmax=return_argmax)
-    if backend == "triton":
+    if select_backend(hidden.device, backend) == "triton":
         return generator_loss_and_sample_triton(hidden, weight, bias, targets, **kwargs)
-    if backend == "reference":
-        return generator_loss_and_sample_reference(hidden, weight, bias, targets, **kwargs)
-    raise ValueError(f"backend must be 'triton', 'reference' or None (ELECTRA_FAST_BACKEND); got {backend!r}")
+    return generator_loss_and_sample_reference(hidden, weight, bias, targets, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

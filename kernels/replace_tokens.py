@@ -18,11 +18,11 @@ test oracle) and the dispatch.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from .dispatch import select_backend
 
 __all__ = ["replace_tokens", "replace_tokens_reference", "replace_tokens_triton", "select_backend", "aot_specs"]
 
@@ -153,29 +153,6 @@ def replace_tokens_reference(input_ids: torch.Tensor, positions: torch.Tensor, s
 
 
 # ----------------------------------------------------------------------------- dispatch
-def _interpreting() -> bool:
-    """True when the kernels were defined under TRITON_INTERPRET=1 (set before triton's import)."""
-    return not isinstance(_replace_tokens_kernel, triton.JITFunction)
-
-
-def select_backend(device: torch.device | str, backend: str | None = None) -> str:
-    """"triton" or "reference" for tensors on ``device``. ``backend`` None reads the environment
-    variable ELECTRA_FAST_BACKEND ("triton" / "reference"); unset: CUDA -> triton, else reference."""
-    device = torch.device(device)
-    choice = backend if backend is not None else os.environ.get("ELECTRA_FAST_BACKEND", "")
-    choice = choice.strip().lower()
-    if choice in ("", "auto"):
-        return "triton" if device.type == "cuda" else "reference"
-    if choice == "reference":
-        return "reference"
-    if choice == "triton":
-        if device.type != "cuda" and not _interpreting():
-            raise ValueError(f"backend 'triton' on {device.type} tensors needs TRITON_INTERPRET=1 set before "
-                               "triton is imported; use backend='reference' on the CPU")
-        return "triton"
-    raise ValueError(f"backend must be 'triton', 'reference' or None (ELECTRA_FAST_BACKEND); got {choice!r}")
-
-
 def replace_tokens(input_ids: torch.Tensor, positions: torch.Tensor, samples: torch.Tensor,
                    weights: torch.Tensor, *, backend: str | None = None,
                    debug: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

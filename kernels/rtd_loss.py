@@ -21,12 +21,12 @@ torch.compile(fullgraph=True) traces them) and the dispatch.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from .dispatch import select_backend
 
 __all__ = [
     "rtd_loss", "rtd_loss_reference", "rtd_loss_triton",
@@ -372,29 +372,6 @@ _rtd_logits_fwd_op.register_autograd(_rtd_logits_backward_rule, setup_context=_r
 
 
 # ----------------------------------------------------------------------------- dispatch
-def _interpreting() -> bool:
-    """True when the kernels were defined under TRITON_INTERPRET=1 (set before triton's import)."""
-    return not isinstance(_rtd_fwd_kernel, triton.JITFunction)
-
-
-def select_backend(device: torch.device | str, backend: str | None = None) -> str:
-    """"triton" or "reference" for tensors on ``device``. ``backend`` None reads the environment
-    variable ELECTRA_FAST_BACKEND ("triton" / "reference"); unset: CUDA -> triton, else reference."""
-    device = torch.device(device)
-    choice = backend if backend is not None else os.environ.get("ELECTRA_FAST_BACKEND", "")
-    choice = choice.strip().lower()
-    if choice in ("", "auto"):
-        return "triton" if device.type == "cuda" else "reference"
-    if choice == "reference":
-        return "reference"
-    if choice == "triton":
-        if device.type != "cuda" and not _interpreting():
-            raise ValueError(f"backend 'triton' on {device.type} tensors needs TRITON_INTERPRET=1 set before "
-                               "triton is imported; use backend='reference' on the CPU")
-        return "triton"
-    raise ValueError(f"backend must be 'triton', 'reference' or None (ELECTRA_FAST_BACKEND); got {choice!r}")
-
-
 def rtd_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
              mask: torch.Tensor, *, backend: str | None = None, debug: bool = False) -> torch.Tensor:
     """Mean sigmoid BCE of the discriminator's logits over the masked-in tokens.

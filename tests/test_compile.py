@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch._dynamo
 from electra_fast.kernels import generator_head as gh
+from electra_fast.kernels.dispatch import interpreting
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
@@ -127,7 +128,7 @@ def _head_inputs(M=20, E=16, V=50, with_bias=True):
 
 
 @pytest.mark.skipif(not gh._HAS_CUSTOM_OP, reason="torch.library.custom_op needs torch >= 2.4")
-@pytest.mark.skipif(DEVICE == "cpu" and not gh._interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")
+@pytest.mark.skipif(DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_generator_head_ops_pass_opcheck(with_bias):
     hidden, weight, bias, targets, seed = _head_inputs(with_bias=with_bias)

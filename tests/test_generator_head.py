@@ -15,16 +15,17 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from electra_fast.kernels import generator_head as gh  # noqa: E402
+from electra_fast.kernels.dispatch import interpreting
 from scipy import stats  # noqa: E402
 
 IGNORE = -100
-DEVICE = "cpu" if gh._interpreting() or not torch.cuda.is_available() else "cuda"
+DEVICE = "cpu" if interpreting() or not torch.cuda.is_available() else "cuda"
 BACKENDS = [
     "reference",
     pytest.param(
         "triton",
         marks=pytest.mark.skipif(
-            DEVICE == "cpu" and not gh._interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1"
+            DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1"
         ),
     ),
 ]
@@ -200,7 +201,7 @@ def test_dispatch(monkeypatch):
         assert torch.equal(gh.generator_loss_and_sample(*args, seed=2)[1], reference[1])
     monkeypatch.setenv("ELECTRA_FAST_BACKEND", "reference")
     assert torch.equal(gh.generator_loss_and_sample(*args, seed=2)[1], reference[1])
-    if DEVICE == "cuda" or gh._interpreting():
+    if DEVICE == "cuda" or interpreting():
         triton_out = gh.generator_loss_and_sample_triton(*args, seed=2, return_argmax=True)
         monkeypatch.setenv("ELECTRA_FAST_BACKEND", "triton")
         dispatched = gh.generator_loss_and_sample(*args, seed=2, return_argmax=True)

@@ -15,14 +15,15 @@ import secrets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from electra_fast.kernels import replace_tokens as rt  # noqa: E402
+from electra_fast.kernels.dispatch import interpreting
 
 from electra_fast import ops  # noqa: E402
 
-DEVICE = "cpu" if rt._interpreting() or not torch.cuda.is_available() else "cuda"
+DEVICE = "cpu" if interpreting() or not torch.cuda.is_available() else "cuda"
 BACKENDS = [
     "reference",
     pytest.param("triton", marks=pytest.mark.skipif(
-        DEVICE == "cpu" and not rt._interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")),
+        DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")),
 ]
 
 

@@ -17,14 +17,15 @@ import secrets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from electra_fast.kernels import rtd_loss as rl  # noqa: E402
+from electra_fast.kernels.dispatch import interpreting
 
 from electra_fast import ops  # noqa: E402
 
-DEVICE = "cpu" if rl._interpreting() or not torch.cuda.is_available() else "cuda"
+DEVICE = "cpu" if interpreting() or not torch.cuda.is_available() else "cuda"
 BACKENDS = [
     "reference",
     pytest.param("triton", marks=pytest.mark.skipif(
-        DEVICE == "cpu" and not rl._interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")),
+        DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # The loss is fp32 from inputs the oracle sees too: only summation order differs.
@@ -134,7 +135,7 @@ def test_rtd_loss_strided_hidden(backend):
 
 
 def test_rtd_backward_with_several_row_blocks_per_program(monkeypatch):
-    if not rl._interpreting() and DEVICE == "cpu":
+    if not interpreting() and DEVICE == "cpu":
         pytest.skip("triton on the CPU needs TRITON_INTERPRET=1")
     # few programs -> each one loops over several row blocks and sums its partial dweight
     monkeypatch.setattr(rl, "_BWD_PROGRAMS", 2)
