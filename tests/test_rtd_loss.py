@@ -28,8 +28,11 @@ BACKENDS = [
         DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# The loss is fp32 from inputs the oracle sees too: only summation order differs.
+# The loss is fp32 from inputs the oracle sees too: only summation order differs. An fp32 BCE of a
+# saturated logit, log(1 + exp(-|z|)), is exact only to ~1e-7 absolute: a single-token loss of
+# 0.007 can be 2.6e-5 off relatively, so the relative bound gets an absolute floor.
 LOSS_RTOL = 2e-5
+LOSS_ATOL = 1e-6
 # Gradients come back in the input dtype: max abs error relative to the largest oracle value.
 GRAD_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -75,19 +78,19 @@ def oracle(hidden, weight, bias, labels, mask):
     return loss, (dh, dw, dz.sum())
 
 
-def assert_close(got, want, tol, what):
+def assert_close(got, want, tol, what, atol=0.0):
     got, want = got.detach().double().cpu(), want.cpu()
     assert got.shape == want.shape, what
     scale = max(want.abs().max().item(), 1e-30) if want.numel() else 1.0
     err = (got - want).abs().max().item() if want.numel() else 0.0
-    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol} x {scale:.3g}"
+    assert err <= tol * scale + atol, f"{what}: max abs error {err:.3g} > {tol} x {scale:.3g} + {atol}"
 
 
 def check_rtd(backend, hidden, weight, bias, labels, mask, grad_scale=1.0):
     want_loss, want_grads = oracle(hidden, weight, bias, labels, mask)
     loss = rl.rtd_loss(hidden, weight, bias, labels, mask, backend=backend)
     assert loss.dtype == torch.float32 and loss.dim() == 0
-    assert_close(loss, want_loss, LOSS_RTOL, "loss")
+    assert_close(loss, want_loss, LOSS_RTOL, "loss", LOSS_ATOL)
     grads = torch.autograd.grad(loss * grad_scale, (hidden, weight, bias))
     for name, g, w, x in zip(("dhidden", "dweight", "dbias"), grads, want_grads, (hidden, weight, bias)):
         assert g.dtype == x.dtype, name
@@ -154,7 +157,7 @@ def test_rtd_loss_from_logits_matches_fp64(backend, dtype, lead):
     want_loss, want_grad = oracle_from_logits(logits.detach().double(), labels, mask)
     loss = rl.rtd_loss_from_logits(logits, labels, mask, backend=backend)
     assert loss.dtype == torch.float32 and loss.dim() == 0
-    assert_close(loss, want_loss, LOSS_RTOL, "loss")
+    assert_close(loss, want_loss, LOSS_RTOL, "loss", LOSS_ATOL)
     (grad,) = torch.autograd.grad(loss * 0.5, logits)
     assert grad.dtype == dtype
     assert_close(grad, want_grad * 0.5, GRAD_TOL[dtype], "dlogits")
@@ -215,7 +218,7 @@ def test_public_api(monkeypatch):
     hidden, weight, bias, labels, mask = make_inputs((3, 7), 40, torch.float32)
     assert ops.rtd_loss is rl.rtd_loss and ops.rtd_loss_from_logits is rl.rtd_loss_from_logits
     want, _ = oracle(hidden, weight, bias, labels, mask)
-    assert_close(ops.rtd_loss(hidden, weight, bias, labels, mask), want, LOSS_RTOL, "loss")
+    assert_close(ops.rtd_loss(hidden, weight, bias, labels, mask), want, LOSS_RTOL, "loss", LOSS_ATOL)
     assert ops.backend(DEVICE) == ("triton" if DEVICE == "cuda" else "reference")
     monkeypatch.setenv("ELECTRA_FAST_BACKEND", "reference")
     assert ops.backend("cuda") == "reference"
