@@ -96,21 +96,26 @@ def peak_flops(device_name: str) -> float | None:
 
 # ----------------------------------------------------------------------------- one training step
 @contextmanager
-def backend_env(impl: str) -> Iterator[None]:
-    """ELECTRA_FAST_BACKEND for an implementation: "reference" for the reference and compiled
-    rows, unset (default dispatch: Triton on CUDA, reference on CPU) for the others."""
-    old = os.environ.get(BACKEND_ENV)
-    if impl in ("reference", "compiled"):
-        os.environ[BACKEND_ENV] = "reference"
+def env_var(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) an environment variable for the block; restore it afterwards."""
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
     else:
-        os.environ.pop(BACKEND_ENV, None)
+        os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop(BACKEND_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[BACKEND_ENV] = old
+            os.environ[name] = old
+
+
+def backend_env(impl: str):
+    """ELECTRA_FAST_BACKEND for an implementation: "reference" for the reference and compiled
+    rows, unset (default dispatch: Triton on CUDA, reference on CPU) for the others."""
+    return env_var(BACKEND_ENV, "reference" if impl in ("reference", "compiled") else None)
 
 
 @dataclass

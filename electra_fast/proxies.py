@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .bench import backend_env, build_step, environment, model_flops_per_token
+from .bench import backend_env, build_step, env_var, environment, model_flops_per_token
 from .config import ElectraConfig
 
 # aten ops that never launch a kernel: views and metadata, and allocations without a fill.
@@ -235,19 +235,6 @@ def interpreting() -> bool:
 
 
 # ----------------------------------------------------------------------------- the step
-@contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 def proxy_config(preset: str) -> ElectraConfig:
     """The preset with dropout off (see the module docstring: CPU and CUDA split dropout differently)."""
     return ElectraConfig.preset(preset, dropout=0.0, attention_dropout=0.0)
@@ -267,7 +254,7 @@ def step_kernels(impl: str, preset: str = "small", batch_size: int = 2) -> Kerne
     step = build_step(impl, cfg, batch_size, device="cpu", fused_adamw=True)
     with backend_env("reference"):
         step.run()
-    with _env("ELECTRA_FAST_BACKEND", "triton" if impl == "fused" else "reference"), count_kernels() as kc:
+    with env_var("ELECTRA_FAST_BACKEND", "triton" if impl == "fused" else "reference"), count_kernels() as kc:
         step.run()
     return kc
 
@@ -352,7 +339,7 @@ def compiled_kernels(impl: str, preset: str = "small", batch_size: int = 2) -> d
     cfg = proxy_config(preset)
     torch._dynamo.reset()
     with tempfile.TemporaryDirectory(prefix="electra_fast_inductor_") as tmp:
-        with _env("TORCHINDUCTOR_CACHE_DIR", tmp):
+        with env_var("TORCHINDUCTOR_CACHE_DIR", tmp):
             with inductor_config.patch(fx_graph_cache=False):
                 step = build_step("compiled" if impl != "hf" else "hf", cfg, batch_size, device="cpu",
                                   fused_adamw=True, compile_model=True)

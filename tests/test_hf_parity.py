@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from electra_fast import ElectraConfig
+from electra_fast.baselines import hf_configs
 from electra_fast.hf import load_hf, save_hf
 from electra_fast.model import Electra
 
@@ -14,16 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _hf_pair(cfg: ElectraConfig):
-    common = dict(vocab_size=cfg.vocab_size, embedding_size=cfg.embedding_size,
-                  max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
-                  layer_norm_eps=cfg.layer_norm_eps, hidden_act="gelu")
-    d_cfg = transformers.ElectraConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                                       num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-                                       **common)
-    g_cfg = transformers.ElectraConfig(hidden_size=cfg.generator_hidden_size,
-                                       num_hidden_layers=cfg.generator_num_layers,
-                                       num_attention_heads=cfg.generator_num_heads,
-                                       intermediate_size=cfg.generator_intermediate_size, **common)
+    d_cfg, g_cfg = hf_configs(cfg)
     disc = transformers.ElectraForPreTraining(d_cfg).eval()
     gen = transformers.ElectraForMaskedLM(g_cfg).eval()
     with torch.no_grad():  # break symmetry: HF inits biases and LayerNorms to constants
