@@ -129,6 +129,7 @@ class ElectraOutput:
     disc_logits: torch.Tensor | None = None  # (B, T)
     is_replaced: torch.Tensor | None = None  # (B, T) bool
     samples: torch.Tensor | None = None  # (B, P) the generator's samples (no gradient)
+    mlm_predictions: torch.Tensor | None = None  # (B, P) the generator's argmax (return_logits=True)
 
 
 class Electra(nn.Module):
@@ -239,7 +240,8 @@ class Electra(nn.Module):
         if self.discriminator is None:  # the BERT baseline stops here
             zero = mlm_loss.new_zeros(())
             return ElectraOutput(loss=mlm_loss, mlm_loss=mlm_loss, disc_loss=zero, metrics=metrics,
-                                 samples=samples.view(B, P))
+                                 samples=samples.view(B, P),
+                                 mlm_predictions=argmax.view(B, P) if return_logits else None)
 
         # 2. corrupt: original ids with the (gradient-free) samples written at the masked positions
         if original_ids is None:
@@ -265,7 +267,8 @@ class Electra(nn.Module):
                 (samples.view(B, P) == masked_ids.to(samples.dtype)).float(), masked_weights)
         return ElectraOutput(loss=loss, mlm_loss=mlm_loss, disc_loss=disc_loss, metrics=metrics,
                              disc_logits=disc_logits if return_logits else None,
-                             is_replaced=is_replaced if return_logits else None, samples=samples)
+                             is_replaced=is_replaced if return_logits else None, samples=samples,
+                             mlm_predictions=argmax.view(B, P) if return_logits else None)
 
 
 def _masked_mean(x, w):

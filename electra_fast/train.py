@@ -176,14 +176,21 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 @torch.no_grad()
 def evaluate(model, batches, device, autocast, most_frequent_id: int | None = None) -> dict:
-    """Held-out metrics: MLM accuracy (and the most-frequent-token baseline), discriminator
-    accuracy, precision / recall on replaced tokens, ROC AUC."""
+    """Held-out metrics: MLM accuracy, discriminator accuracy, precision / recall on replaced
+    tokens, ROC AUC.
+
+    A masked position either hides its token (``[MASK]``, or a random token for the MLM baseline)
+    or shows it unchanged (ELECTRA's 15%, BERT's 10%), where copying the input is already right.
+    So besides ``mlm_accuracy`` over all masked positions this reports ``mlm_accuracy_hidden`` over
+    the hidden ones alone, and with ``most_frequent_id`` the matching baselines: copy the visible
+    token, else guess the most frequent one (``mlm_baseline_accuracy``), and the most frequent
+    token at the hidden positions (``mlm_baseline_accuracy_hidden``)."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     n = 0
     scores, labels = [], []
-    hits = total = base_hits = 0.0
+    count = {k: 0.0 for k in ("total", "hits", "hidden", "hidden_hits", "base_hits", "base_hidden_hits")}
     for i, batch in enumerate(batches):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast:
@@ -192,20 +199,30 @@ def evaluate(model, batches, device, autocast, most_frequent_id: int | None = No
             sums[k] = sums.get(k, 0.0) + float(v)
         sums["loss"] = sums.get("loss", 0.0) + float(out.loss)
         n += 1
-        w = batch["masked_weights"]
-        total += float(w.sum())
-        hits += float(out.metrics["mlm_accuracy"]) * float(w.sum())
+        slot = batch["masked_weights"] > 0
+        target = batch["masked_ids"]
+        hidden = slot & (torch.gather(batch["input_ids"], 1, batch["masked_positions"]) != target)
+        right = out.mlm_predictions == target
+        count["total"] += float(slot.sum())
+        count["hits"] += float((right & slot).sum())
+        count["hidden"] += float(hidden.sum())
+        count["hidden_hits"] += float((right & hidden).sum())
         if most_frequent_id is not None:
-            base_hits += float(((batch["masked_ids"] == most_frequent_id).float() * w).sum())
+            guess = (target == most_frequent_id) & hidden
+            count["base_hidden_hits"] += float(guess.sum())
+            count["base_hits"] += float(guess.sum() + (slot & ~hidden).sum())
         if out.disc_logits is not None:
             real = batch["attention_mask"].bool()
             scores.append(out.disc_logits[real].float().cpu().numpy())
             labels.append(out.is_replaced[real].cpu().numpy())
     model.train(was_training)
     res = {k: v / max(n, 1) for k, v in sums.items()}
-    res["mlm_accuracy"] = hits / max(total, 1.0)  # weighted by masked positions, not per batch
+    total, hidden = max(count["total"], 1.0), max(count["hidden"], 1.0)
+    res["mlm_accuracy"] = count["hits"] / total  # weighted by masked positions, not per batch
+    res["mlm_accuracy_hidden"] = count["hidden_hits"] / hidden
     if most_frequent_id is not None:
-        res["mlm_baseline_accuracy"] = base_hits / max(total, 1.0)
+        res["mlm_baseline_accuracy"] = count["base_hits"] / total
+        res["mlm_baseline_accuracy_hidden"] = count["base_hidden_hits"] / hidden
     if scores:
         res["disc_auc"] = roc_auc(np.concatenate(scores), np.concatenate(labels))
     return res
@@ -513,8 +530,9 @@ def train(args) -> int:
     _log_eval(metrics_path, step, res, rank)
     elapsed = time.time() - t0
     parts = [f"done: {step} steps in {time.time() - t_start:.0f} s ({tokens_seen / max(elapsed, 1e-9):,.0f} tokens/s)",
-             f"held-out mlm_acc={res['mlm_accuracy']:.3f} (most-frequent-token baseline "
-             f"{res.get('mlm_baseline_accuracy', float('nan')):.3f})"]
+             f"held-out mlm_acc={res['mlm_accuracy']:.3f} (baseline {res['mlm_baseline_accuracy']:.3f}: copy "
+             f"the visible token, else the most frequent) mlm_acc_at_hidden={res['mlm_accuracy_hidden']:.3f} "
+             f"(most-frequent-token baseline {res['mlm_baseline_accuracy_hidden']:.3f})"]
     if "disc_auc" in res:
         parts.append(f"disc_acc={res['disc_accuracy']:.3f} precision={res['disc_precision']:.3f} "
                      f"recall={res['disc_recall']:.3f} auc={res['disc_auc']:.3f}")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,57 @@ def test_roc_auc_against_pairwise_definition():
     pos, neg = scores[labels], scores[~labels]
     want = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
     assert roc_auc(scores, labels) == pytest.approx(want, abs=1e-12)
+
+
+def test_evaluate_separates_hidden_positions_and_their_baselines():
+    """evaluate's MLM numbers against a direct count from the generator's full logits: accuracy
+    over all masked positions, over the hidden ([MASK]ed) ones, and both baselines (copy the
+    visible token, else the most frequent; the most frequent at hidden positions)."""
+    from electra_fast.config import ElectraConfig
+    from electra_fast.masking import mask_batch
+    from electra_fast.model import Electra
+    from electra_fast.train import evaluate
+
+    seed = int(time.time())
+    g = torch.Generator().manual_seed(seed)
+    V, T, B = 50, 37, 5
+    cfg = ElectraConfig.preset("tiny", vocab_size=V, max_seq_length=T, max_position_embeddings=64,
+                               num_layers=1, generator_num_layers=1)
+    torch.manual_seed(seed)
+    model = Electra(cfg).eval()
+    ids = torch.randint(5, 12, (B, T), generator=g).numpy()  # few distinct ids: the baseline hits
+    batches = []
+    for k in range(3):
+        m = mask_batch(ids, vocab_size=V, mask_token_id=4, special_ids=[0, 1, 2, 3, 4], pad_token_id=0,
+                       mask_prob=0.3, max_predictions=14, seed=seed + k)
+        batches.append({"input_ids": torch.as_tensor(m.input_ids, dtype=torch.long),
+                        "token_type_ids": torch.zeros(B, T, dtype=torch.long),
+                        "attention_mask": torch.ones(B, T, dtype=torch.bool),
+                        "masked_positions": torch.as_tensor(m.masked_positions),
+                        "masked_ids": torch.as_tensor(m.masked_ids),
+                        "masked_weights": torch.as_tensor(m.masked_weights),
+                        "original_ids": torch.as_tensor(ids)})
+    mft = 7
+    res = evaluate(model, batches, torch.device("cpu"), nullcontext(), most_frequent_id=mft)
+
+    n = hit = hid = hid_hit = base = base_hid = 0
+    with torch.no_grad():
+        for b in batches:
+            pred = model.generator_logits(b["input_ids"], b["token_type_ids"], b["attention_mask"]).argmax(-1)
+            for i in range(B):
+                for j in range(b["masked_positions"].shape[1]):
+                    if b["masked_weights"][i, j] == 0:
+                        continue
+                    p, want = int(b["masked_positions"][i, j]), int(b["masked_ids"][i, j])
+                    hidden = int(b["input_ids"][i, p]) != want
+                    n += 1
+                    hit += int(pred[i, p]) == want
+                    hid += hidden
+                    hid_hit += hidden and int(pred[i, p]) == want
+                    base += (not hidden) or want == mft
+                    base_hid += hidden and want == mft
+    assert 0 < hid < n  # both kinds of masked position occur
+    assert res["mlm_accuracy"] == pytest.approx(hit / n)
+    assert res["mlm_accuracy_hidden"] == pytest.approx(hid_hit / hid)
+    assert res["mlm_baseline_accuracy"] == pytest.approx(base / n)
+    assert res["mlm_baseline_accuracy_hidden"] == pytest.approx(base_hid / hid)
