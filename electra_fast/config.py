@@ -136,11 +136,16 @@ def _gen(hidden: int) -> dict[str, int]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Ours: a CPU demo. Vocabulary size is set by the tokenizer trained on the corpus.
+    # Ours: a CPU demo. Vocabulary size is set by the tokenizer trained on the corpus. Short
+    # examples (32 tokens, 128 of them per step: the same 4096 tokens per step as 32 x 128): an MLM
+    # model learns to use its context only once attention finds the neighbouring tokens, and at
+    # initialisation a neighbour carries 1/T of the attention, so at T = 128 the generator was still
+    # predicting unigram frequencies after 1,200 steps, while at T = 32 it uses context within a few
+    # hundred (benchmarks/RESULTS.md, "Default pre-training run"). --seq-len up to 128 still works.
     "tiny": dict(vocab_size=4096, embedding_size=128, hidden_size=128, num_layers=4, num_heads=2,
                  intermediate_size=512, generator_num_layers=4, max_position_embeddings=128,
-                 learning_rate=2e-3, batch_size=32, max_seq_length=128, train_steps=600,
-                 warmup_steps=60, dropout=0.0, attention_dropout=0.0,
+                 learning_rate=2e-3, batch_size=128, max_seq_length=32, train_steps=1500,
+                 warmup_steps=100, dropout=0.0, attention_dropout=0.0,
                  **{"generator_hidden_size": 64, "generator_num_heads": 1, "generator_intermediate_size": 256}),
     "small": dict(embedding_size=128, hidden_size=256, num_layers=12, num_heads=4, intermediate_size=1024,
                   generator_num_layers=12, learning_rate=5e-4, batch_size=128, max_seq_length=128,

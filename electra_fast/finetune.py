@@ -668,7 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _hyper(args, cfg: ElectraConfig) -> Hyper:
+def _hyper(args, cfg: ElectraConfig, trained_len: int | None = None) -> Hyper:
+    """Fine-tuning hyper-parameters from the flags; ``trained_len``: the pre-training sequence
+    length when known (our own runs), to say when fine-tuning reaches untrained positions."""
     size = model_size(cfg)
     hp = Hyper(epochs=args.epochs, lr=args.lr if args.lr is not None else DEFAULT_LR[size],
                layer_decay=args.layer_decay if args.layer_decay is not None else DEFAULT_LAYER_DECAY[size],
@@ -682,6 +684,10 @@ def _hyper(args, cfg: ElectraConfig) -> Hyper:
         raise FinetuneError(f"--seq-len {hp.seq_len} leaves no room for text after [CLS] and [SEP]")
     if hp.seq_len > cfg.max_position_embeddings:
         raise FinetuneError(f"--seq-len {hp.seq_len} exceeds the model's {cfg.max_position_embeddings} positions")
+    if trained_len is not None and hp.seq_len > trained_len:
+        print(f"note: --seq-len {hp.seq_len} is longer than the run's pre-training length ({trained_len}): "
+              f"position embeddings {trained_len}-{hp.seq_len - 1} start from their initial values",
+              file=sys.stderr)
     if not hp.lr > 0 or not 0 < hp.layer_decay <= 1 or not 0 <= hp.dropout < 1:
         raise FinetuneError("--lr must be > 0, --layer-decay in (0, 1] and --dropout in [0, 1)")
     return hp
@@ -709,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         device = _device(args.device)
         data = None if args.task == "probe" else load_task_data(args)  # bad data: reported before loading
         pre = load_pretrained(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
-        hp = _hyper(args, pre.model.config)
+        hp = _hyper(args, pre.model.config, pre.model.config.max_seq_length if pre.run_dir is not None else None)
         out = Path(args.out or f"runs/finetune-{args.task}")
         print(f"encoder: {pre.source}; {model_size(pre.model.config)}-sized, "
               f"{pre.model.config.num_layers} layers; device {device}")

@@ -489,3 +489,17 @@ def test_bad_input_gives_one_error_line(tmp_path, run_dir, capsys, case):
     assert len(err) == 1 and err[0].startswith("error: "), err
     for w in words:
         assert w in err[0], (w, err[0])
+
+
+def test_seq_len_beyond_the_runs_pretraining_length_gets_a_note(capsys):
+    """Our own run records its pre-training length: fine-tuning past it says which position
+    embeddings were never trained; within it, or for a model without that record, nothing."""
+    from electra_fast.finetune import _hyper, build_parser
+
+    cfg = ElectraConfig.preset("tiny", vocab_size=50)  # pre-trained at 32, 128 positions
+    args = build_parser().parse_args(["--checkpoint", "x", "--task", "probe", "--seq-len", "64"])
+    assert _hyper(args, cfg, trained_len=32).seq_len == 64
+    assert "position embeddings 32-63 start from their initial values" in capsys.readouterr().err
+    _hyper(args, cfg, trained_len=64)
+    _hyper(args, cfg, trained_len=None)
+    assert capsys.readouterr().err == ""
