@@ -235,13 +235,15 @@ class Electra(nn.Module):
             temperature=cfg.temperature, seed=seed, ignore_index=IGNORE_INDEX, return_argmax=True)
         # official: sum(w * ce) / (sum(w) + 1e-6); the op gives the mean over real slots
         mlm_loss = mlm_mean * (n_pred / (n_pred + 1e-6))
-        metrics = {"mlm_accuracy": _masked_mean((argmax.view(B, P) == masked_ids).float(), masked_weights)}
+        argmax = argmax.view(B, P)
+        predictions = argmax if return_logits else None
+        metrics = {"mlm_accuracy": _masked_mean((argmax == masked_ids).float(), masked_weights)}
 
         if self.discriminator is None:  # the BERT baseline stops here
             zero = mlm_loss.new_zeros(())
             return ElectraOutput(loss=mlm_loss, mlm_loss=mlm_loss, disc_loss=zero, metrics=metrics,
                                  samples=samples.view(B, P),
-                                 mlm_predictions=argmax.view(B, P) if return_logits else None)
+                                 mlm_predictions=predictions)
 
         # 2. corrupt: original ids with the (gradient-free) samples written at the masked positions
         if original_ids is None:
@@ -268,7 +270,7 @@ class Electra(nn.Module):
         return ElectraOutput(loss=loss, mlm_loss=mlm_loss, disc_loss=disc_loss, metrics=metrics,
                              disc_logits=disc_logits if return_logits else None,
                              is_replaced=is_replaced if return_logits else None, samples=samples,
-                             mlm_predictions=argmax.view(B, P) if return_logits else None)
+                             mlm_predictions=predictions)
 
 
 def _masked_mean(x, w):
