@@ -215,11 +215,22 @@ def config_from_hf(disc: dict, gen: dict | None = None) -> ElectraConfig:
     )
 
 
+def _same_encoder(cfg: ElectraConfig, d_state: dict, g_state: dict) -> bool:
+    """True when the generator folder holds the discriminator's own encoder, tensor for tensor."""
+    sizes = (("generator_hidden_size", "hidden_size"), ("generator_num_layers", "num_layers"),
+             ("generator_num_heads", "num_heads"), ("generator_intermediate_size", "intermediate_size"))
+    if any(getattr(cfg, g) != getattr(cfg, d) for g, d in sizes):
+        return False
+    keys = [k for k in d_state if k.startswith(("encoder.", "embeddings_project."))]
+    return bool(keys) and all(k in g_state and torch.equal(g_state[k], d_state[k]) for k in keys)
+
+
 def load_hf(discriminator_dir: str | Path, generator_dir: str | Path | None = None) -> Electra:
     """Build our ``Electra`` from HuggingFace folders (e.g. a google/electra-* checkpoint on disk).
 
     ELECTRA shares embeddings: the discriminator's are used. Without ``generator_dir`` the
-    generator is freshly initialised at 1/4 of the discriminator's width.
+    generator is freshly initialised at 1/4 of the discriminator's width. A generator folder that
+    holds the discriminator's own encoder (a ``tie_encoders`` model's export) gives a tied model.
     """
     d_cfg, d_state = read_hf_folder(discriminator_dir)
     g_cfg, g_state = read_hf_folder(generator_dir) if generator_dir is not None else (None, None)
@@ -227,8 +238,12 @@ def load_hf(discriminator_dir: str | Path, generator_dir: str | Path | None = No
         for k in ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size"):
             if g_cfg.get(k) != d_cfg.get(k):
                 raise HFFormatError(f"generator {k}={g_cfg.get(k)} differs from the discriminator's {d_cfg.get(k)}")
-    model = Electra(config_from_hf(d_cfg, g_cfg))
     d_state = _strip(d_state)
+    g_state = _strip(g_state) if g_state is not None else None
+    cfg = config_from_hf(d_cfg, g_cfg)
+    if g_state is not None and _same_encoder(cfg, d_state, g_state):
+        cfg = cfg.replace(tie_encoders=True)  # exported from a tie_encoders model: keep it tied
+    model = Electra(cfg)
     used: set = set()
     e = model.embeddings
     with torch.no_grad():
@@ -252,7 +267,6 @@ def load_hf(discriminator_dir: str | Path, generator_dir: str | Path | None = No
     _warn_unused(d_state, used, discriminator_dir, ignore=("classifier.", "discriminator_predictions."))
 
     if g_state is not None:
-        g_state = _strip(g_state)
         used = set()
         if not torch.equal(g_state.get("embeddings.word_embeddings.weight", e.word_embeddings.weight),
                            e.word_embeddings.weight):

@@ -133,7 +133,8 @@ class ElectraOutput:
 
 
 class Electra(nn.Module):
-    """The pre-training module: generator + discriminator over shared embeddings.
+    """The pre-training module: generator + discriminator over shared embeddings (and, with
+    ``config.tie_encoders``, one shared encoder).
 
     ``config.objective``-free: ELECTRA is the default; ``objective="mlm"`` builds the paper's
     BERT baseline (a discriminator-sized network trained with MLM only, no discriminator).
@@ -156,7 +157,9 @@ class Electra(nn.Module):
         self.generator = Encoder(cfg, *gen)
         self.generator_head = GeneratorHead(cfg, gen[0])
         if objective == "electra":
-            self.discriminator = Encoder(cfg, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
+            # tie_encoders: one encoder under both names (parameters() and the optimizer see it once)
+            self.discriminator = (self.generator if cfg.tie_encoders else
+                                  Encoder(cfg, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size))
             self.discriminator_head = DiscriminatorHead(cfg)
             # GDES (DeBERTa-v3): discriminator word embeddings = gen_emb.detach() + delta.
             self.disc_embedding_delta = (nn.Parameter(torch.zeros(cfg.vocab_size, cfg.embedding_size))

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-prob", type=float, help="masking probability (0.15; 0.25 for large)")
     p.add_argument("--whole-word", action="store_true", help="whole-word masking")
     p.add_argument("--gdes", action="store_true", help="DeBERTa-v3 gradient-disentangled embedding sharing")
+    p.add_argument("--tie-encoders", action=argparse.BooleanOptionalAction, default=None,
+                   help="generator and discriminator share their whole encoder (the paper's 'tie all weights'; "
+                        "on in the tiny preset, needs equal sizes)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -95,6 +98,8 @@ def resolve_config(args, saved: dict | None) -> ElectraConfig:
             over[name] = v
     if args.gdes:
         over["gdes"] = True
+    if args.tie_encoders is not None:
+        over["tie_encoders"] = args.tie_encoders
     for flag, name in (("--steps", "train_steps"), ("--batch-size", "batch_size"), ("--seq-len", "max_seq_length")):
         if name in over and over[name] <= 0:
             raise TrainError(f"{flag} must be positive, got {over[name]}")

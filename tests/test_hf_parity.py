@@ -60,14 +60,16 @@ def test_load_hf_matches_transformers_logits(small_pair):
     assert (got_g - want_g)[real].abs().max().item() <= 1e-5
 
 
-def test_save_hf_load_hf_round_trip_is_exact(tmp_path):
-    cfg = ElectraConfig.preset("tiny", vocab_size=211, num_layers=2, generator_num_layers=2)
+@pytest.mark.parametrize("tie", [True, False], ids=["tied-encoders", "own-encoders"])
+def test_save_hf_load_hf_round_trip_is_exact(tmp_path, tie):
+    cfg = ElectraConfig.preset("tiny", vocab_size=211, tie_encoders=tie)
     model = Electra(cfg)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     save_hf(model, tmp_path)
     back = load_hf(tmp_path / "discriminator", tmp_path / "generator")
+    assert back.config.tie_encoders == tie and (back.generator is back.discriminator) == tie
     a, b = model.state_dict(), back.state_dict()
     assert a.keys() == b.keys()
     for k in a:

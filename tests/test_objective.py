@@ -187,6 +187,53 @@ def test_gdes_keeps_rtd_gradient_off_the_generator_embeddings():
     assert model.disc_embedding_delta.grad.abs().max() > 0
 
 
+def test_tied_encoders_are_one_encoder_trained_by_both_losses(backend):
+    """The paper's "tie all weights": one encoder under both names, counted once, reached by the
+    MLM and the RTD gradient; each head only by its own loss; a state_dict round trip stays tied."""
+    cfg = _cfg(generator_hidden_size=48, generator_num_heads=2, generator_intermediate_size=64, tie_encoders=True)
+    model = Electra(cfg)
+    _perturb(model)
+    assert model.generator is model.discriminator
+    untied = Electra(cfg.replace(tie_encoders=False))
+    n_encoder = sum(p.numel() for p in model.discriminator.parameters())
+    assert sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in model.parameters()) == n_encoder
+    batch, _ = _batch(cfg)
+    out = model(**batch, seed=5)
+    assert not out.samples.requires_grad
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=True)
+        return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                for n, p in model.named_parameters()}
+
+    g_disc, g_mlm = grads(out.disc_loss), grads(out.mlm_loss)
+    for g in (g_disc, g_mlm):
+        enc = [n for n in g if n.startswith(("generator.", "discriminator."))]
+        assert len(enc) == len(list(model.discriminator.parameters()))
+        for n in enc:
+            if not n.endswith("qkv.bias"):  # the key bias never gets a gradient (softmax shift)
+                assert g[n].abs().max() > 0, n
+    for n in g_disc:
+        if n.startswith("generator_head."):
+            assert g_disc[n].abs().max() == 0, n
+        if n.startswith("discriminator_head."):
+            assert g_mlm[n].abs().max() == 0, n
+
+    clone = Electra(cfg)
+    clone.load_state_dict(model.state_dict())
+    assert clone.generator is clone.discriminator
+    for (n, a), (_, b) in zip(model.named_parameters(), clone.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_tied_encoders_need_equal_sizes():
+    with pytest.raises(ValueError, match="generator_hidden_size=24 but hidden_size=48"):
+        _cfg(tie_encoders=True).validate()
+    with pytest.raises(ValueError, match="tie_encoders"):
+        ElectraConfig.preset("small", tie_encoders=True)
+
+
 def test_tiny_preset_learns_on_fixed_batches():
     """200 optimiser steps on CPU over a fixed set of batches of real text (the embedded corpus):
     MLM loss falls and the discriminator beats the all-"original" baseline."""
