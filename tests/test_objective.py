@@ -56,6 +56,13 @@ def _perturb(model, scale=0.3):
             p.add_(torch.randn_like(p) * scale * spread)
 
 
+def _grads(model, loss):
+    """Each parameter's gradient from ``loss`` alone (zeros where none arrives)."""
+    model.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=True)
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+
+
 @pytest.fixture(params=["reference", "triton"])
 def backend(request, monkeypatch):
     """Both paths of the fused ops behind the model (Triton through the interpreter on the CPU)."""
@@ -154,14 +161,7 @@ def test_no_gradient_through_samples_and_shared_embeddings_get_both_gradients(ba
     out = model(**batch, seed=5)
     assert not out.samples.requires_grad
 
-    def grads(loss):
-        model.zero_grad(set_to_none=True)
-        loss.backward(retain_graph=True)
-        return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-                for n, p in model.named_parameters()}
-
-    g_disc = grads(out.disc_loss)
-    g_mlm = grads(out.mlm_loss)
+    g_disc, g_mlm = _grads(model, out.disc_loss), _grads(model, out.mlm_loss)
     gen_params = [n for n in g_disc if n.startswith(("generator.", "generator_head."))]
     assert gen_params
     for n in gen_params:  # ELECTRA is not adversarial: the RTD loss never reaches the generator
@@ -201,13 +201,7 @@ def test_tied_encoders_are_one_encoder_trained_by_both_losses(backend):
     out = model(**batch, seed=5)
     assert not out.samples.requires_grad
 
-    def grads(loss):
-        model.zero_grad(set_to_none=True)
-        loss.backward(retain_graph=True)
-        return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-                for n, p in model.named_parameters()}
-
-    g_disc, g_mlm = grads(out.disc_loss), grads(out.mlm_loss)
+    g_disc, g_mlm = _grads(model, out.disc_loss), _grads(model, out.mlm_loss)
     for g in (g_disc, g_mlm):
         enc = [n for n in g if n.startswith(("generator.", "discriminator."))]
         assert len(enc) == len(list(model.discriminator.parameters()))
