@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, help="maximum sequence length")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--mask-prob", type=float, help="masking probability (0.15; 0.25 for large)")
-    p.add_argument("--whole-word", action="store_true", help="whole-word masking")
+    p.add_argument("--whole-word", action=argparse.BooleanOptionalAction, default=None,
+                   help="mask whole words (all their WordPiece pieces together); default: on for tiny, "
+                        "off for the official presets")
     p.add_argument("--gdes", action="store_true", help="DeBERTa-v3 gradient-disentangled embedding sharing")
     p.add_argument("--tie-encoders", action=argparse.BooleanOptionalAction, default=None,
                    help="generator and discriminator share their whole encoder (the paper's 'tie all weights'; "
@@ -234,6 +236,11 @@ def evaluate(model, batches, device, autocast, most_frequent_id: int | None = No
 
 
 # flags that define a run: a resumed run takes them from its checkpoint, not the command line
+# Whole-word masking is a data option, not a model one: the presets that turn it on by default.
+# tiny: the generator samples each piece of a masked word on its own, which gives the CPU demo's
+# discriminator replacements it learns to detect within its budget (benchmarks/RESULTS.md).
+WHOLE_WORD_PRESETS = ("tiny",)
+
 RUN_ARGS = ("preset", "data", "errors", "vocab", "objective", "whole_word", "grad_accum", "seed")
 
 _MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_ids",
@@ -332,6 +339,8 @@ def train(args) -> int:
         say(f"resuming from {ck_path} (step {resume_state['step']})", rank=rank)
         for k, v in resume_state.get("run_args", {}).items():  # the run's data, seed, objective, ...
             setattr(args, k, v)
+    if args.whole_word is None:
+        args.whole_word = args.preset in WHOLE_WORD_PRESETS
     cfg = resolve_config(args, resume_state["config"] if resume_state else None)
     if cfg.batch_size % (world * args.grad_accum):
         raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by ranks x --grad-accum "

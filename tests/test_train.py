@@ -208,3 +208,17 @@ def test_evaluate_separates_hidden_positions_and_their_baselines():
     assert res["mlm_accuracy_hidden"] == pytest.approx(hid_hit / hid)
     assert res["mlm_baseline_accuracy"] == pytest.approx(base / n)
     assert res["mlm_baseline_accuracy_hidden"] == pytest.approx(base_hid / hid)
+
+
+@pytest.mark.parametrize("flags, preset, expected", [
+    ([], "tiny", True), (["--no-whole-word"], "tiny", False), ([], "small", False), (["--whole-word"], "small", True)])
+def test_whole_word_masking_defaults_on_for_tiny_only_and_is_saved_with_the_run(tmp_path, flags, preset, expected):
+    """The tiny preset masks whole words unless told not to; the official presets do not unless
+    told to. The choice is a run argument, so the checkpoint keeps it for --resume."""
+    corpus = _corpus(tmp_path / "corpus", seed=0)
+    run = tmp_path / "run"
+    over = [] if preset == "tiny" else ["--preset", preset]
+    assert main(["--data", str(corpus), "--out", str(run), *SMALL, *over, "--steps", "1", "--save-every", "1",
+                 *flags]) == 0
+    state = load_checkpoint(list_checkpoints(run)[-1])
+    assert state["run_args"]["whole_word"] is expected
