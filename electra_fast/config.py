@@ -158,8 +158,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # attention the discriminator needs, and N(0, 0.1) initial weights (0.02 officially) get both
     # off their starting plateau. Masking 25% (the official large preset's rate) gives the
     # discriminator more replaced tokens per step and the generator less context, hence
-    # replacements that are easier to detect. lr 3e-3 over 2,400 steps keeps the run near 7 minutes
-    # on 2 CPU cores (benchmarks/RESULTS.md, "Default pre-training run").
+    # replacements that are easier to detect. lr 3e-3 over 2,400 steps keeps the run near 8 minutes
+    # on 2 CPU cores. The tiny preset also masks whole words by default (train.WHOLE_WORD_PRESETS)
+    # (benchmarks/RESULTS.md, "Default pre-training run").
     "tiny": dict(vocab_size=4096, embedding_size=128, hidden_size=128, num_layers=2, num_heads=2,
                  intermediate_size=512, max_position_embeddings=128, initializer_range=0.1,
                  learning_rate=3e-3, batch_size=128, max_seq_length=32, train_steps=2400,
