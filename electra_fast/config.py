@@ -82,6 +82,14 @@ class ElectraConfig:
         cfg.validate()
         return cfg
 
+    def generator_size_mismatches(self) -> list[tuple[str, str]]:
+        """(generator field, discriminator field) pairs whose sizes differ: empty when one encoder
+        could serve both networks (``tie_encoders``)."""
+        return [(g, d) for g, d in (("generator_hidden_size", "hidden_size"), ("generator_num_layers", "num_layers"),
+                                    ("generator_num_heads", "num_heads"),
+                                    ("generator_intermediate_size", "intermediate_size"))
+                if getattr(self, g) != getattr(self, d)]
+
     def validate(self) -> None:
         for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
                      "intermediate_size", "generator_hidden_size", "generator_num_layers",
@@ -91,14 +99,9 @@ class ElectraConfig:
                 raise ValueError(f"ElectraConfig.{name} must be positive, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.tie_encoders:
-            pairs = [(g, d) for g, d in (("generator_hidden_size", "hidden_size"), ("generator_num_layers", "num_layers"),
-                                         ("generator_num_heads", "num_heads"),
-                                         ("generator_intermediate_size", "intermediate_size"))
-                     if getattr(self, g) != getattr(self, d)]
-            if pairs:
-                raise ValueError("tie_encoders needs the generator's sizes to equal the discriminator's: "
-                                 + ", ".join(f"{g}={getattr(self, g)} but {d}={getattr(self, d)}" for g, d in pairs))
+        if self.tie_encoders and (pairs := self.generator_size_mismatches()):
+            raise ValueError("tie_encoders needs the generator's sizes to equal the discriminator's: "
+                             + ", ".join(f"{g}={getattr(self, g)} but {d}={getattr(self, d)}" for g, d in pairs))
         if self.generator_hidden_size % self.generator_num_heads:
             raise ValueError(f"generator_hidden_size {self.generator_hidden_size} is not divisible by "
                              f"generator_num_heads {self.generator_num_heads}")

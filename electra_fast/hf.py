@@ -217,9 +217,7 @@ def config_from_hf(disc: dict, gen: dict | None = None) -> ElectraConfig:
 
 def _same_encoder(cfg: ElectraConfig, d_state: dict, g_state: dict) -> bool:
     """True when the generator folder holds the discriminator's own encoder, tensor for tensor."""
-    sizes = (("generator_hidden_size", "hidden_size"), ("generator_num_layers", "num_layers"),
-             ("generator_num_heads", "num_heads"), ("generator_intermediate_size", "intermediate_size"))
-    if any(getattr(cfg, g) != getattr(cfg, d) for g, d in sizes):
+    if cfg.generator_size_mismatches():
         return False
     keys = [k for k in d_state if k.startswith(("encoder.", "embeddings_project."))]
     return bool(keys) and all(k in g_state and torch.equal(g_state[k], d_state[k]) for k in keys)
