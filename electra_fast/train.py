@@ -235,12 +235,12 @@ def evaluate(model, batches, device, autocast, most_frequent_id: int | None = No
     return res
 
 
-# flags that define a run: a resumed run takes them from its checkpoint, not the command line
 # Whole-word masking is a data option, not a model one: the presets that turn it on by default.
 # tiny: the generator samples each piece of a masked word on its own, which gives the CPU demo's
 # discriminator replacements it learns to detect within its budget (benchmarks/RESULTS.md).
 WHOLE_WORD_PRESETS = ("tiny",)
 
+# flags that define a run: a resumed run takes them from its checkpoint, not the command line
 RUN_ARGS = ("preset", "data", "errors", "vocab", "objective", "whole_word", "grad_accum", "seed")
 
 _MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_ids",
