@@ -1,16 +1,18 @@
-"""End-to-end pre-training step throughput: forward + backward + AdamW, tokens/s.
+"""End-to-end pre-training step throughput: forward + backward + clipping + AdamW, tokens/s (real tokens).
 
     pytest benchmarks/test_bench_step.py                       # CPU variant here, GPU suites need CUDA
     pytest benchmarks/test_bench_step.py -k gpu --benchmark-json step.json
     python -m electra_fast.bench                               # the same steps as one table, with MFU
 
 Implementations (``electra_fast.bench.IMPLS``), same synthetic masked batch and initial weights:
-- fused: ``electra_fast.model.Electra`` with the default dispatch (Triton ops on CUDA; on the CPU
-  this is the reference ops: there is no Triton without a GPU);
-- reference: the same model with ELECTRA_FAST_BACKEND=reference (read by the ops at call time);
-- compiled: torch.compile of the reference (compilation happens in the untimed warm-up);
-- hf: ``electra_fast.baselines.HFElectra`` (HF ElectraForMaskedLM with full-sequence logits +
-  ElectraForPreTraining, sampling in torch).
+- ours: the training step exactly as ``python -m electra_fast.train`` runs it on a GPU
+  (``train.make_train_step``: fused ops, forward + backward + clipping + AdamW compiled as one
+  region, CUDA graphs on CUDA; compilation happens in the untimed warm-up);
+- ours-eager: the same step with --no-compile (on the CPU the ops run their PyTorch references:
+  there is no Triton without a GPU);
+- hf-eager: ``electra_fast.baselines.HFElectra`` (HF ElectraForMaskedLM with full-sequence logits +
+  ElectraForPreTraining, sampling in torch) with fused torch.optim.AdamW;
+- hf-compiled: torch.compile of the HF pair.
 GPU suites: bf16 autocast, fused AdamW, tiny 32x128, small 128x128 and base 32x512 (the official
 base batch of 256 does not fit an 80 GB card with HF's full-sequence logits). CPU variant: tiny 8x128,
 fp32, one torch thread; torch.compile skips there unless ELECTRA_FAST_BENCH_CPU_COMPILE=1 (it
@@ -28,6 +30,7 @@ import torch
 
 from electra_fast import ElectraConfig
 from electra_fast.bench import (
+    COMPILED_IMPLS,
     CPU_COMPILE_SKIP,
     CPU_SHAPE,
     GPU_SHAPES,
@@ -57,25 +60,25 @@ def run_step_benchmark(benchmark, impl: str, preset: str, B: int, T: int, device
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         benchmark.group = f"step-{preset}-{B}x{T}-{device}"
-        benchmark.extra_info.update(impl=IMPL_LABELS[impl], tokens=B * T, device=torch.cuda.get_device_name()
+        benchmark.extra_info.update(impl=IMPL_LABELS[impl], tokens=step.tokens, device=torch.cuda.get_device_name()
                                     if cuda else "cpu", precision="bf16 autocast" if cuda else "fp32",
                                     torch_threads=torch.get_num_threads())
         benchmark.pedantic(one_step, rounds=rounds, iterations=1)
     finally:
-        if impl == "compiled":
+        if impl in COMPILED_IMPLS:
             torch._dynamo.reset()  # the next test compiles a new model: drop these graphs
     if cuda:
         benchmark.extra_info["peak_mem_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if benchmark.stats:  # None under --benchmark-disable
         median = benchmark.stats.stats.median
         benchmark.extra_info["step_ms"] = round(median * 1e3, 2)
-        benchmark.extra_info["tokens_per_s"] = round(B * T / median)
+        benchmark.extra_info["tokens_per_s"] = round(step.tokens / median)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_step_cpu(benchmark, impl):
     preset, B, T = CPU_SHAPE
-    if impl == "compiled" and os.environ.get("ELECTRA_FAST_BENCH_CPU_COMPILE") != "1":
+    if impl in COMPILED_IMPLS and os.environ.get("ELECTRA_FAST_BENCH_CPU_COMPILE") != "1":
         pytest.skip(CPU_COMPILE_SKIP)
     with torch_threads(1):  # one thread: comparable across machines, and faster on a loaded 2-core VM
         run_step_benchmark(benchmark, impl, preset, B, T, "cpu", rounds=4, warmup=1)

@@ -1,19 +1,22 @@
 """One command that says how fast a pre-training step is: ``python -m electra_fast.bench``.
 
-On a CUDA GPU it runs the GPU op tests (generator head, replaced-token masking, RTD loss), then
-times one pre-training step (forward + backward + AdamW) at the tiny, small and base presets for
+On a CUDA GPU it first runs the GPU op tests (the op test files' CUDA cases and the ops at the
+real shapes of a Small and a Base step: bf16, V = 30522, M = the masked rows), then times one
+pre-training step (forward + backward + clipping + AdamW) at the small, tiny and base presets for
 four implementations on the same batch and precision (bf16 autocast):
 
-    ours-fused       electra_fast.model.Electra, default dispatch (Triton ops on CUDA)
-    ours-reference   the same model with ELECTRA_FAST_BACKEND=reference (plain PyTorch ops)
-    ours-compiled    torch.compile of ours-reference
-    hf               electra_fast.baselines.HFElectra: HF ElectraForMaskedLM (full-sequence
-                     logits) + ElectraForPreTraining, sampling in torch
+    ours         the step exactly as ``python -m electra_fast.train`` runs it on a GPU
+                 (``train.make_train_step``: fused Triton ops, one torch.compile region, CUDA graphs)
+    ours-eager   the same step with --no-compile
+    hf-eager     electra_fast.baselines.HFElectra: HF ElectraForMaskedLM (full-sequence logits) +
+                 ElectraForPreTraining, sampling in torch, torch.optim.AdamW (fused)
+    hf-compiled  torch.compile of the HF pair: what a savvy user would run instead
 
-and prints one table: tokens/s, step ms, peak memory, MFU, speed-up vs HF and vs torch.compile,
-with the card's name and the torch / triton versions (``--json PATH`` saves it). Without a GPU it
-says so and runs the CPU variants (tiny preset, batch 8 x 128, fp32, one thread) into the same
-table. ``--proxies`` prints the CPU-side proxies instead (``electra_fast.proxies``).
+and prints one table: tokens/s (real tokens only), step ms, peak memory, MFU, speed-up vs
+hf-eager and vs hf-compiled, with the card's name and the torch / triton versions (``--json PATH``
+saves it). Without a GPU it says so and runs the CPU variants (tiny preset, batch 8 x 128, fp32,
+one thread; the compiled rows with --cpu-compile) into the same table. ``--proxies`` prints the
+CPU-side proxies instead (``electra_fast.proxies``).
 
 MFU = model FLOPs per token x tokens/s / the card's peak dense bf16 FLOP/s, with
 ``model_flops_per_token``: 6 x (multiply-adds per token of every weight matmul, the attention
@@ -44,15 +47,17 @@ import torch
 
 from .config import ElectraConfig, max_predictions
 
-IMPLS = ("fused", "reference", "compiled", "hf")
-IMPL_LABELS = {"fused": "ours-fused", "reference": "ours-reference", "compiled": "ours-compiled",
-               "hf": "hf"}
+IMPLS = ("ours", "ours-eager", "hf-eager", "hf-compiled")
+IMPL_LABELS = {k: k for k in IMPLS}
+COMPILED_IMPLS = ("ours", "hf-compiled")
 # (batch, seq) per preset on one GPU: the official batch for small (and our tiny); base at its
 # official length but batch 32 instead of 256 (256 x 512 does not fit an 80 GB card with HF's
 # full-sequence logits without accumulation; 32 x 512 = 16k tokens already fill a GPU for a compute-bound model).
 GPU_SHAPES = {"tiny": (32, 128), "small": (128, 128), "base": (32, 512)}
 CPU_SHAPE = ("tiny", 8, 128)
-GPU_OP_TESTS = ("tests/test_generator_head.py", "tests/test_rtd_loss.py", "tests/test_replace_tokens.py")
+# the op tests (their CUDA cases), then the ops at the real shapes of a Small and a Base step
+GPU_OP_TESTS = ("tests/test_generator_head.py", "tests/test_rtd_loss.py", "tests/test_replace_tokens.py",
+                "tests/test_gpu_shapes.py")
 CPU_COMPILE_SKIP = ("torch.compile on a 2-core CPU compiles for 45-120 s per model (fwd+bwd, inductor C++; "
                     "cold cache, quiet to loaded machine), more than all other CPU benchmarks together; "
                     "--cpu-compile (ELECTRA_FAST_BENCH_CPU_COMPILE=1 under pytest) runs it")
@@ -112,15 +117,15 @@ def env_var(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = old
 
 
-def backend_env(impl: str):
-    """ELECTRA_FAST_BACKEND for an implementation: "reference" for the reference and compiled
-    rows, unset (default dispatch: Triton on CUDA, reference on CPU) for the others."""
-    return env_var(BACKEND_ENV, "reference" if impl in ("reference", "compiled") else None)
+def backend_env(backend: str | None):
+    """ELECTRA_FAST_BACKEND for the block: "triton", "reference", or None (default dispatch:
+    Triton on CUDA, the reference on the CPU). The kernel proxies use it to count both paths."""
+    return env_var(BACKEND_ENV, backend)
 
 
 @dataclass
 class Step:
-    """One pre-training step of one implementation: ``step()`` runs forward + backward + AdamW."""
+    """One pre-training step of one implementation: ``step()`` runs forward + backward + clipping + AdamW."""
 
     impl: str
     cfg: ElectraConfig
@@ -128,56 +133,72 @@ class Step:
     seq_len: int
     device: torch.device
     model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    run: Callable[[], torch.Tensor]
+    optimizer: object
+    run: Callable[[], None]
+    tokens: int  # real (non-padding) tokens per step
 
-    @property
-    def tokens(self) -> int:
-        return self.batch_size * self.seq_len
-
-    def __call__(self) -> torch.Tensor:
-        with backend_env(self.impl):
-            return self.run()
+    def __call__(self) -> None:
+        return self.run()
 
 
 def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | None = None,
-               device: str | torch.device = "cpu", *, fused_adamw: bool | None = None, compile_model: bool = False,
-               seed: int = 0) -> Step:
-    """Model, synthetic masked batch and AdamW for ``impl`` (one of IMPLS), ready to step.
+               device: str | torch.device = "cpu", *, compile_model: bool = False, seed: int = 0) -> Step:
+    """Model, synthetic masked batch and optimizer for ``impl`` (one of IMPLS), ready to step.
 
-    Every implementation gets the same batch (``random_masked_batch``), the same initial seed,
-    AdamW with the official hyper-parameters and parameter groups (fused on CUDA, as
-    ``electra_fast.train``; ``fused_adamw`` overrides), and bf16 autocast on CUDA / fp32 on CPU.
-    ``compile_model`` wraps any implementation's model in torch.compile ("compiled" always is).
+    ``ours`` / ``ours-eager`` are the training step exactly as ``electra_fast.train`` builds it
+    (``make_train_step``: the same optimizer, clipping, device-side guard and metrics, bf16
+    autocast on CUDA; ``ours`` compiled as one region with CUDA graphs, as ``train`` runs by
+    default on a GPU). The HF rows run the same batch with torch.optim.AdamW (fused on CUDA),
+    clipping and the same autocast; ``hf-compiled`` wraps the HF pair in torch.compile.
+    (Fused AdamW on the CPU too, so the kernel proxies count the step a GPU runs.)
+    ``compile_model`` (``ours-eager`` only) compiles the model alone (forward + backward graphs;
+    the kernel proxies count those).
     """
     from .baselines import HFElectra, random_masked_batch
     from .model import Electra
-    from .train import param_groups
+    from .optim import AdamW, param_groups
+    from .train import device_batch, make_train_step
 
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
     device = torch.device(device)
     T = seq_len or cfg.max_seq_length
     torch.manual_seed(seed)
-    model = (HFElectra(cfg) if impl == "hf" else Electra(cfg)).to(device).train()
-    batch = random_masked_batch(cfg, batch_size, T, seed=seed, device=device)
-    fused = device.type == "cuda" if fused_adamw is None else fused_adamw
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                                  **({"fused": True} if fused else {}))
-    fwd = torch.compile(model) if impl == "compiled" or compile_model else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    cpu_batch = random_masked_batch(cfg, batch_size, T, seed=seed)
+    cpu_batch["attention_mask"] = cpu_batch["attention_mask"].bool()
+    tokens = int(cpu_batch["attention_mask"].sum())
+    if impl.startswith("ours"):
+        model = Electra(cfg).to(device).train()
+        optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                          betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        step = make_train_step(model, optimizer, cfg, amp_dtype=amp, compile=impl == "ours",
+                               forward=torch.compile(model) if compile_model else None)
+        batch = device_batch(cpu_batch, tokens != cpu_batch["attention_mask"].numel(), device)
+        seeds = torch.full((1,), GUMBEL_SEED, dtype=torch.int64, device=device)
 
-    def run() -> torch.Tensor:
+        def run() -> None:
+            step([batch], seeds)
+
+        return Step(impl, cfg, batch_size, T, device, model, optimizer, run, tokens)
+
+    model = HFElectra(cfg).to(device).train()
+    groups = [{"params": ps, "weight_decay": wd} for ps, wd in param_groups(model, cfg.weight_decay)]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  eps=cfg.adam_eps, fused=True)
+    fwd = torch.compile(model) if impl == "hf-compiled" else model
+    batch = {k: v.to(device) for k, v in cpu_batch.items()}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
+
+    def run() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            out = fwd(**batch, seed=GUMBEL_SEED)  # HFElectra ignores the seed (torch RNG)
-        loss = out if isinstance(out, torch.Tensor) else out.loss
+            loss = fwd(**batch)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
-        return loss
 
-    return Step(impl, cfg, batch_size, T, device, model, optimizer, run)
+    return Step(impl, cfg, batch_size, T, device, model, optimizer, run, tokens)
 
 
 @contextmanager
@@ -278,7 +299,7 @@ def run_benchmarks(cases: list[tuple[str, int, int]], impls: tuple[str, ...], de
                    "impl": impl, "implementation": IMPL_LABELS[impl], "tokens_per_s": None, "step_ms": None,
                    "peak_mem_mib": None, "mfu": None, "vs_hf": None, "vs_compiled": None, "status": "ok"}
             rows.append(row)
-            if impl == "compiled" and device.type == "cpu" and not cpu_compile:
+            if impl in COMPILED_IMPLS and device.type == "cpu" and not cpu_compile:
                 row["status"] = "skipped: " + CPU_COMPILE_SKIP
                 continue
             if time.time() - t_start > budget_s:
@@ -299,15 +320,15 @@ def run_benchmarks(cases: list[tuple[str, int, int]], impls: tuple[str, ...], de
                 row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             finally:
                 step = None
-                if impl == "compiled":
+                if impl in COMPILED_IMPLS:
                     torch._dynamo.reset()  # drop the compiled graphs with the model
                 gc.collect()
             log(f" {time.time() - t0:5.1f} s  {row['status']}")
         ref = {r["impl"]: r["tokens_per_s"] for r in rows if r["config"] == f"{preset} {B}x{T}"}
         for r in rows:
             if r["config"] == f"{preset} {B}x{T}" and r["tokens_per_s"]:
-                r["vs_hf"] = r["tokens_per_s"] / ref["hf"] if ref.get("hf") else None
-                r["vs_compiled"] = r["tokens_per_s"] / ref["compiled"] if ref.get("compiled") else None
+                r["vs_hf"] = r["tokens_per_s"] / ref["hf-eager"] if ref.get("hf-eager") else None
+                r["vs_compiled"] = r["tokens_per_s"] / ref["hf-compiled"] if ref.get("hf-compiled") else None
     return rows
 
 
@@ -318,7 +339,7 @@ def _fmt(x, spec: str, suffix: str = "") -> str:
 def format_table(rows: list[dict]) -> str:
     """One line per row: config, implementation, tokens/s, step ms, peak MiB, MFU, speed-ups."""
     head = (f"{'config':<14} {'implementation':<15} {'tokens/s':>11} {'step ms':>9} {'peak MiB':>9} "
-            f"{'MFU':>6} {'vs HF':>7} {'vs compile':>10}")
+            f"{'MFU':>6} {'vs hf-eager':>11} {'vs hf-compiled':>14}")
     out = [head, "-" * len(head)]
     for r in rows:
         if r["status"] != "ok":
@@ -327,7 +348,7 @@ def format_table(rows: list[dict]) -> str:
         mfu = None if r["mfu"] is None else 100 * r["mfu"]
         out.append(f"{r['config']:<14} {r['implementation']:<15} {r['tokens_per_s']:>11,.0f} {r['step_ms']:>9.1f} "
                    f"{_fmt(r['peak_mem_mib'], ',.0f'):>9} {_fmt(mfu, '.1f', '%'):>6} "
-                   f"{_fmt(r['vs_hf'], '.2f', 'x'):>7} {_fmt(r['vs_compiled'], '.2f', 'x'):>10}")
+                   f"{_fmt(r['vs_hf'], '.2f', 'x'):>11} {_fmt(r['vs_compiled'], '.2f', 'x'):>14}")
     return "\n".join(out)
 
 
@@ -339,10 +360,10 @@ FORMULA = ("MFU = model FLOPs/token x tokens/s / peak dense bf16 FLOP/s; model F
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m electra_fast.bench",
-        description="Time one ELECTRA pre-training step (forward + backward + AdamW) for ours (fused Triton "
-                    "ops), ours on the reference ops, torch.compile of the reference, and HF transformers, on "
-                    "the same batch and precision, and print one table: tokens/s, step ms, peak memory, model "
-                    "FLOPs utilisation (MFU) and speed-ups vs HF and vs torch.compile. On a CUDA GPU it first "
+        description="Time one ELECTRA pre-training step (forward + backward + clipping + AdamW) as train runs "
+                    "it (ours: compiled + CUDA graphs; ours-eager) and HF transformers (hf-eager, hf-compiled), "
+                    "on the same batch and precision, and print one table: tokens/s, step ms, peak memory, model "
+                    "FLOPs utilisation (MFU) and speed-ups vs hf-eager and hf-compiled. On a CUDA GPU it first "
                     "runs the GPU op tests; the presets run at " + ", ".join(
                         f"{k} {b}x{t}" for k, (b, t) in GPU_SHAPES.items()) + " with bf16 autocast. Without a "
                     "GPU it runs the CPU variants (tiny preset, batch 8 x 128, fp32).",
@@ -356,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impl", nargs="+", choices=IMPLS, default=None, help="implementations (default: all)")
     p.add_argument("--batch-size", type=int, default=None, help="override the batch size of every preset")
     p.add_argument("--quick", action="store_true",
-                   help="fewer steps; GPU: small preset only; CPU: ours-fused and hf only")
+                   help="fewer steps; GPU: small preset only; CPU: ours-eager and hf-eager only")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 GPU, 1 CPU)")
     p.add_argument("--iters", type=int, default=None, help="timed steps (default 20 GPU, 5 CPU; --quick 10 / 3)")
     p.add_argument("--no-tests", action="store_true", help="skip the GPU op tests")
@@ -404,12 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  (--preset {' '.join(args.preset)} needs a GPU; the CPU variants use tiny)")
         preset, B, T = CPU_SHAPE
         cases = [(preset, args.batch_size or B, T)]
-        impls = tuple(args.impl or (("fused", "hf") if args.quick else IMPLS))
+        impls = tuple(args.impl or (("ours-eager", "hf-eager") if args.quick else IMPLS))
         warmup = args.warmup if args.warmup is not None else 1
         iters = args.iters or (3 if args.quick else 5)
         threads = torch_threads(args.threads)
         print(f"electra_fast bench on the CPU ({env['cpu_count']} cores, {args.threads} torch thread(s)) | torch "
-              f"{env['torch']} | triton {env['triton']} | fp32 | ours-fused dispatches to the reference ops on "
+              f"{env['torch']} | triton {env['triton']} | fp32 | our ops dispatch to their PyTorch references on "
               "the CPU (Triton needs a GPU)")
     with threads:
         env["torch_threads"] = torch.get_num_threads()
@@ -421,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     print(FORMULA + (f"; peak {peak_flops(env['device']) / 1e12:.0f} TFLOP/s" if cuda and peak_flops(env["device"])
                      else "; peak n/a on this device"))
     print(f"{'CUDA events' if cuda else 'perf_counter, median'} over {iters} steps after {warmup} warm-up; "
-          f"vs HF / vs compile: tokens/s ratios within a config")
+          f"vs hf-eager / vs hf-compiled: tokens/s ratios within a config")
     if args.json:
         record = {"environment": env, "command": "python -m electra_fast.bench " + " ".join(sys.argv[1:] if argv is None
                                                                                           else argv),

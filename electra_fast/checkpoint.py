@@ -5,6 +5,10 @@ file in the same folder, flushed and fsync'ed, then renamed over the final name,
 at any moment leaves either the old checkpoint set or the new one, never half a file. Loading
 uses ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain Python values only
 and cannot run code.
+
+``AsyncCheckpointer`` takes the write off the training loop: it snapshots the state to host
+memory (the only part the loop waits for), then writes, fsyncs and renames in a background
+thread, at most one write in flight.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,69 @@ def load_latest(run_dir: str | Path, log=print) -> tuple[dict[str, Any], Path]:
         except CheckpointError as e:
             log(f"warning: {e}; falling back to an older checkpoint")
     raise CheckpointError(f"{run_dir}: every checkpoint is unreadable ({', '.join(p.name for p in cks)})")
+
+
+def snapshot(obj: Any) -> Any:
+    """A host-memory copy of a (nested) state: tensors cloned to the CPU, everything else as is.
+
+    Training may go on mutating the live tensors as soon as this returns."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class AsyncCheckpointer:
+    """Checkpoints written in the background, one at a time, each still atomic.
+
+    ``save(state, step)`` snapshots ``state`` to host memory, waits for the previous write (so
+    at most one is in flight and they land in order) and starts this one. A failed write is
+    raised as CheckpointError by the next ``save``, ``poll`` or ``wait``; the checkpoints
+    written before it stay intact. Call ``wait()`` before the process exits.
+    """
+
+    def __init__(self, run_dir: str | Path, keep: int = 3):
+        self.run_dir, self.keep = Path(run_dir), keep
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last: Path | None = None  # the newest checkpoint known to be on disk
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        host = snapshot(state)
+        self.wait()
+        path = checkpoint_path(self.run_dir, step)
+
+        def write():
+            try:
+                self.last = save_checkpoint(host, self.run_dir, step, keep=self.keep)
+            except BaseException as e:  # noqa: B036 - handed to the training loop
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name=f"checkpoint-{step}", daemon=False)
+        self._thread.start()
+        return path
+
+    def poll(self) -> None:
+        """Raise the error of a finished write, if any; never blocks."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+
+    def wait(self) -> Path | None:
+        """Block until the write in flight is on disk; raise its error. Returns the newest checkpoint."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        return self.last
+
+    def wait_quietly(self) -> None:
+        """Wait for the write in flight without raising (the process is already ending on an error)."""
+        try:
+            self.wait()
+        except BaseException:  # noqa: B036 - the error that ends the run is reported instead
+            pass

@@ -62,9 +62,11 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.attention_dropout
 
-    def forward(self, x, attn_mask=None):  # x (B, T, C); attn_mask (B, 1, 1, T) bool, True = attend
+    def forward(self, x, attn_mask=None):  # x (B, T, C); attn_mask (B, 1, 1, T) additive bias or None
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hd)
+        # unbind along the (3) axis, then transpose: the backward stacks dq, dk, dv straight into the
+        # (B, T, 3, nh, hd) layout of the projection's output, no extra copy per layer
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
@@ -81,12 +83,29 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList([Block(hidden, heads, ffn, cfg) for _ in range(layers)])
 
     def forward(self, x, attention_mask=None):  # (B, T, E) -> (B, T, H)
+        """``attention_mask``: None (no padding), (B, T) with 1 / True at real tokens, or the
+        (B, 1, 1, T) additive bias of :func:`attention_bias`, built once per step by the caller."""
+        if attention_mask is not None and attention_mask.dim() == 2:
+            attention_mask = attention_bias(attention_mask, x)
         if self.embeddings_project is not None:
             x = self.embeddings_project(x)
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, attention_mask)
         return x
+
+
+def attention_bias(attention_mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """(B, T) padding mask -> (B, 1, 1, T) additive bias (0 at real tokens, -inf at padding) in
+    the dtype attention will run in (the autocast dtype when autocast is on), so that
+    scaled_dot_product_attention takes it as is in every layer instead of converting a boolean
+    mask per call. None stays None: a batch without padding runs SDPA with no mask at all, which
+    keeps it eligible for the flash kernel."""
+    if attention_mask is None:
+        return None
+    dev = x.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    real = attention_mask.bool()[:, None, None, :]
+    return torch.zeros(real.shape, dtype=dtype, device=x.device).masked_fill_(~real, float("-inf"))
 
 
 class GeneratorHead(nn.Module):
@@ -211,16 +230,20 @@ class Electra(nn.Module):
         return h @ self.embeddings.word_embeddings.weight.t() + self.generator_head.bias
 
     # ------------------------------------------------------------------ pre-training step
-    def forward(self, input_ids, token_type_ids, attention_mask, masked_positions, masked_ids, masked_weights,
-                *, original_ids=None, seed: int | torch.Tensor | None = None, return_logits: bool = False) -> ElectraOutput:
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, masked_positions=None, masked_ids=None,
+                masked_weights=None, *, original_ids=None, seed: int | torch.Tensor | None = None, return_logits: bool = False) -> ElectraOutput:
         """One pre-training step on a masked batch (the format of ``electra_fast.masking``).
 
-        input_ids (B, T) ids after masking; masked_positions / masked_ids / masked_weights (B, P):
+        input_ids (B, T) ids after masking; attention_mask (B, T), None for a batch without padding
+        (then attention runs with no mask); masked_positions / masked_ids / masked_weights (B, P):
         positions, original ids there, 1.0 for real slots and 0.0 for padding. ``original_ids``
         (B, T) saves a scatter when the loader has them. ``seed`` (an int or a 1-element int64
         tensor) keys the Gumbel noise; by default it is drawn from torch's generator on the batch's
         device (checkpointed with the run).
         """
+        if masked_positions is None or masked_ids is None or masked_weights is None:
+            raise ValueError("Electra.forward needs masked_positions, masked_ids and masked_weights "
+                             "(the masking format of electra_fast.masking)")
         cfg = self.config
         if seed is None:  # a device tensor: no host sync, and torch.compile never recompiles for it
             seed = torch.randint(0, 2**31 - 1, (1,), device=masked_ids.device)
@@ -229,7 +252,9 @@ class Electra(nn.Module):
         n_pred = masked_weights.sum()
 
         # 1. generator on the masked sequence; LM head at the masked rows only
-        gen_h = self.generator(self.embeddings(input_ids, token_type_ids), attention_mask)  # (B, T, Hg)
+        emb = self.embeddings(input_ids, token_type_ids)
+        bias = attention_bias(attention_mask, emb)  # once per step, shared by both encoders
+        gen_h = self.generator(emb, bias)  # (B, T, Hg)
         idx = masked_positions.unsqueeze(-1).expand(B, P, gen_h.shape[-1])
         h = self.generator_head(torch.gather(gen_h, 1, idx)).reshape(B * P, -1)  # (B*P, E)
         targets = torch.where(real_slot, masked_ids, torch.full_like(masked_ids, IGNORE_INDEX)).reshape(-1)
@@ -256,7 +281,7 @@ class Electra(nn.Module):
         corrupted, is_replaced = ops.replace_tokens(original_ids, masked_positions, samples, masked_weights)
 
         # 3. discriminator on the corrupted sequence, fused projection + BCE over real tokens
-        disc_h = self.discriminator_hidden(corrupted, token_type_ids, attention_mask)
+        disc_h = self.discriminator(self.embeddings(corrupted, token_type_ids, self._disc_word_weight()), bias)
         feats = self.discriminator_head.features(disc_h)  # (B, T, H)
         pred = self.discriminator_head.dense_prediction
         real = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_replaced)
@@ -281,13 +306,15 @@ def _masked_mean(x, w):
 
 
 def _rtd_metrics(logits, labels, real):
-    """Discriminator accuracy over real tokens; precision and recall on replaced tokens."""
+    """Discriminator accuracy over real tokens; precision and recall on replaced tokens.
+
+    Four counts in one reduction (a handful of kernels: it runs every step)."""
     pred = logits > 0
-    real_f = real.float()
-    tp = (pred & labels & real).sum().float()
-    return {
-        "disc_accuracy": _masked_mean((pred == labels).float(), real_f),
-        "disc_precision": tp / (pred & real).sum().clamp_min(1),
-        "disc_recall": tp / (labels & real).sum().clamp_min(1),
-        "replaced_fraction": _masked_mean(labels.float(), real_f),
-    }
+    counts = (torch.stack([pred == labels, pred & labels, pred, labels]) & real).sum(dim=(1, 2)).float()
+    n_real = real.sum().float()
+    # correct / real, true positives / predicted replaced, true positives / replaced, replaced / real
+    num = torch.stack([counts[0], counts[1], counts[1], counts[3]])
+    den = torch.stack([n_real, counts[2], counts[3], n_real]).clamp_min(1.0)
+    acc, precision, recall, replaced = (num / den).unbind()
+    return {"disc_accuracy": acc, "disc_precision": precision, "disc_recall": recall,
+            "replaced_fraction": replaced}

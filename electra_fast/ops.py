@@ -20,18 +20,23 @@ one; the Triton path on CPU tensors needs TRITON_INTERPRET=1 set before triton i
 (``torch.ops.electra_fast.*``, with fake implementations and registered gradients), so
 ``torch.compile(fullgraph=True)`` traces a training step through them without graph breaks. The
 kernels, references and autograd wrappers live one op per file in ``electra_fast.kernels``.
+
+The ops range-check the ids they index with (a host read: on CPU tensors by default, on CUDA with
+``debug=True``); ``with value_checks(False):`` turns that off around a training step whose loader
+guarantees the ranges, so the step reads nothing back to the host.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .kernels.dispatch import select_backend
+from .kernels.dispatch import select_backend, value_checks
 from .kernels.generator_head import generator_loss_and_sample
 from .kernels.replace_tokens import replace_tokens
 from .kernels.rtd_loss import rtd_loss, rtd_loss_from_logits
 
-__all__ = ["generator_loss_and_sample", "replace_tokens", "rtd_loss", "rtd_loss_from_logits", "backend"]
+__all__ = ["generator_loss_and_sample", "replace_tokens", "rtd_loss", "rtd_loss_from_logits", "backend",
+           "value_checks"]
 
 
 def backend(device: torch.device | str | None = None, override: str | None = None) -> str:

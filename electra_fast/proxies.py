@@ -251,10 +251,10 @@ def step_kernels(impl: str, preset: str = "small", batch_size: int = 2) -> Kerne
         raise RuntimeError("counting the fused path needs TRITON_INTERPRET=1 set before triton is imported; "
                            "use proxies.run(), which starts a subprocess with it")
     cfg = proxy_config(preset)
-    step = build_step(impl, cfg, batch_size, device="cpu", fused_adamw=True)
+    step = build_step("hf-eager" if impl == "hf" else "ours-eager", cfg, batch_size, device="cpu")
     with backend_env("reference"):
         step.run()
-    with env_var("ELECTRA_FAST_BACKEND", "triton" if impl == "fused" else "reference"), count_kernels() as kc:
+    with backend_env("triton" if impl == "fused" else "reference"), count_kernels() as kc:
         step.run()
     return kc
 
@@ -341,8 +341,8 @@ def compiled_kernels(impl: str, preset: str = "small", batch_size: int = 2) -> d
     with tempfile.TemporaryDirectory(prefix="electra_fast_inductor_") as tmp:
         with env_var("TORCHINDUCTOR_CACHE_DIR", tmp):
             with inductor_config.patch(fx_graph_cache=False):
-                step = build_step("compiled" if impl != "hf" else "hf", cfg, batch_size, device="cpu",
-                                  fused_adamw=True, compile_model=True)
+                step = (build_step("hf-compiled", cfg, batch_size, device="cpu") if impl == "hf" else
+                        build_step("ours-eager", cfg, batch_size, device="cpu", compile_model=True))
                 before = metrics.generated_kernel_count
                 torch._dynamo.utils.counters.clear()
                 t0 = time.time()

@@ -4,8 +4,16 @@ With no arguments: the ``tiny`` preset on the embedded default corpus (the runni
 documentation), on the GPU if there is one. Under ``torchrun`` it trains with
 DistributedDataParallel (NCCL on GPUs, gloo on the CPU), each rank on its own slice of the data.
 
-Reads top to bottom as the data flows: corpus -> tokenizer -> packed examples -> loader with
-dynamic masking -> model -> AdamW with warmup x linear decay -> checkpoints and evaluation.
+The file reads in the order a run happens:
+  setup            arguments -> corpus, vocabulary, shards -> model, optimizer, loader, resumed state
+  make_train_step  one optimizer step on the device: forward and backward of every micro-batch,
+                   gradient clipping, AdamW, metrics; compiled as one region (CUDA graphs on a GPU)
+  train            the loop: next batch -> step -> maybe_log / maybe_eval / maybe_save
+
+What keeps the GPU busy: batches come from a background thread (pinned, copied non-blocking),
+the step never reads a tensor back to the host (the non-finite guard, its counters and the metrics
+stay on the device and are read at log steps), and checkpoints are written by a background
+thread after a snapshot to host memory.
 """
 
 from __future__ import annotations
@@ -18,14 +26,14 @@ import random
 import signal
 import sys
 import time
-import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_latest, save_checkpoint
+from .checkpoint import AsyncCheckpointer, CheckpointError, load_latest
 from .config import PRESETS, ElectraConfig
 
 
@@ -74,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "on in the tiny preset, needs equal sizes)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the whole step (forward, backward, clipping, AdamW) with torch.compile, "
+                        "with CUDA graphs on a GPU; default: on for CUDA, off on the CPU (--no-compile: eager)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--save-every-minutes", type=float, default=30.0,
+                   help="also checkpoint when this much time passed since the last one (checked at log steps)")
+    p.add_argument("--prefetch", type=int, default=4, help="batches prepared ahead by the background loader")
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     p.add_argument("--eval-batches", type=int, default=20, help="held-out batches per evaluation")
@@ -129,15 +142,6 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
     return warm * max(0.0, 1.0 - step / max(1, total))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float):
-    """Decoupled weight decay on matrices; none on LayerNorm and biases (official optimization.py)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 # ---------------------------------------------------------------------------- RNG state
 def rng_state() -> dict:
     np_state = np.random.get_state()
@@ -161,80 +165,6 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-# ---------------------------------------------------------------------------- evaluation
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve by the rank statistic (ties get average ranks)."""
-    labels = labels.astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    s = scores[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-@torch.no_grad()
-def evaluate(model, batches, device, autocast, most_frequent_id: int | None = None) -> dict:
-    """Held-out metrics: MLM accuracy, discriminator accuracy, precision / recall on replaced
-    tokens, ROC AUC.
-
-    A masked position either hides its token (``[MASK]``, or a random token for the MLM baseline)
-    or shows it unchanged (ELECTRA's 15%, BERT's 10%), where copying the input is already right.
-    So besides ``mlm_accuracy`` over all masked positions this reports ``mlm_accuracy_hidden`` over
-    the hidden ones alone, and with ``most_frequent_id`` the matching baselines: copy the visible
-    token, else guess the most frequent one (``mlm_baseline_accuracy``), and the most frequent
-    token at the hidden positions (``mlm_baseline_accuracy_hidden``)."""
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    scores, labels = [], []
-    count = {k: 0.0 for k in ("total", "hits", "hidden", "hidden_hits", "base_hits", "base_hidden_hits")}
-    for i, batch in enumerate(batches):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast:
-            out = model(**_model_inputs(batch), seed=10_007 + i, return_logits=True)
-        for k, v in out.metrics.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        sums["loss"] = sums.get("loss", 0.0) + float(out.loss)
-        n += 1
-        slot = batch["masked_weights"] > 0
-        target = batch["masked_ids"]
-        hidden = slot & (torch.gather(batch["input_ids"], 1, batch["masked_positions"]) != target)
-        right = out.mlm_predictions == target
-        count["total"] += float(slot.sum())
-        count["hits"] += float((right & slot).sum())
-        count["hidden"] += float(hidden.sum())
-        count["hidden_hits"] += float((right & hidden).sum())
-        if most_frequent_id is not None:
-            guess = (target == most_frequent_id) & hidden
-            count["base_hidden_hits"] += float(guess.sum())
-            count["base_hits"] += float(guess.sum() + (slot & ~hidden).sum())
-        if out.disc_logits is not None:
-            real = batch["attention_mask"].bool()
-            scores.append(out.disc_logits[real].float().cpu().numpy())
-            labels.append(out.is_replaced[real].cpu().numpy())
-    model.train(was_training)
-    res = {k: v / max(n, 1) for k, v in sums.items()}
-    total, hidden = max(count["total"], 1.0), max(count["hidden"], 1.0)
-    res["mlm_accuracy"] = count["hits"] / total  # weighted by masked positions, not per batch
-    res["mlm_accuracy_hidden"] = count["hidden_hits"] / hidden
-    if most_frequent_id is not None:
-        res["mlm_baseline_accuracy"] = count["base_hits"] / total
-        res["mlm_baseline_accuracy_hidden"] = count["base_hidden_hits"] / hidden
-    if scores:
-        res["disc_auc"] = roc_auc(np.concatenate(scores), np.concatenate(labels))
-    return res
-
-
 # Whole-word masking is a data option, not a model one: the presets that turn it on by default.
 # tiny: the generator samples each piece of a masked word on its own, which gives the CPU demo's
 # discriminator replacements it learns to detect within its budget (benchmarks/RESULTS.md).
@@ -243,12 +173,478 @@ WHOLE_WORD_PRESETS = ("tiny",)
 # flags that define a run: a resumed run takes them from its checkpoint, not the command line
 RUN_ARGS = ("preset", "data", "errors", "vocab", "objective", "whole_word", "grad_accum", "seed")
 
-_MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_ids",
-               "masked_weights", "original_ids")
+
+# ---------------------------------------------------------------------------- the step
+# What one step logs, in the order of the device-side window (grad_norm is appended).
+STEP_METRICS = {
+    "electra": ("loss", "mlm_loss", "disc_loss", "mlm_accuracy", "sampled_accuracy", "disc_accuracy",
+                "disc_precision", "disc_recall", "replaced_fraction"),
+    "mlm": ("loss", "mlm_loss", "mlm_accuracy"),
+}
 
 
-def _model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in _MODEL_KEYS if k in batch}
+class StepStats:
+    """Device-side counters of the training step, read on the host at log steps only.
+
+    ``window``: sums of the logged values over the good steps since the last read; ``good``: how
+    many; ``skipped`` / ``skipped_window``: non-finite steps skipped in all / since the last read;
+    ``bad_run``: the current run of consecutive skipped steps; ``first_bad``: the first skipped
+    step since the last read; ``stop_at``: the step at which a run of ``max_bad_steps`` skipped
+    steps was reached (0: never); ``steps``: steps taken. All of it goes into checkpoints, so a
+    resumed run logs exactly what the uninterrupted one would.
+    """
+
+    def __init__(self, keys: tuple[str, ...], device, max_bad_steps: int, step: int = 0):
+        self.keys = (*keys, "grad_norm")
+        self.max_bad_steps = max_bad_steps
+        f32 = dict(dtype=torch.float32, device=device)
+        i64 = dict(dtype=torch.int64, device=device)
+        self.window = torch.zeros(len(self.keys), **f32)
+        self.good = torch.zeros((), **i64)
+        self.skipped = torch.zeros((), **i64)
+        self.skipped_window = torch.zeros((), **i64)
+        self.bad_run = torch.zeros((), **i64)
+        self.first_bad = torch.zeros((), **i64)
+        self.stop_at = torch.zeros((), **i64)
+        self.steps = torch.full((), step, **i64)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in ("window", "good", "skipped", "skipped_window", "bad_run",
+                                              "first_bad", "stop_at", "steps")}
+
+    @torch.no_grad()
+    def update(self, values: torch.Tensor, found_inf: torch.Tensor) -> None:
+        """Add one step: ``values`` (len(keys),) fp32, ``found_inf`` 0-dim bool (the step was skipped)."""
+        self.steps.add_(1)
+        self.window.add_(torch.where(found_inf, torch.zeros_like(values), values))
+        self.good.add_((~found_inf).long())
+        bad = found_inf.long()
+        self.skipped.add_(bad)
+        self.skipped_window.add_(bad)
+        self.bad_run.mul_(bad).add_(bad)  # (run + 1) if skipped, else 0
+        self.first_bad.copy_(torch.where(found_inf & (self.first_bad == 0), self.steps, self.first_bad))
+        hit = (self.bad_run >= self.max_bad_steps) & (self.stop_at == 0)
+        self.stop_at.copy_(torch.where(hit, self.steps, self.stop_at))
+
+    def read(self) -> dict:
+        """The window's means (NaN when every step was skipped) and the counters, in one host read; resets the window."""
+        t = self.tensors()
+        flat = torch.cat([t["window"].double(), *(t[k].double().view(1) for k in list(t)[1:])]).tolist()
+        n = len(self.keys)
+        good, skipped, skipped_window, bad_run, first_bad, stop_at, steps = (int(x) for x in flat[n:])
+        means = {k: (v / good if good else float("nan")) for k, v in zip(self.keys, flat[:n])}
+        self.window.zero_()
+        self.good.zero_()
+        self.skipped_window.zero_()
+        self.first_bad.zero_()
+        return {"means": means, "good": good, "skipped": skipped, "skipped_window": skipped_window,
+                "first_bad": first_bad, "stop_at": stop_at, "steps": steps}
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.tensors().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in self.tensors().items():
+            v.copy_(state[k])
+
+
+class TrainStep:
+    """``step(batches, seeds)``: one optimizer step over ``grad_accum`` micro-batches, all on the device.
+
+    batches: a list of model-input dicts on the device (``attention_mask`` left out for a batch
+    without padding); seeds: (len(batches),) int64 device tensor, one Gumbel-noise seed each.
+    Nothing is read back to the host: the non-finite guard sets the optimizer's ``found_inf`` on
+    the device and the metrics accumulate in ``stats`` (see StepStats).
+    """
+
+    def __init__(self, fn, stats: StepStats, compiled: bool, cuda_graphs: bool):
+        self._fn, self.stats, self.compiled, self.cuda_graphs = fn, stats, compiled, cuda_graphs
+
+    def __call__(self, batches: list[dict], seeds: torch.Tensor) -> None:
+        from .ops import value_checks
+
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with value_checks(False):  # the loader guarantees id ranges; no range check reads on the host
+            self._fn(batches, seeds)
+
+
+def make_train_step(model: torch.nn.Module, optimizer, cfg: ElectraConfig, *, objective: str = "electra",
+                    amp_dtype: torch.dtype | None = None, max_bad_steps: int = 5, compile: bool = False,
+                    forward: torch.nn.Module | None = None, step: int = 0) -> TrainStep:
+    """The training step of ``model`` with ``optimizer`` (an ``electra_fast.optim.AdamW``).
+
+    amp_dtype: autocast dtype (bf16 on CUDA) or None for full fp32. compile: one
+    ``torch.compile(fullgraph=True)`` region of forward, backward, clipping and AdamW (backward
+    traced through ``torch._dynamo.config.trace_autograd_ops``), with CUDA graphs
+    (mode="reduce-overhead") on CUDA. forward: the module to call (a DDP wrapper), default model.
+    """
+    fwd = forward if forward is not None else model
+    params = optimizer.params
+    device = params[0].device
+    stats = StepStats(STEP_METRICS[objective], device, max_bad_steps, step)
+    keys = STEP_METRICS[objective]
+
+    def train_step(batches: list[dict], seeds: torch.Tensor) -> None:
+        n = len(batches)
+        values = None
+        for i, batch in enumerate(batches):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = fwd(**batch, seed=seeds[i:i + 1])
+            (out.loss / n).backward()
+            parts = {"loss": out.loss, "mlm_loss": out.mlm_loss, "disc_loss": out.disc_loss, **out.metrics}
+            v = torch.stack([parts[k].detach().float() for k in keys]) / n
+            values = v if values is None else values + v
+        with torch.no_grad():
+            for p in params:  # a parameter no loss reached this step (rare): a zero gradient
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            found_inf = ~(torch.isfinite(gnorm) & torch.isfinite(values[0]))
+            optimizer.found_inf.copy_(found_inf)
+            optimizer.step()
+            stats.update(torch.cat([values, gnorm.float().view(1)]), found_inf)
+        for p in params:  # backward writes fresh gradients next step (accumulating would cost a kernel each)
+            p.grad = None
+
+    if not compile:
+        return TrainStep(train_step, stats, compiled=False, cuda_graphs=False)
+    import torch._dynamo as dynamo
+
+    if not hasattr(dynamo.config, "trace_autograd_ops"):
+        raise TrainError(f"compiling the whole step needs torch >= 2.11 (this is {torch.__version__}); "
+                         "pass --no-compile")
+    dynamo.config.trace_autograd_ops = True  # trace loss.backward() into the compiled region
+    cuda_graphs = device.type == "cuda"
+    if cuda_graphs:  # state the graph reads and writes in place: keep its addresses fixed
+        for t in (*optimizer.tensors(), *stats.tensors().values()):
+            dynamo.mark_static_address(t)
+    compiled = torch.compile(train_step, fullgraph=True, mode="reduce-overhead" if cuda_graphs else None)
+    return TrainStep(compiled, stats, compiled=True, cuda_graphs=cuda_graphs)
+
+
+# ---------------------------------------------------------------------------- setup
+@dataclass
+class Run:
+    """Everything the loop needs, built by :func:`setup`."""
+
+    args: argparse.Namespace
+    cfg: ElectraConfig
+    out_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    tokenizer: object
+    loader: object  # PretrainingLoader (also serves the held-out batches)
+    batches: object  # Prefetcher over the loader
+    micro: int  # sequences per micro-batch on this rank
+    model: torch.nn.Module
+    optimizer: object
+    train_step: TrainStep
+    checkpointer: AsyncCheckpointer
+    step: int = 0
+    t_start: float = 0.0
+    stop_signal: int | None = None
+    progress: object = None
+    window_tokens: int = 0
+    window_t0: float = 0.0
+    last_save_time: float = 0.0
+    last_saved_step: int = -1
+    time_save_due: bool = False  # set at log steps by --save-every-minutes
+    old_handlers: dict = field(default_factory=dict)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    def to_device(self, b) -> dict:
+        return device_batch(b.tensors, b.padded, self.device)
+
+    def close(self) -> None:
+        for s, h in self.old_handlers.items():
+            signal.signal(s, h)
+        if self.progress is not None:
+            self.progress.close()
+        self.batches.close()
+
+
+def device_batch(tensors: dict, padded: bool, device: torch.device) -> dict:
+    """A loader batch as the step takes it: model inputs on ``device`` (non-blocking from pinned
+    memory) and no attention mask when the batch has no padding (``padded`` is known on the host)."""
+    from .evaluate import model_inputs
+
+    t = model_inputs(tensors)
+    if not padded:
+        t.pop("attention_mask", None)
+    return {k: v.to(device, non_blocking=True) for k, v in t.items()}
+
+
+def _amp_dtype(device: torch.device, rank: int) -> torch.dtype | None:
+    """bf16 autocast on CUDA (fp32 master weights, fp32 losses); fp32 on the CPU and on a GPU without bf16."""
+    if device.type != "cuda":
+        return None
+    if not torch.cuda.is_bf16_supported():
+        say(f"note: {torch.cuda.get_device_name(device)} has no bf16; training in fp32", rank=rank)
+        return None
+    return torch.bfloat16
+
+
+def setup(args) -> Run:
+    """Arguments -> run folder, data, model, optimizer, step function, prefetching loader, resumed state."""
+    t_start = time.time()
+    if args.data:  # absolute, so that --resume works from any folder
+        args.data = [str(Path(p).expanduser().absolute()) for p in args.data]
+    rank, world, device = _setup_distributed(args.device)
+    out_dir = Path(args.resume or args.out or f"runs/{args.preset}")
+    resume_state = None
+    if args.resume:
+        if not Path(args.resume).is_dir():
+            raise TrainError(f"--resume {args.resume}: no such run folder")
+        resume_state, ck_path = load_latest(args.resume, log=lambda m: say(m, rank=rank))
+        if "exp_avg" not in resume_state.get("optimizer", {}):
+            raise TrainError(f"{ck_path} was written by an older electra_fast (torch.optim state) and cannot be "
+                             "resumed by this version; start a new run")
+        say(f"resuming from {ck_path} (step {resume_state['step']})", rank=rank)
+        for k, v in resume_state.get("run_args", {}).items():  # the run's data, seed, objective, ...
+            setattr(args, k, v)
+    if args.whole_word is None:
+        args.whole_word = args.preset in WHOLE_WORD_PRESETS
+    cfg = resolve_config(args, resume_state["config"] if resume_state else None)
+    if cfg.batch_size % (world * args.grad_accum):
+        raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by ranks x --grad-accum "
+                         f"({world} x {args.grad_accum})")
+    for flag in ("save_every", "log_every", "prefetch"):
+        if getattr(args, flag) <= 0:
+            raise TrainError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if not args.save_every_minutes > 0:
+        raise TrainError(f"--save-every-minutes must be positive, got {args.save_every_minutes}")
+
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise TrainError(f"--out {out_dir}: folder is not writable")
+    tok, data_dir = _prepare_data(args, cfg, out_dir, rank, world, resume_state is not None)
+    if resume_state is not None and resume_state.get("vocab_hash") not in (None, tok.vocab_hash()):
+        raise TrainError(f"{out_dir}/vocab does not match the checkpoint's vocabulary (hash differs)")
+    if cfg.vocab_size != tok.vocab_size:
+        cfg = cfg.replace(vocab_size=tok.vocab_size)
+
+    from .data import PretrainingLoader
+    from .model import Electra
+    from .optim import AdamW, param_groups
+    from .prefetch import Prefetcher
+
+    micro = cfg.batch_size // (world * args.grad_accum)
+    mlm = args.objective == "mlm"
+    mask_kw = dict(mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions, whole_word=args.whole_word,
+                   # BERT's 80/10/10 for the MLM baseline; ELECTRA's 85/15 (pretrain_helpers.mask) otherwise
+                   mask_replace_prob=0.8 if mlm else 0.85, random_replace_prob=0.1 if mlm else 0.0)
+    loader = PretrainingLoader(data_dir, "train", micro, tokenizer=tok, seed=args.seed, rank=rank,
+                               world_size=world, **mask_kw)
+
+    torch.manual_seed(args.seed)  # identical init on every rank
+    model = Electra(cfg, objective=args.objective).to(device)
+    optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                      betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    step = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        loader.load_state_dict(_mine(resume_state["loader"], rank))
+        step = resume_state["step"]
+        set_rng_state(_mine(resume_state["rng"], rank))
+    else:
+        torch.manual_seed(args.seed + rank)
+        random.seed(args.seed + rank)
+        np.random.seed((args.seed + rank) % 2**32)
+
+    amp_dtype = _amp_dtype(device, rank)
+    compile = args.compile if args.compile is not None else device.type == "cuda"
+    forward = None
+    if world > 1:  # DDP reduces the gradients in backward; the step runs eagerly around it
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        forward = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:
+            say("note: with several ranks the step runs eagerly (DDP); --compile compiles one rank's step only "
+                "with torchrun --nproc_per_node 1", rank=rank)
+            compile = False
+    train_step = make_train_step(model, optimizer, cfg, objective=args.objective, amp_dtype=amp_dtype,
+                                 max_bad_steps=args.max_bad_steps, compile=compile, forward=forward, step=step)
+    if resume_state is not None and "stats" in resume_state:
+        train_step.stats.load_state_dict(_mine(resume_state["stats"], rank))
+    batches = Prefetcher(loader, depth=args.prefetch, pin_memory=device.type == "cuda")
+    run = Run(args=args, cfg=cfg, out_dir=out_dir, rank=rank, world=world, device=device, amp_dtype=amp_dtype,
+              tokenizer=tok, loader=loader, batches=batches, micro=micro, model=model, optimizer=optimizer,
+              train_step=train_step, checkpointer=AsyncCheckpointer(out_dir, keep=args.keep), step=step,
+              t_start=t_start)
+    if rank == 0:
+        _truncate_metrics(run.metrics_path, step)
+        (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+    n_params = sum(p.numel() for p in model.parameters())
+    mode = ("compiled + CUDA graphs" if train_step.cuda_graphs else "compiled") if train_step.compiled else "eager"
+    say(f"electra_fast: preset={args.preset} objective={args.objective} params={n_params / 1e6:.2f}M "
+        f"vocab={cfg.vocab_size} seq={cfg.max_seq_length} batch={cfg.batch_size} steps={cfg.train_steps} "
+        f"device={device} precision={'bf16 autocast' if amp_dtype else 'fp32'} step={mode} ranks={world} "
+        f"out={out_dir}", rank=rank)
+    return run
+
+
+def _mine(per_rank, rank: int):
+    """A checkpoint entry gathered from every rank (a list) or written by a single rank."""
+    return per_rank[rank] if isinstance(per_rank, list) else per_rank
+
+
+# ---------------------------------------------------------------------------- the loop
+def maybe_log(run: Run) -> None:
+    """At log steps: read the device counters once, stop on a run of non-finite steps, write metrics."""
+    args, step = run.args, run.step
+    if step % args.log_every and step != run.cfg.train_steps:
+        return
+    st = run.train_step.stats.read()
+    run.checkpointer.poll()  # a failed background write stops the run here, not hundreds of steps later
+    if st["stop_at"]:
+        raise TrainError(f"{args.max_bad_steps} consecutive non-finite steps ending at step {st['stop_at']}; "
+                         f"stopping (last good checkpoint: {run.checkpointer.last or 'none'}). Lower --lr?")
+    if st["skipped_window"]:
+        more = (f" ({st['skipped_window']} steps skipped since step {step - step % args.log_every or 0})"
+                if st["skipped_window"] > 1 else "")
+        say(f"warning: non-finite loss or gradient at step {st['first_bad']}; step skipped{more}", rank=run.rank)
+    now = time.time()
+    tokens_per_s = run.window_tokens / max(now - run.window_t0, 1e-9)
+    run.window_tokens, run.window_t0 = 0, now
+    means = st["means"]
+    rec = {"step": step, "lr": run.cfg.learning_rate * lr_lambda(step - 1, run.cfg.warmup_steps, run.cfg.train_steps),
+           **means, "tokens_per_s": tokens_per_s, "skipped_steps": st["skipped"], "time": round(now - run.t_start, 3)}
+    if run.rank == 0:
+        _append_jsonl(run.metrics_path, rec)
+        if run.progress is not None:
+            post = {"loss": f"{means['loss']:.3f}", "tok/s": f"{tokens_per_s:.0f}"}
+            key = "disc_accuracy" if "disc_accuracy" in means else "mlm_accuracy"
+            post[key.replace("uracy", "")] = f"{means[key]:.3f}"
+            run.progress.set_postfix(post, refresh=False)
+    if run.world == 1:
+        due = now - run.last_save_time >= 60 * args.save_every_minutes
+    else:  # every rank must agree on a save step: rank 0's clock decides
+        due = _gather(now - run.last_save_time >= 60 * args.save_every_minutes, run.world)[0]
+    run.time_save_due = due
+
+
+def maybe_eval(run: Run) -> None:
+    every = run.args.eval_every
+    if every and run.step % every == 0 and run.step < run.cfg.train_steps:
+        _log_eval(run.metrics_path, run.step, _evaluate(run), run.rank)
+
+
+def maybe_save(run: Run, force: bool = False) -> None:
+    step = run.step
+    due = (step % run.args.save_every == 0 or step == run.cfg.train_steps or run.time_save_due
+           or force)
+    if not due or step == run.last_saved_step:
+        return
+    run.time_save_due = False
+    loaders = _gather(run.batches.state_dict(), run.world)  # the position after the last batch *consumed*
+    rngs = _gather(rng_state(), run.world)
+    stats = _gather(run.train_step.stats.state_dict(), run.world)
+    run.last_saved_step, run.last_save_time = step, time.time()
+    if run.rank != 0:
+        return
+    args = run.args
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
+             "config": run.cfg.to_dict(), "objective": args.objective, "vocab_hash": run.tokenizer.vocab_hash(),
+             "run_args": {k: getattr(args, k) for k in RUN_ARGS}, "loader": loaders, "rng": rngs,
+             "stats": stats, "world_size": run.world}
+    run.checkpointer.save(state, step)
+
+
+def _evaluate(run: Run, most_frequent: bool = False) -> dict:
+    from .evaluate import evaluate
+
+    autocast = (torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
+                else nullcontext())
+    return evaluate(run.model, run.loader.iter_eval(run.micro, max_batches=run.args.eval_batches), run.device,
+                    autocast, most_frequent_id=run.loader.most_frequent_token() if most_frequent else None)
+
+
+def train(args) -> int:
+    run = setup(args)
+    try:
+        return _loop(run)
+    finally:
+        run.close()
+        run.checkpointer.wait_quietly()
+
+
+def _loop(run: Run) -> int:
+    args, cfg = run.args, run.cfg
+
+    def on_signal(signum, _frame):
+        run.stop_signal = signum
+
+    run.old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if run.rank == 0 and not args.no_progress:
+        from tqdm.auto import tqdm
+
+        run.progress = tqdm(total=cfg.train_steps, initial=run.step, desc="pre-training", unit="step",
+                            dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+    run.model.train()
+    run.window_t0 = run.last_save_time = time.time()
+    seeds_on = run.device
+    while run.step < cfg.train_steps:
+        micro = [next(run.batches) for _ in range(args.grad_accum)]
+        # Gumbel-noise seeds from the (checkpointed) CPU generator, passed as a device tensor
+        seeds = torch.randint(0, 2**31 - 1, (args.grad_accum,)).to(seeds_on, non_blocking=True)
+        run.optimizer.set_lr(cfg.learning_rate * lr_lambda(run.step, cfg.warmup_steps, cfg.train_steps))
+        run.train_step([run.to_device(b) for b in micro], seeds)
+        run.step += 1
+        run.window_tokens += sum(b.tokens for b in micro) * run.world
+        maybe_log(run)
+        maybe_eval(run)
+        maybe_save(run)
+        if run.progress is not None:
+            run.progress.update(1)
+        if run.stop_signal is not None:
+            maybe_save(run, force=True)
+            last = run.checkpointer.wait()
+            if run.progress is not None:
+                run.progress.close()
+                run.progress = None
+            say(f"{signal.Signals(run.stop_signal).name}: stopped at step {run.step}; checkpoint {last}. "
+                f"Continue with: python -m electra_fast.train --resume {run.out_dir}", rank=run.rank)
+            return 128 + run.stop_signal
+    if run.progress is not None:
+        run.progress.close()
+        run.progress = None
+    return _finish(run)
+
+
+def _finish(run: Run) -> int:
+    """Final held-out evaluation, the summary line, and (with several ranks) the parameter check."""
+    res = _evaluate(run, most_frequent=True)
+    _log_eval(run.metrics_path, run.step, res, run.rank)
+    last = run.checkpointer.wait()
+    skipped = int(run.train_step.stats.skipped)
+    parts = [f"done: {run.step} steps in {time.time() - run.t_start:.0f} s",
+             f"held-out mlm_acc={res['mlm_accuracy']:.3f} (baseline {res['mlm_baseline_accuracy']:.3f}: copy "
+             f"the visible token, else the most frequent) mlm_acc_at_hidden={res['mlm_accuracy_hidden']:.3f} "
+             f"(most-frequent-token baseline {res['mlm_baseline_accuracy_hidden']:.3f})"]
+    if "disc_auc" in res:
+        parts.append(f"disc_acc={res['disc_accuracy']:.3f} precision={res['disc_precision']:.3f} "
+                     f"recall={res['disc_recall']:.3f} auc={res['disc_auc']:.3f}")
+    if skipped:
+        parts.append(f"skipped non-finite steps={skipped}")
+    parts.append(f"checkpoint={last}")
+    say(" | ".join(parts), rank=run.rank)
+    if run.world > 1:
+        import torch.distributed as dist
+
+        digests = _gather(_param_digest(run.model), run.world)
+        if len(set(digests)) != 1:
+            raise TrainError(f"parameters differ between ranks after step {run.step}: {digests}")
+        say(f"parameters identical on all {run.world} ranks (sha256 {digests[0][:16]})", rank=run.rank)
+        dist.destroy_process_group()
+    return 0
 
 
 # ---------------------------------------------------------------------------- main
@@ -325,246 +721,6 @@ def _prepare_data(args, cfg, out_dir: Path, rank: int, world: int, resumed: bool
     return tok, data_dir
 
 
-def train(args) -> int:
-    t_start = time.time()
-    if args.data:  # absolute, so that --resume works from any folder
-        args.data = [str(Path(p).expanduser().absolute()) for p in args.data]
-    rank, world, device = _setup_distributed(args.device)
-    out_dir = Path(args.resume or args.out or f"runs/{args.preset}")
-    resume_state = None
-    if args.resume:
-        if not Path(args.resume).is_dir():
-            raise TrainError(f"--resume {args.resume}: no such run folder")
-        resume_state, ck_path = load_latest(args.resume, log=lambda m: say(m, rank=rank))
-        say(f"resuming from {ck_path} (step {resume_state['step']})", rank=rank)
-        for k, v in resume_state.get("run_args", {}).items():  # the run's data, seed, objective, ...
-            setattr(args, k, v)
-    if args.whole_word is None:
-        args.whole_word = args.preset in WHOLE_WORD_PRESETS
-    cfg = resolve_config(args, resume_state["config"] if resume_state else None)
-    if cfg.batch_size % (world * args.grad_accum):
-        raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by ranks x --grad-accum "
-                         f"({world} x {args.grad_accum})")
-    if args.save_every <= 0:
-        raise TrainError(f"--save-every must be positive, got {args.save_every}")
-
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(out_dir, os.W_OK):
-            raise TrainError(f"--out {out_dir}: folder is not writable")
-    tok, data_dir = _prepare_data(args, cfg, out_dir, rank, world, resume_state is not None)
-    if resume_state is not None and resume_state.get("vocab_hash") not in (None, tok.vocab_hash()):
-        raise TrainError(f"{out_dir}/vocab does not match the checkpoint's vocabulary (hash differs)")
-    if cfg.vocab_size != tok.vocab_size:
-        cfg = cfg.replace(vocab_size=tok.vocab_size)
-
-    from .data import PretrainingLoader
-    from .model import Electra
-
-    micro = cfg.batch_size // (world * args.grad_accum)
-    mlm = args.objective == "mlm"
-    mask_kw = dict(mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions, whole_word=args.whole_word,
-                   # BERT's 80/10/10 for the MLM baseline; ELECTRA's 85/15 (pretrain_helpers.mask) otherwise
-                   mask_replace_prob=0.8 if mlm else 0.85, random_replace_prob=0.1 if mlm else 0.0)
-    loader = PretrainingLoader(data_dir, "train", micro, tokenizer=tok, seed=args.seed, rank=rank,
-                               world_size=world, **mask_kw)
-
-    torch.manual_seed(args.seed)  # identical init on every rank
-    model = Electra(cfg, objective=args.objective).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    opt_kw = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-    if device.type == "cuda":
-        opt_kw["fused"] = True
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), **opt_kw)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.train_steps))
-
-    step = 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        loader.load_state_dict(resume_state["loader"][rank] if isinstance(resume_state["loader"], list)
-                               else resume_state["loader"])
-        step = resume_state["step"]
-        set_rng_state(resume_state["rng"][rank] if isinstance(resume_state["rng"], list) else resume_state["rng"])
-    else:
-        torch.manual_seed(args.seed + rank)
-        random.seed(args.seed + rank)
-        np.random.seed((args.seed + rank) % 2**32)
-
-    # bf16 autocast on CUDA where supported, fp16 + GradScaler otherwise; fp32 on the CPU
-    if device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        autocast = torch.autocast("cuda", dtype=amp_dtype)
-    else:
-        amp_dtype, autocast = torch.float32, nullcontext()
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
-    fwd = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        fwd = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        fwd = torch.compile(fwd)
-
-    metrics_path = out_dir / "metrics.jsonl"
-    if rank == 0:
-        _truncate_metrics(metrics_path, step)
-        (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
-
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def save(at_step: int) -> Path | None:
-        loader_states = _gather(loader.state_dict(), world)
-        rngs = _gather(rng_state(), world)
-        if rank != 0:
-            return None
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": at_step, "config": cfg.to_dict(),
-                 "objective": args.objective, "vocab_hash": tok.vocab_hash(),
-                 "run_args": {k: getattr(args, k) for k in RUN_ARGS},
-                 "loader": loader_states, "rng": rngs, "world_size": world,
-                 "scaler": scaler.state_dict() if scaler else None}
-        return save_checkpoint(state, out_dir, at_step, keep=args.keep)
-
-    say(f"electra_fast: preset={args.preset} objective={args.objective} params={n_params / 1e6:.2f}M "
-        f"vocab={cfg.vocab_size} seq={cfg.max_seq_length} batch={cfg.batch_size} steps={cfg.train_steps} "
-        f"device={device} ranks={world} out={out_dir}", rank=rank)
-
-    progress = None
-    if rank == 0 and not args.no_progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=cfg.train_steps, initial=step, desc="pre-training", unit="step",
-                        dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
-
-    model.train()
-    it = iter(loader)
-    bad_in_a_row = skipped = 0
-    tokens_seen = 0
-    t0 = time.time()
-    last_ckpt = None
-    log_acc: dict[str, torch.Tensor] = {}
-    log_n = 0
-    try:
-        while step < cfg.train_steps:
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = torch.zeros((), device=device)
-            for _ in range(args.grad_accum):
-                cpu_batch = next(it)
-                tokens_seen += int(cpu_batch["attention_mask"].sum()) * world  # CPU tensor: no device sync
-                batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
-                # the sampling seed: from the (checkpointed) CPU generator, passed as a tensor
-                seed = torch.randint(0, 2**31 - 1, (1,)).to(device, non_blocking=True)
-                with autocast:
-                    out = fwd(**_model_inputs(batch), seed=seed)
-                loss = out.loss / args.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += loss.detach()
-                for k, v in (("mlm_loss", out.mlm_loss), ("disc_loss", out.disc_loss), *out.metrics.items()):
-                    log_acc[k] = log_acc.get(k, 0) + v.detach().float() / args.grad_accum
-            if scaler:
-                scaler.unscale_(optimizer)
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            finite = bool(torch.isfinite(gnorm) & torch.isfinite(step_loss))  # the one sync per step
-            if finite:
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                bad_in_a_row = 0
-            else:
-                skipped += 1
-                bad_in_a_row += 1
-                if scaler:
-                    scaler.update()
-                say(f"warning: non-finite loss or gradient at step {step + 1}; step skipped "
-                    f"({bad_in_a_row} in a row)", rank=rank)
-                if bad_in_a_row >= args.max_bad_steps:
-                    raise TrainError(f"{bad_in_a_row} consecutive non-finite steps ending at step {step + 1}; "
-                                     f"stopping (last good checkpoint: {last_ckpt or 'none'}). Lower --lr?")
-            with warnings.catch_warnings():  # a skipped step still advances the schedule, by design
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-                scheduler.step()
-            step += 1
-            log_acc["loss"] = log_acc.get("loss", 0) + step_loss
-            log_n += 1
-
-            if step % args.log_every == 0 or step == cfg.train_steps:
-                vals = {k: float(v) / log_n for k, v in log_acc.items()}
-                elapsed = time.time() - t0
-                rec = {"step": step, "lr": scheduler.get_last_lr()[0], **vals, "grad_norm": float(gnorm),
-                       "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "skipped_steps": skipped,
-                       "time": round(time.time() - t_start, 3)}
-                if rank == 0:
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    if progress is not None:
-                        post = {"loss": f"{vals['loss']:.3f}", "tok/s": f"{rec['tokens_per_s']:.0f}"}
-                        if "disc_accuracy" in vals:
-                            post["disc_acc"] = f"{vals['disc_accuracy']:.3f}"
-                        else:
-                            post["mlm_acc"] = f"{vals['mlm_accuracy']:.3f}"
-                        progress.set_postfix(post, refresh=False)
-                log_acc, log_n = {}, 0
-            if progress is not None:
-                progress.update(1)
-
-            if args.eval_every and step % args.eval_every == 0 and step < cfg.train_steps:
-                res = evaluate(model, loader.iter_eval(micro, max_batches=args.eval_batches), device, autocast)
-                _log_eval(metrics_path, step, res, rank)
-            if step % args.save_every == 0 or step == cfg.train_steps:
-                last_ckpt = save(step) or last_ckpt
-            if stop["signal"] is not None:
-                name = signal.Signals(stop["signal"]).name
-                if step % args.save_every and step != cfg.train_steps:
-                    last_ckpt = save(step) or last_ckpt
-                if progress is not None:
-                    progress.close()
-                say(f"{name}: stopped at step {step}; checkpoint {last_ckpt}. "
-                    f"Continue with: python -m electra_fast.train --resume {out_dir}", rank=rank)
-                return 128 + stop["signal"]
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if progress is not None:
-            progress.close()
-
-    # final evaluation on the held-out split
-    res = evaluate(model, loader.iter_eval(micro, max_batches=args.eval_batches), device, autocast,
-                   most_frequent_id=loader.most_frequent_token())
-    _log_eval(metrics_path, step, res, rank)
-    elapsed = time.time() - t0
-    parts = [f"done: {step} steps in {time.time() - t_start:.0f} s ({tokens_seen / max(elapsed, 1e-9):,.0f} tokens/s)",
-             f"held-out mlm_acc={res['mlm_accuracy']:.3f} (baseline {res['mlm_baseline_accuracy']:.3f}: copy "
-             f"the visible token, else the most frequent) mlm_acc_at_hidden={res['mlm_accuracy_hidden']:.3f} "
-             f"(most-frequent-token baseline {res['mlm_baseline_accuracy_hidden']:.3f})"]
-    if "disc_auc" in res:
-        parts.append(f"disc_acc={res['disc_accuracy']:.3f} precision={res['disc_precision']:.3f} "
-                     f"recall={res['disc_recall']:.3f} auc={res['disc_auc']:.3f}")
-    if skipped:
-        parts.append(f"skipped non-finite steps={skipped}")
-    parts.append(f"checkpoint={last_ckpt}")
-    say(" | ".join(parts), rank=rank)
-    if world > 1:
-        import torch.distributed as dist
-
-        digests = _gather(_param_digest(model), world)
-        if len(set(digests)) != 1:
-            raise TrainError(f"parameters differ between ranks after step {step}: {digests}")
-        say(f"parameters identical on all {world} ranks (sha256 {digests[0][:16]})", rank=rank)
-        dist.destroy_process_group()
-    return 0
-
-
 def _param_digest(model: torch.nn.Module) -> str:
     import hashlib
 
@@ -585,12 +741,22 @@ def _gather(obj, world: int):
     return out
 
 
-def _log_eval(path: Path, step: int, res: dict, rank: int) -> None:
-    if rank != 0:
-        return
+def _json_safe(rec: dict) -> dict:
+    """Strict JSON: a non-finite number becomes null and its key is listed under "nonfinite"."""
+    bad = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return rec
+    return {**{k: (None if k in bad else v) for k, v in rec.items()}, "nonfinite": bad}
+
+
+def _append_jsonl(path: Path, rec: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, "eval": {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                                                   for k, v in res.items()}}) + "\n")
+        f.write(json.dumps(_json_safe(rec), allow_nan=False) + "\n")
+
+
+def _log_eval(path: Path, step: int, res: dict, rank: int) -> None:
+    if rank == 0:
+        _append_jsonl(path, {"step": step, "eval": _json_safe(res)})
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -9,6 +9,9 @@ and the reference for everything else. The Triton path on CPU tensors needs the 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import triton
@@ -39,3 +42,28 @@ def select_backend(device: torch.device | str, backend: str | None = None) -> st
                              "triton is imported; use backend='reference' on the CPU")
         return "triton"
     raise ValueError(f"backend must be 'triton', 'reference' or None (ELECTRA_FAST_BACKEND); got {choice!r}")
+
+
+_checks = threading.local()
+
+
+def value_checks_enabled() -> bool:
+    """Whether the ops may read index tensors back to the host to range-check them (see value_checks)."""
+    return getattr(_checks, "enabled", True)
+
+
+@contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Turn the ops' value checks on or off in this thread for the block.
+
+    The ops check the ids they index with (targets, positions) against their ranges. That reads
+    the tensor back to the host: free on the CPU, a device sync on CUDA, so it runs by default on
+    CPU tensors and with ``debug=True`` on CUDA. A training step whose data comes from a loader
+    that guarantees the ranges turns it off, so the step never reads a tensor on the host.
+    """
+    before = value_checks_enabled()
+    _checks.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _checks.enabled = before

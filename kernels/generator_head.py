@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .dispatch import interpreting, select_backend
+from .dispatch import interpreting, select_backend, value_checks_enabled
 
 # u from tl.rand / torch.rand is clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
 U_EPS = 1e-7
@@ -257,7 +257,8 @@ def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index
         raise ValueError(f"ignore_index must be an int32 value; got {ignore_index!r}")
     # The range check reads the targets back to the host: free on the CPU, a sync on CUDA; a traced
     # graph cannot branch on values, so never while torch.compile traces.
-    if (debug or targets.device.type == "cpu") and M > 0 and not torch.compiler.is_compiling():
+    if ((debug or targets.device.type == "cpu") and M > 0 and not torch.compiler.is_compiling()
+            and value_checks_enabled()):
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
         if bool(bad.any()):
             raise ValueError(f"targets must lie in [0, V={V}) or equal ignore_index={ignore_index}; "

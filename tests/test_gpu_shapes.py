@@ -1,0 +1,92 @@
+"""The fused ops at the shapes a real training step gives them, on a GPU (skipped without one).
+
+``python -m electra_fast.bench`` runs this before it times anything: the op tests elsewhere use
+small odd shapes that the interpreter can run; these use what one step of the Small and Base
+presets launches under bf16 autocast: M = batch x max_predictions masked rows, E the embedding
+size, V = 30522, bf16 hidden states and weights. Each output is checked element by element
+(rtol and atol together) against a float64 computation on the same bf16-rounded inputs.
+"""
+
+import pytest
+import torch
+
+from electra_fast.config import ElectraConfig
+from electra_fast.ops import generator_loss_and_sample, rtd_loss
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+IGNORE = -100
+
+
+def _head_inputs(preset: str):
+    cfg = ElectraConfig.preset(preset)
+    M, E, V = cfg.batch_size * cfg.max_predictions, cfg.embedding_size, cfg.vocab_size
+    g = torch.Generator(device="cuda").manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    hidden = torch.randn(M, E, device="cuda", generator=g).bfloat16()
+    weight = (torch.randn(V, E, device="cuda", generator=g) * (2.0 / E**0.5)).bfloat16()
+    bias = (torch.randn(V, device="cuda", generator=g) * 0.5).bfloat16()
+    targets = torch.randint(0, V, (M,), device="cuda", generator=g)
+    targets[torch.rand(M, device="cuda", generator=g) < 0.1] = IGNORE  # padding slots
+    return hidden, weight, bias, targets
+
+
+@pytest.mark.parametrize("preset", ["small", "base"])
+def test_generator_head_at_training_shapes(preset):
+    hidden, weight, bias, targets = _head_inputs(preset)
+    h, w, b = (t.clone().requires_grad_() for t in (hidden, weight, bias))
+    loss, samples = generator_loss_and_sample(h, w, b, targets, seed=torch.tensor([5], device="cuda"))
+    loss.backward()
+
+    valid = targets != IGNORE
+    M = hidden.shape[0]
+    ref_loss = 0.0
+    dh = torch.empty(M, hidden.shape[1], dtype=torch.float64, device="cuda")
+    dw = torch.zeros(weight.shape, dtype=torch.float64, device="cuda")
+    db = torch.zeros(bias.shape, dtype=torch.float64, device="cuda")
+    w64, b64 = weight.double(), bias.double()
+    n = int(valid.sum())
+    for r0 in range(0, M, 2048):  # fp64 logits of 2048 rows at a time
+        h64 = hidden[r0:r0 + 2048].double()
+        t = targets[r0:r0 + 2048]
+        ok = t != IGNORE
+        logits = h64 @ w64.T + b64
+        lse = torch.logsumexp(logits, -1)
+        picked = logits.gather(1, t.clamp(min=0)[:, None])[:, 0]
+        ref_loss += float(((lse - picked) * ok).sum())
+        d = torch.softmax(logits, -1)
+        d[ok.nonzero()[:, 0], t[ok]] -= 1.0
+        d[~ok] = 0.0
+        d /= n
+        dh[r0:r0 + 2048] = d @ w64
+        dw += d.T @ h64
+        db += d.sum(0)
+    torch.testing.assert_close(loss.double().cpu(), torch.tensor(ref_loss / n, dtype=torch.float64),
+                               rtol=1e-3, atol=1e-4)
+    # bf16 outputs: 2^-8 relative, plus an absolute floor at the gradients' own scale
+    for name, got, want in (("dh", h.grad, dh), ("dW", w.grad, dw), ("db", b.grad, db)):
+        atol = 2e-2 * float(want.abs().max())
+        torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=atol, msg=f"{preset} {name}")
+    assert torch.equal(samples[~valid], targets[~valid])
+    assert bool(((samples[valid] >= 0) & (samples[valid] < weight.shape[0])).all())
+
+
+@pytest.mark.parametrize("preset", ["small", "base"])
+def test_rtd_loss_at_training_shapes(preset):
+    cfg = ElectraConfig.preset(preset)
+    B, T, H = cfg.batch_size, cfg.max_seq_length, cfg.hidden_size
+    g = torch.Generator(device="cuda").manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    feats = torch.randn(B, T, H, device="cuda", generator=g).bfloat16()
+    weight = (torch.randn(H, device="cuda", generator=g) / H**0.5).bfloat16()
+    bias = torch.randn((), device="cuda", generator=g).bfloat16()
+    labels = torch.rand(B, T, device="cuda", generator=g) < 0.15
+    mask = torch.rand(B, T, device="cuda", generator=g) < 0.9
+    f, w, b = (t.clone().requires_grad_() for t in (feats, weight, bias))
+    loss = rtd_loss(f, w, b, labels, mask)
+    loss.backward()
+    f64, w64, b64 = (t.double().requires_grad_() for t in (feats, weight, bias))
+    z = f64 @ w64 + b64
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(z[mask], labels[mask].double())
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-3, atol=1e-5)
+    for name, got, want in (("dh", f.grad, f64.grad), ("dw", w.grad, w64.grad), ("db", b.grad, b64.grad)):
+        torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()),
+                                   msg=f"{preset} {name}")
