@@ -264,21 +264,21 @@ def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index
                              f"found {targets[bad][0].item()}")
 
 
-def _block_sizes(M: int, E: int, dot_f32: bool, block_m: int | None = None,
+def _block_sizes(M: int, E: int, fp32_inputs: bool, block_m: int | None = None,
                  block_v: int | None = None) -> dict[str, dict]:
     """Block sizes, warps and stages per kernel ("fwd", "bwd_dh", "bwd_dw"), per input precision.
 
     ELECTRA-Small has few masked rows (128 x 19 = 2432): small row blocks keep the forward grid
     above the SM count. The backward kernels hold a whole [rows, E] or [vocab, E] fp32
     accumulator, padded to a power of two, so wide embeddings (Base, 768 -> 1024) get narrow
-    tiles and 8 warps to stay within registers. fp32 inputs (``dot_f32``) take twice the shared
+    tiles and 8 warps to stay within registers. fp32 inputs (``fp32_inputs``) take twice the shared
     memory of bf16 for the same tiles: at Base and Large the 16-row x 32-vocab backward tiles need
     ~198 KB, over an A100's 163 KB per block, so fp32 uses 16 x 16 there (~132 KB, no spills, as
     ``tools/compile_kernels.py`` reports); bf16 keeps the wider tensor-core tiles.
     """
     e_pad = max(16, triton.next_power_of_2(E))
     wide = e_pad > 256
-    narrow_f32 = wide and dot_f32
+    narrow_f32 = wide and fp32_inputs
     fwd_m = 64 if M >= 64 * 256 else 32 if M >= 32 * 128 else 16
     blocks = {
         # The Philox noise keeps ~4 words per logit live: 16 logits per thread stays unspilled.
@@ -313,7 +313,8 @@ def _seed_tensor(seed, device) -> torch.Tensor:
 
 def _dot_f32(hidden: torch.Tensor) -> bool:
     """fp32 products (CUDA cores) for fp32 inputs; tensor cores for fp16/bf16. The interpreter always
-    computes in fp32 (its bf16 arithmetic and bf16 tl.dot are wrong)."""
+    computes in fp32 (its bf16 arithmetic and bf16 tl.dot are wrong); fake tensors, which launch
+    nothing, record the GPU's choice."""
     return hidden.dtype == torch.float32 or (interpreting() and not is_fake(hidden))
 
 
@@ -336,7 +337,7 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
     argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
     if M > 0:
         dot_f32 = _dot_f32(hidden)
-        cfg = _block_sizes(M, E, dot_f32, block_m, block_v)["fwd"]
+        cfg = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)["fwd"]
         _kernel_plan(
             "generator_head.fwd", _generator_head_fwd_kernel, (triton.cdiv(M, cfg["BLOCK_M"]),),
             (hidden, weight, bias if bias is not None else weight, targets, _seed_tensor(seed, device),
@@ -356,7 +357,7 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ign
     V = weight.shape[0]
     scale = (grad_loss.to(torch.float32) / n_valid.clamp(min=1).to(torch.float32)).reshape(1)
     dot_f32 = _dot_f32(hidden)
-    blocks = _block_sizes(M, E, dot_f32, block_m, block_v)
+    blocks = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)
     b = bias if bias is not None else weight
     consts = dict(E=E, HAS_BIAS=bias is not None, DOT_F32=dot_f32)
     dh = dw = db = None
