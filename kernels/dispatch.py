@@ -3,7 +3,14 @@
 Shared by every op in this package. The rule: an explicit ``backend=`` argument, else the
 environment variable ELECTRA_FAST_BACKEND ("triton" / "reference"), else Triton for CUDA tensors
 and the reference for everything else. The Triton path on CPU tensors needs the interpreter
-(TRITON_INTERPRET=1 set before triton is first imported).
+(TRITON_INTERPRET=1 set before triton is first imported), except on fake tensors
+(``FakeTensorMode``), where no kernel runs: the launchers only plan and record their launches
+(``kernels/launches.py``), which is how ``tools/compile_kernels.py`` lists a GPU step's kernels on a
+CPU-only machine.
+
+Autocast does not reach custom ops by itself (under CUDA bf16 autocast LayerNorm returns fp32 and
+parameters stay fp32), so every op casts its matmul operands at its boundary:
+:func:`autocast_operands`, the same rule for "cuda" and "cpu" and for both backends.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from contextlib import contextmanager
 
 import torch
 import triton
+from torch._subclasses.fake_tensor import FakeTensor
 
 
 @triton.jit
@@ -27,8 +35,36 @@ def interpreting() -> bool:
     return not isinstance(_probe_kernel, triton.JITFunction)
 
 
-def select_backend(device: torch.device | str, backend: str | None = None) -> str:
-    """"triton" or "reference" for tensors on ``device`` (see the module docstring)."""
+def is_fake(t) -> bool:
+    """True for a FakeTensor: shapes and dtypes only, no data, nothing to launch."""
+    return isinstance(t, FakeTensor)
+
+
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether a check may read ``t``'s values on the host: not while torch.compile traces (a graph
+    cannot branch on values), not on a fake tensor (it has none), and not where value checks are
+    turned off (``value_checks(False)``: a training step)."""
+    return not torch.compiler.is_compiling() and not is_fake(t) and value_checks_enabled()
+
+
+def autocast_operands(device_type: str, *tensors: torch.Tensor | None) -> tuple:
+    """``tensors`` cast to the autocast dtype when autocast is on for ``device_type``, like the
+    operands of a matmul under autocast (floating tensors other than fp64; anything else unchanged).
+
+    The ops pass their matmul operands (hidden states and weights) through this, not biases or
+    labels: a bias is added to the fp32 accumulator and keeps its own dtype. Gradients come back
+    through the cast in the parameters' dtype, so fp32 master weights stay fp32.
+    """
+    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 else t for t in tensors)
+
+
+def select_backend(device: torch.device | str, backend: str | None = None, *, fake: bool = False) -> str:
+    """"triton" or "reference" for tensors on ``device`` (see the module docstring). ``fake``: the
+    tensors are fake, so "triton" needs no interpreter on the CPU (nothing is launched)."""
     device = torch.device(device)
     choice = backend if backend is not None else os.environ.get("ELECTRA_FAST_BACKEND", "")
     choice = choice.strip().lower()
@@ -37,7 +73,7 @@ def select_backend(device: torch.device | str, backend: str | None = None) -> st
     if choice == "reference":
         return "reference"
     if choice == "triton":
-        if device.type != "cuda" and not interpreting():
+        if device.type != "cuda" and not interpreting() and not fake:
             raise ValueError(f"backend 'triton' on {device.type} tensors needs TRITON_INTERPRET=1 set before "
                              "triton is imported; use backend='reference' on the CPU")
         return "triton"

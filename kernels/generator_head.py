@@ -16,7 +16,9 @@ block sizes or the grid.
 
 Layout of this file: Triton kernels, host launcher (input checks, block sizes), PyTorch
 reference (the CPU path and the test oracle), autograd wrapper (torch custom ops, so
-torch.compile(fullgraph=True) traces the Triton path) and dispatch, AOT specs.
+torch.compile(fullgraph=True) traces the Triton path) and dispatch. Which variants a training step
+launches (dtypes, block sizes) is recorded by ``kernels/launches.py``, and ``tools/compile_kernels.py``
+compiles exactly those.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .dispatch import interpreting, select_backend, value_checks_enabled
+from .dispatch import autocast_operands, interpreting, is_fake, select_backend, values_readable
+from .launches import KernelPlan, record_reference, recording
 
 # u from tl.rand / torch.rand is clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
 U_EPS = 1e-7
@@ -212,9 +215,6 @@ def _generator_head_bwd_dw_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-
-
-
 def _describe(x) -> str:
     return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
@@ -256,34 +256,38 @@ def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or abs(ignore_index) >= 2**31:
         raise ValueError(f"ignore_index must be an int32 value; got {ignore_index!r}")
     # The range check reads the targets back to the host: free on the CPU, a sync on CUDA; a traced
-    # graph cannot branch on values, so never while torch.compile traces.
-    if ((debug or targets.device.type == "cpu") and M > 0 and not torch.compiler.is_compiling()
-            and value_checks_enabled()):
+    # graph cannot branch on values, so never while torch.compile traces (nor on fake tensors).
+    if (debug or targets.device.type == "cpu") and M > 0 and values_readable(targets):
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
         if bool(bad.any()):
             raise ValueError(f"targets must lie in [0, V={V}) or equal ignore_index={ignore_index}; "
                              f"found {targets[bad][0].item()}")
 
 
-def _block_sizes(M: int, E: int, block_m: int | None = None, block_v: int | None = None) -> dict[str, dict]:
-    """Block sizes, warps and stages per kernel ("fwd", "bwd_dh", "bwd_dw").
+def _block_sizes(M: int, E: int, fp32_inputs: bool, block_m: int | None = None,
+                 block_v: int | None = None) -> dict[str, dict]:
+    """Block sizes, warps and stages per kernel ("fwd", "bwd_dh", "bwd_dw"), per input precision.
 
     ELECTRA-Small has few masked rows (128 x 19 = 2432): small row blocks keep the forward grid
     above the SM count. The backward kernels hold a whole [rows, E] or [vocab, E] fp32
     accumulator, padded to a power of two, so wide embeddings (Base, 768 -> 1024) get narrow
-    tiles and 8 warps to stay within registers.
+    tiles and 8 warps to stay within registers. fp32 inputs (``fp32_inputs``) take twice the shared
+    memory of bf16 for the same tiles: at Base and Large the 16-row x 32-vocab backward tiles need
+    ~198 KB, over an A100's 163 KB per block, so fp32 uses 16 x 16 there (~132 KB, no spills, as
+    ``tools/compile_kernels.py`` reports); bf16 keeps the wider tensor-core tiles.
     """
     e_pad = max(16, triton.next_power_of_2(E))
     wide = e_pad > 256
+    narrow_f32 = wide and fp32_inputs
     fwd_m = 64 if M >= 64 * 256 else 32 if M >= 32 * 128 else 16
     blocks = {
         # The Philox noise keeps ~4 words per logit live: 16 logits per thread stays unspilled.
         "fwd": dict(BLOCK_M=fwd_m, BLOCK_V=64 if fwd_m == 64 else 128, BLOCK_E=min(e_pad, 128),
                     num_warps=8 if fwd_m == 64 else 4, num_stages=2),
-        "bwd_dh": dict(BLOCK_M=16, BLOCK_V=32 if wide else 64, BLOCK_E=e_pad,
+        "bwd_dh": dict(BLOCK_M=16, BLOCK_V=16 if narrow_f32 else 32 if wide else 64, BLOCK_E=e_pad,
                        num_warps=8 if wide else 4, num_stages=2),
-        "bwd_dw": dict(BLOCK_M=32 if wide else 64, BLOCK_V=16 if wide else 64, BLOCK_E=e_pad,
-                       num_warps=8, num_stages=2),
+        "bwd_dw": dict(BLOCK_M=16 if narrow_f32 else 32 if wide else 64, BLOCK_V=16 if wide else 64,
+                       BLOCK_E=e_pad, num_warps=8, num_stages=2),
     }
     for cfg in blocks.values():
         if block_m is not None:
@@ -307,9 +311,22 @@ def _seed_tensor(seed, device) -> torch.Tensor:
     return torch.full((1,), seed, dtype=torch.int64, device=device)
 
 
+def _dot_f32(hidden: torch.Tensor) -> bool:
+    """fp32 products (CUDA cores) for fp32 inputs; tensor cores for fp16/bf16. The interpreter always
+    computes in fp32 (its bf16 arithmetic and bf16 tl.dot are wrong); fake tensors, which launch
+    nothing, record the GPU's choice."""
+    return hidden.dtype == torch.float32 or (interpreting() and not is_fake(hidden))
+
+
+def _kernel_plan(op, fn, grid, args, cfg, **constexprs) -> KernelPlan:
+    return KernelPlan(op, fn, grid, args, dict(constexprs, BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"],
+                                               BLOCK_E=cfg["BLOCK_E"]), cfg["num_warps"], cfg["num_stages"])
+
+
 def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
-                    block_m, block_v):
-    """Runs the forward kernel. Returns (loss, samples, argmax or None, lse, n_valid)."""
+                    block_m, block_v, launch=True):
+    """Runs the forward kernel (``launch=False``: only records it, for the fake implementation).
+    Returns (loss, samples, argmax or None, lse, n_valid)."""
     M, E = hidden.shape
     V = weight.shape[0]
     device = hidden.device
@@ -319,51 +336,44 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
     samples = torch.empty(M, dtype=torch.int64, device=device)
     argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
     if M > 0:
-        cfg = _block_sizes(M, E, block_m, block_v)["fwd"]
-        _generator_head_fwd_kernel[(triton.cdiv(M, cfg["BLOCK_M"]),)](
-            hidden, weight, bias if bias is not None else weight, targets, _seed_tensor(seed, device),
-            lse, row_loss, samples, argmax if return_argmax else samples,
-            M, V, 1.0 / temperature, ignore_index,
-            E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax,
-            DOT_F32=hidden.dtype == torch.float32 or interpreting(),
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"], BLOCK_E=cfg["BLOCK_E"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
+        dot_f32 = _dot_f32(hidden)
+        cfg = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)["fwd"]
+        _kernel_plan(
+            "generator_head.fwd", _generator_head_fwd_kernel, (triton.cdiv(M, cfg["BLOCK_M"]),),
+            (hidden, weight, bias if bias is not None else weight, targets, _seed_tensor(seed, device),
+             lse, row_loss, samples, argmax if return_argmax else samples, M, V, 1.0 / temperature, ignore_index),
+            cfg, E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, DOT_F32=dot_f32,
+        ).run(launch)
     # Mean over the non-ignored rows; 0.0 (not NaN) when every row is ignored.
     loss = row_loss.sum() / n_valid.clamp(min=1).to(torch.float32)
     return loss, samples, argmax, lse, n_valid
 
 
 def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index,
-                     block_m, block_v, need_dh, need_dw):
-    """Runs the backward kernels that are needed. Returns (dh, dW, db); None where not needed."""
+                     block_m, block_v, need_dh, need_dw, launch=True):
+    """Runs the backward kernels that are needed (``launch=False``: records them only).
+    Returns (dh, dW, db); None where not needed."""
     M, E = hidden.shape
     V = weight.shape[0]
     scale = (grad_loss.to(torch.float32) / n_valid.clamp(min=1).to(torch.float32)).reshape(1)
-    blocks = _block_sizes(M, E, block_m, block_v)
-    dot_f32 = hidden.dtype == torch.float32 or interpreting()
+    dot_f32 = _dot_f32(hidden)
+    blocks = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)
     b = bias if bias is not None else weight
+    consts = dict(E=E, HAS_BIAS=bias is not None, DOT_F32=dot_f32)
     dh = dw = db = None
     if need_dh:
         dh = torch.empty_like(hidden)
         if M > 0:
             cfg = blocks["bwd_dh"]
-            _generator_head_bwd_dh_kernel[(triton.cdiv(M, cfg["BLOCK_M"]),)](
-                hidden, weight, b, targets, lse, scale, dh, M, V, ignore_index,
-                E=E, HAS_BIAS=bias is not None, DOT_F32=dot_f32,
-                BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"], BLOCK_E=cfg["BLOCK_E"],
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-            )
+            _kernel_plan("generator_head.bwd_dh", _generator_head_bwd_dh_kernel, (triton.cdiv(M, cfg["BLOCK_M"]),),
+                         (hidden, weight, b, targets, lse, scale, dh, M, V, ignore_index), cfg, **consts).run(launch)
     if need_dw:
         dw = torch.empty_like(weight)
         db = torch.empty_like(bias) if bias is not None else None
         cfg = blocks["bwd_dw"]
-        _generator_head_bwd_dw_kernel[(triton.cdiv(V, cfg["BLOCK_V"]),)](
-            hidden, weight, b, targets, lse, scale, dw, db if db is not None else dw, M, V, ignore_index,
-            E=E, HAS_BIAS=bias is not None, DOT_F32=dot_f32,
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"], BLOCK_E=cfg["BLOCK_E"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
+        _kernel_plan("generator_head.bwd_dw", _generator_head_bwd_dw_kernel, (triton.cdiv(V, cfg["BLOCK_V"]),),
+                     (hidden, weight, b, targets, lse, scale, dw, db if db is not None else dw, M, V, ignore_index),
+                     cfg, **consts).run(launch)
     return dh, dw, db
 
 
@@ -392,11 +402,16 @@ def generator_loss_and_sample_triton(
     one-element integer device tensor, so a captured CUDA graph can draw fresh samples per
     replay. ``block_m``/``block_v`` override the block sizes (tests); ``debug`` enables the
     target range check on CUDA tensors (it syncs).
+
+    Under autocast (``torch.autocast("cuda" | "cpu", dtype=torch.bfloat16)``) hidden and weight are
+    cast to the autocast dtype at this boundary, so the tensor-core variant runs with fp32
+    accumulation; the loss is fp32 and the gradients come back in the inputs' own dtypes.
     """
+    hidden, weight = _autocast_operands(hidden, weight)
     _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
     _check_block("block_m", block_m)
     _check_block("block_v", block_v)
-    if hidden.device.type != "cuda" and not interpreting():
+    if hidden.device.type != "cuda" and not interpreting() and not is_fake(hidden):
         raise ValueError(f"the triton backend needs CUDA tensors (got {hidden.device}); on the CPU set "
                          "TRITON_INTERPRET=1 before importing triton, or use the reference backend")
     seed = _seed_tensor(seed, hidden.device)
@@ -433,11 +448,15 @@ def generator_loss_and_sample_reference(
     Differentiable by plain autograd. The Gumbel noise is a hash of (seed, row * V + v) in plain
     torch ops (:func:`_reference_uniform`), so samples follow the same distribution as the Triton
     path but not the same draws; a tensor seed is never read back to the host, and
-    ``torch.compile(fullgraph=True)`` traces the whole function.
+    ``torch.compile(fullgraph=True)`` traces the whole function. Under autocast it rounds hidden and
+    weight to the autocast dtype like the Triton path, then computes in fp32.
     """
+    hidden, weight = _autocast_operands(hidden, weight)
     _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
+    record_reference("generator_head", hidden=hidden, weight=weight, bias=bias, targets=targets)
     targets = targets.long()
-    logits = hidden.float() @ weight.float().T
+    with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits from the (rounded) operands
+        logits = hidden.float() @ weight.float().T
     if bias is not None:
         logits = logits + bias.float()
     valid = targets != ignore_index
@@ -456,6 +475,12 @@ def generator_loss_and_sample_reference(
         samples = torch.where(valid, samples, targets)
         argmax = torch.argmax(logits, dim=-1)
     return (loss, samples, argmax) if return_argmax else (loss, samples)
+
+
+def _autocast_operands(hidden, weight):
+    if isinstance(hidden, torch.Tensor):
+        return autocast_operands(hidden.device.type, hidden, weight)
+    return hidden, weight
 
 
 _M32 = 0xFFFFFFFF
@@ -506,18 +531,22 @@ def _reference_uniform(seed: torch.Tensor, r0: int, r1: int, V: int) -> torch.Te
 _HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
 
 
-def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v):
+def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
+              launch=True):
     """(loss, samples, argmax, lse, n_valid); argmax is empty unless asked."""
     hidden = hidden.contiguous()
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     loss, samples, argmax, lse, n_valid = _launch_forward(
         hidden, weight, bias, targets.contiguous().long(), temperature, seed, ignore_index, return_argmax,
-        block_m, block_v)
+        block_m, block_v, launch)
     return loss, samples, argmax if argmax is not None else samples.new_empty(0), lse, n_valid
 
 
 def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v):
+    if recording():  # the same launcher as the real op, recording its plan without launching
+        return _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax,
+                         block_m, block_v, launch=False)
     M = hidden.shape[0]
     scalar = hidden.new_empty((), dtype=torch.float32)
     samples = hidden.new_empty(M, dtype=torch.int64)
@@ -526,13 +555,13 @@ def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, re
 
 
 def _bwd_impl(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
-              need_dh, need_dw):
+              need_dh, need_dw, launch=True):
     """(dh, dW, db); an empty tensor where not needed (a custom op cannot return None)."""
     hidden = hidden.contiguous()
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     dh, dw, db = _launch_backward(grad_loss, hidden, weight, bias, targets.contiguous().long(), lse, n_valid,
-                                  ignore_index, block_m, block_v, need_dh, need_dw)
+                                  ignore_index, block_m, block_v, need_dh, need_dw, launch)
     empty = lambda like: like.new_empty(0)
     return (dh if dh is not None else empty(hidden), dw if dw is not None else empty(weight),
             db if db is not None else empty(weight))
@@ -540,6 +569,9 @@ def _bwd_impl(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_ind
 
 def _bwd_fake(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
               need_dh, need_dw):
+    if recording():
+        return _bwd_impl(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
+                         need_dh, need_dw, launch=False)
     dh = hidden.new_empty(hidden.shape if need_dh else (0,))
     dw = weight.new_empty(weight.shape if need_dw else (0,))
     db = bias.new_empty(bias.shape) if need_dw and bias is not None else weight.new_empty(0)
@@ -629,62 +661,6 @@ def generator_loss_and_sample(
     the reference for CPU tensors. See :func:`generator_loss_and_sample_triton` for the contract.
     """
     kwargs = dict(temperature=temperature, seed=seed, ignore_index=ignore_index, return_argmax=return_argmax)
-    if select_backend(hidden.device, backend) == "triton":
+    if select_backend(hidden.device, backend, fake=is_fake(hidden)) == "triton":
         return generator_loss_and_sample_triton(hidden, weight, bias, targets, **kwargs)
     return generator_loss_and_sample_reference(hidden, weight, bias, targets, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# Ahead-of-time compilation specs
-# --------------------------------------------------------------------------------------------
-
-# Masked rows per batch and embedding size: batch x max_predictions (19 at length 128, 79 at 512).
-AOT_SHAPES = {"small": dict(M=128 * 19, E=128, V=30522), "base": dict(M=256 * 79, E=768, V=30522)}
-
-
-def aot_specs(shapes: dict[str, dict] | None = None,
-              dtypes: tuple[str, ...] = ("fp16", "bf16")) -> list[dict]:
-    """Kernels at the block sizes the launcher picks, for ``triton.compile(ASTSource(...))``.
-
-    One dict per (shape, dtype, kernel variant): name, fn (the @triton.jit kernel), signature
-    ({arg: "*fp16" | "*fp32" | "*i64" | "i32" | "fp32" | "constexpr"}), constexprs ({name: value}),
-    attrs (16-byte alignment of the pointers, as the JIT launcher assumes for torch tensors:
-    ``ASTSource(fn, signature, constexprs, attrs)``), num_warps, num_stages. With bias; the
-    forward with and without the argmax output. Kernels defined under TRITON_INTERPRET=1 cannot
-    be compiled: import this module without it.
-    """
-    specs = []
-    for shape_name, shape in (shapes or AOT_SHAPES).items():
-        M, E = shape["M"], shape["E"]
-        blocks = _block_sizes(M, E)
-        for dt in dtypes:
-            x = f"*{dt}"
-            common = dict(M="i32", V="i32", ignore_index="i32")
-            kernels = [
-                ("fwd", _generator_head_fwd_kernel, "fwd", False,
-                 dict(H=x, W=x, B=x, TARGETS="*i64", SEED="*i64", LSE="*fp32", ROW_LOSS="*fp32",
-                      SAMPLES="*i64", ARGMAX="*i64", **common, inv_temperature="fp32")),
-                ("fwd_argmax", _generator_head_fwd_kernel, "fwd", True, None),
-                ("bwd_dh", _generator_head_bwd_dh_kernel, "bwd_dh", None,
-                 dict(H=x, W=x, B=x, TARGETS="*i64", LSE="*fp32", SCALE="*fp32", DH=x, **common)),
-                ("bwd_dw", _generator_head_bwd_dw_kernel, "bwd_dw", None,
-                 dict(H=x, W=x, B=x, TARGETS="*i64", LSE="*fp32", SCALE="*fp32", DW=x, DB=x, **common)),
-            ]
-            fwd_sig = kernels[0][4]
-            for kname, fn, block_key, with_argmax, runtime_sig in kernels:
-                runtime_sig = runtime_sig or fwd_sig
-                cfg = blocks[block_key]
-                constexprs = dict(E=E, HAS_BIAS=True, DOT_F32=False, BLOCK_M=cfg["BLOCK_M"],
-                                  BLOCK_V=cfg["BLOCK_V"], BLOCK_E=cfg["BLOCK_E"])
-                if with_argmax is not None:
-                    constexprs["RETURN_ARGMAX"] = with_argmax
-                arg_names = list(fn.arg_names)
-                signature = {a: (runtime_sig[a] if a in runtime_sig else "constexpr") for a in arg_names}
-                missing = set(arg_names) - set(runtime_sig) - set(constexprs)
-                assert not missing, f"aot_specs: no type or value for {missing} of {fn.__name__}"
-                attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(arg_names)
-                         if signature[a].startswith("*")}
-                specs.append(dict(name=f"generator_head_{kname}_{shape_name}_{dt}", fn=fn,
-                                  signature=signature, constexprs=constexprs, attrs=attrs,
-                                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
-    return specs

@@ -22,9 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import select_backend, value_checks_enabled
+from .dispatch import is_fake, select_backend, values_readable
+from .launches import KernelPlan, record_reference, recording
 
-__all__ = ["replace_tokens", "replace_tokens_reference", "replace_tokens_triton", "select_backend", "aot_specs"]
+__all__ = ["replace_tokens", "replace_tokens_reference", "replace_tokens_triton", "select_backend"]
 
 
 # ----------------------------------------------------------------------------- Triton kernel
@@ -61,6 +62,9 @@ def _replace_tokens_kernel(
         tl.store(flag_ptr + row * T + t, replaced.to(tl.uint8), mask=in_t)
 
 
+_NUM_STAGES = 3  # Triton's default for CUDA: what these kernels always launched with
+
+
 def _blocks(P: int) -> tuple[int, int]:
     # keep the (BLOCK_T, BLOCK_P) match matrix at <= 4096 elements: 32 per thread at 4 warps
     block_p = max(16, triton.next_power_of_2(P))
@@ -95,8 +99,8 @@ def _check_inputs(input_ids, positions, samples, weights, debug: bool) -> None:
     if weights.dtype.is_complex:
         raise ValueError(f"weights must be float, integer or bool; got {weights.dtype}")
     # a range check reads the tensor back: free on the CPU, a device sync on CUDA (debug only)
-    if (positions.numel() and (positions.device.type == "cpu" or debug) and value_checks_enabled()
-            and not torch.compiler.is_compiling()):  # a traced graph cannot branch on values
+    if (positions.numel() and (positions.device.type == "cpu" or debug)
+            and values_readable(positions)):  # a traced graph cannot branch on values
         lo, hi = int(positions.min()), int(positions.max())
         if lo < 0 or hi >= T:
             raise ValueError(f"positions must lie in [0, T={T}); got values in [{lo}, {hi}]")
@@ -112,6 +116,11 @@ def _check_inputs(input_ids, positions, samples, weights, debug: bool) -> None:
 @torch.library.custom_op("electra_fast::replace_tokens", mutates_args=(), schema=(
     "(Tensor input_ids, Tensor positions, Tensor samples, Tensor weights) -> (Tensor, Tensor)"))
 def _replace_tokens_op(input_ids, positions, samples, weights):
+    return _replace_tokens_launch(input_ids, positions, samples, weights)
+
+
+def _replace_tokens_launch(input_ids, positions, samples, weights, launch=True):
+    """Runs the kernel (``launch=False``: only records it, for the fake implementation)."""
     input_ids, positions = input_ids.contiguous(), positions.contiguous()
     samples, weights = samples.contiguous(), weights.contiguous()
     B, T = input_ids.shape
@@ -120,13 +129,16 @@ def _replace_tokens_op(input_ids, positions, samples, weights):
     flag = torch.empty((B, T), dtype=torch.uint8, device=input_ids.device)
     if B * T:
         block_t, block_p = _blocks(P)
-        _replace_tokens_kernel[(B,)](input_ids, positions, samples, weights, out, flag, T, P,
-                                     BLOCK_T=block_t, BLOCK_P=block_p, num_warps=4)
+        KernelPlan("replace_tokens", _replace_tokens_kernel, (B,),
+                   (input_ids, positions, samples, weights, out, flag, T, P),
+                   dict(BLOCK_T=block_t, BLOCK_P=block_p), 4, _NUM_STAGES).run(launch)
     return out, flag.view(torch.bool)
 
 
 @_replace_tokens_op.register_fake
 def _(input_ids, positions, samples, weights):
+    if recording():  # the same launcher as the real op, recording its plan without launching
+        return _replace_tokens_launch(input_ids, positions, samples, weights, launch=False)
     out = torch.empty_like(input_ids, memory_format=torch.contiguous_format)
     return out, torch.empty(input_ids.shape, dtype=torch.bool, device=input_ids.device)
 
@@ -143,6 +155,7 @@ def replace_tokens_reference(input_ids: torch.Tensor, positions: torch.Tensor, s
                              weights: torch.Tensor, *, debug: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain PyTorch: scatter the samples of real slots, padding slots go to a spare column."""
     _check_inputs(input_ids, positions, samples, weights, debug)
+    record_reference("replace_tokens", input_ids=input_ids, positions=positions, samples=samples, weights=weights)
     B, T = input_ids.shape
     # a padding slot may share position 0 with a real slot; send it to column T and drop it
     cols = torch.where(weights > 0, positions.long(), torch.full_like(positions, T, dtype=torch.long))
@@ -164,26 +177,6 @@ def replace_tokens(input_ids: torch.Tensor, positions: torch.Tensor, samples: to
     ``backend``: "triton", "reference" or None (see ``select_backend``); ``debug`` also range-checks
     positions of CUDA tensors (a device sync).
     """
-    if select_backend(input_ids.device, backend) == "triton":
+    if select_backend(input_ids.device, backend, fake=is_fake(input_ids)) == "triton":
         return replace_tokens_triton(input_ids, positions, samples, weights, debug=debug)
     return replace_tokens_reference(input_ids, positions, samples, weights, debug=debug)
-
-
-# ----------------------------------------------------------------------------- AOT specs
-def aot_specs() -> list[dict]:
-    """Kernel configurations used at ELECTRA-Small (T=128, P=19) and Base (T=512, P=79), for
-    ``tools/compile_kernels.py``. ids and samples int64 (torch's default), weights fp32."""
-    specs = []
-    for preset, P in (("small", 19), ("base", 79)):
-        block_t, block_p = _blocks(P)
-        specs.append({
-            "name": f"replace_tokens[{preset}]",
-            "fn": _replace_tokens_kernel,
-            "signature": {"ids_ptr": "*i64", "pos_ptr": "*i64", "samples_ptr": "*i64", "weights_ptr": "*fp32",
-                          "out_ptr": "*i64", "flag_ptr": "*u8", "T": "i32", "P": "i32",
-                          "BLOCK_T": "constexpr", "BLOCK_P": "constexpr"},
-            "constexprs": {"BLOCK_T": block_t, "BLOCK_P": block_p},
-            "num_warps": 4,
-            "num_stages": 1,
-        })
-    return specs

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .dispatch import select_backend
+from .dispatch import autocast_operands, is_fake, select_backend, values_readable
+from .launches import KernelPlan, record_reference, recording
 
 __all__ = [
     "rtd_loss", "rtd_loss_reference", "rtd_loss_triton",
     "rtd_loss_from_logits", "rtd_loss_from_logits_reference", "rtd_loss_from_logits_triton",
-    "select_backend", "aot_specs",
+    "select_backend",
 ]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -132,6 +133,7 @@ _LOGITS_BLOCK = 1024
 
 _BWD_PROGRAMS = 512  # backward grid size to aim for: a few waves on any current GPU
 _NUM_WARPS = 8  # with 2048-element tiles: ~60 registers, high occupancy for these memory-bound kernels
+_NUM_STAGES = 3  # Triton's default for CUDA: what these kernels always launched with
 
 
 def _fwd_blocks(H: int) -> tuple[int, int]:
@@ -164,7 +166,7 @@ def _check_targets(labels, mask, lead: tuple, device, debug: bool) -> None:
     # soft labels are fine, but outside [0, 1] the BCE is meaningless; reading the values back is a
     # device sync on CUDA, so there only with debug=True
     if (labels.numel() and labels.dtype != torch.bool and (labels.device.type == "cpu" or debug)
-            and not torch.compiler.is_compiling()):  # a traced graph cannot branch on values
+            and values_readable(labels)):  # a traced graph cannot branch on values
         lo, hi = float(labels.min()), float(labels.max())
         if lo < 0 or hi > 1:
             raise ValueError(f"labels must lie in [0, 1]; got values in [{lo}, {hi}]")
@@ -208,8 +210,9 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- host launchers
-def _rtd_forward(hidden, weight, bias, labels, mask):
-    """Launch the fused forward. Returns (loss, n_safe, dlogit (N,) fp32, dlogit sum, h2d)."""
+def _rtd_forward(hidden, weight, bias, labels, mask, launch=True):
+    """Launch the fused forward (``launch=False``: only record it, for the fake implementation).
+    Returns (loss, n_safe, dlogit (N,) fp32, dlogit sum, h2d)."""
     H = hidden.shape[-1]
     h2d = hidden.reshape(-1, H)
     if h2d.stride(-1) != 1:
@@ -220,30 +223,32 @@ def _rtd_forward(hidden, weight, bias, labels, mask):
     dlogit = torch.empty(N, dtype=torch.float32, device=hidden.device)
     partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=hidden.device)
     if N:
-        _rtd_fwd_kernel[(num_blocks,)](h2d, weight.contiguous(), bias, _flat(labels), _flat(mask), dlogit, partial,
-                                       N, H, h2d.stride(0), num_blocks, BLOCK_M=block_m, BLOCK_H=block_h,
-                                       num_warps=_NUM_WARPS)
+        KernelPlan("rtd_loss.fwd", _rtd_fwd_kernel, (num_blocks,),
+                   (h2d, weight.contiguous(), bias, _flat(labels), _flat(mask), dlogit, partial,
+                    N, H, h2d.stride(0), num_blocks), dict(BLOCK_M=block_m, BLOCK_H=block_h),
+                   _NUM_WARPS, _NUM_STAGES).run(launch)
     sums = partial.sum(dim=1)
     loss, n_safe = _mean(sums)
     return loss, n_safe, dlogit, sums[2].clone(), h2d
 
 
-def _rtd_backward(h2d, weight, dlogit, scale, hidden_dtype):
+def _rtd_backward(h2d, weight, dlogit, scale, hidden_dtype, launch=True):
     """dhidden (N, H) and dweight (H,) for dlogit scaled by ``scale`` (a 0-dim fp32 tensor)."""
     N, H = h2d.shape
     dh = torch.empty((N, H), dtype=hidden_dtype, device=h2d.device)
     block_m, block_h, rows_per_prog, chunks = _bwd_blocks(N, H)
     dw_partial = torch.zeros(chunks, H, dtype=torch.float32, device=h2d.device)
     if N:
-        _rtd_bwd_kernel[(chunks, triton.cdiv(H, block_h))](
-            h2d, weight.contiguous(), dlogit, scale, dh, dw_partial, N, H, h2d.stride(0), rows_per_prog,
-            BLOCK_M=block_m, BLOCK_H=block_h, num_warps=_NUM_WARPS)
+        KernelPlan("rtd_loss.bwd", _rtd_bwd_kernel, (chunks, triton.cdiv(H, block_h)),
+                   (h2d, weight.contiguous(), dlogit, scale, dh, dw_partial, N, H, h2d.stride(0), rows_per_prog),
+                   dict(BLOCK_M=block_m, BLOCK_H=block_h), _NUM_WARPS, _NUM_STAGES).run(launch)
     return dh, dw_partial.sum(dim=0)
 
 
 def rtd_loss_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
                     mask: torch.Tensor, *, debug: bool = False) -> torch.Tensor:
     """Triton path (CUDA, or the CPU under TRITON_INTERPRET=1), differentiable. See rtd_loss."""
+    hidden, weight = _autocast_operands(hidden, weight)
     _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
     return _rtd_fwd_op(hidden, weight, bias, labels, mask)[0]
 
@@ -258,16 +263,29 @@ def rtd_loss_from_logits_triton(logits: torch.Tensor, labels: torch.Tensor, mask
 # ----------------------------------------------------------------------------- references
 def rtd_loss_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
                        mask: torch.Tensor, *, debug: bool = False) -> torch.Tensor:
-    """Plain PyTorch, fp32 logits; differentiable through torch autograd."""
+    """Plain PyTorch, fp32 logits; differentiable through torch autograd. Under autocast it rounds
+    hidden and weight to the autocast dtype like the Triton path, then computes in fp32."""
+    hidden, weight = _autocast_operands(hidden, weight)
     _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
-    logits = hidden.float() @ weight.float() + bias.float()
-    return _masked_bce_mean(logits, labels, mask)
+    record_reference("rtd_loss", hidden=hidden, weight=weight, bias=bias, labels=labels, mask=mask)
+    with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits from the (rounded) operands
+        logits = hidden.float() @ weight.float() + bias.float()
+        return _masked_bce_mean(logits, labels, mask)
+
+
+def _autocast_operands(hidden, weight):
+    """Under autocast the projection's operands (hidden, weight) take the autocast dtype, as a Linear's
+    would: the hidden states stream at half the bytes; the bias and the loss stay fp32."""
+    if isinstance(hidden, torch.Tensor):
+        return autocast_operands(hidden.device.type, hidden, weight)
+    return hidden, weight
 
 
 def rtd_loss_from_logits_reference(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
                                    debug: bool = False) -> torch.Tensor:
     """Plain PyTorch reference of rtd_loss_from_logits."""
     _check_logits_inputs(logits, labels, mask, debug)
+    record_reference("rtd_loss_from_logits", logits=logits, labels=labels, mask=mask)
     return _masked_bce_mean(logits.float(), labels, mask)
 
 
@@ -297,6 +315,8 @@ def _rtd_fwd_op(hidden, weight, bias, labels, mask):
 
 @_rtd_fwd_op.register_fake
 def _(hidden, weight, bias, labels, mask):
+    if recording():  # the same launcher as the real op, recording its plan without launching
+        return _rtd_forward(hidden, weight, bias, labels, mask, launch=False)[:4]
     scalar = lambda: hidden.new_empty((), dtype=torch.float32)
     return scalar(), scalar(), hidden.new_empty(labels.numel(), dtype=torch.float32), scalar()
 
@@ -305,16 +325,22 @@ def _(hidden, weight, bias, labels, mask):
     "(Tensor hidden, Tensor weight, Tensor dlogit, Tensor scale) -> (Tensor, Tensor)"))
 def _rtd_bwd_op(hidden, weight, dlogit, scale):
     """(dhidden like hidden, dweight (H,) fp32) for dlogit scaled by the 0-dim ``scale``."""
+    return _rtd_bwd_impl(hidden, weight, dlogit, scale)
+
+
+def _rtd_bwd_impl(hidden, weight, dlogit, scale, launch=True):
     H = hidden.shape[-1]
     h2d = hidden.reshape(-1, H)
     if h2d.stride(-1) != 1:
         h2d = h2d.contiguous()
-    dh, dw = _rtd_backward(h2d, weight, dlogit, scale, hidden.dtype)
+    dh, dw = _rtd_backward(h2d, weight, dlogit, scale, hidden.dtype, launch)
     return dh.view(hidden.shape), dw
 
 
 @_rtd_bwd_op.register_fake
 def _(hidden, weight, dlogit, scale):
+    if recording():
+        return _rtd_bwd_impl(hidden, weight, dlogit, scale, launch=False)
     return torch.empty_like(hidden, memory_format=torch.contiguous_format), \
         weight.new_empty(weight.shape, dtype=torch.float32)
 
@@ -340,19 +366,26 @@ _rtd_fwd_op.register_autograd(_rtd_backward_rule, setup_context=_rtd_setup_conte
     "(Tensor logits, Tensor labels, Tensor mask) -> (Tensor, Tensor, Tensor)"))
 def _rtd_logits_fwd_op(logits, labels, mask):
     """(loss, n_safe, dlogit (N,) fp32)."""
+    return _rtd_logits_forward(logits, labels, mask)
+
+
+def _rtd_logits_forward(logits, labels, mask, launch=True):
     N = logits.numel()
     num_blocks = max(1, triton.cdiv(N, _LOGITS_BLOCK))
     dlogit = torch.empty(N, dtype=torch.float32, device=logits.device)
     partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=logits.device)
     if N:
-        _rtd_logits_fwd_kernel[(num_blocks,)](_flat(logits), _flat(labels), _flat(mask), dlogit, partial,
-                                              N, num_blocks, BLOCK=_LOGITS_BLOCK, num_warps=4)
+        KernelPlan("rtd_loss_from_logits.fwd", _rtd_logits_fwd_kernel, (num_blocks,),
+                   (_flat(logits), _flat(labels), _flat(mask), dlogit, partial, N, num_blocks),
+                   dict(BLOCK=_LOGITS_BLOCK), 4, _NUM_STAGES).run(launch)
     loss, n_safe = _mean(partial.sum(dim=1))
     return loss, n_safe, dlogit
 
 
 @_rtd_logits_fwd_op.register_fake
 def _(logits, labels, mask):
+    if recording():
+        return _rtd_logits_forward(logits, labels, mask, launch=False)
     scalar = lambda: logits.new_empty((), dtype=torch.float32)
     return scalar(), scalar(), logits.new_empty(logits.numel(), dtype=torch.float32)
 
@@ -382,7 +415,7 @@ def rtd_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, lab
     Differentiable w.r.t. hidden, weight and bias. ``backend``: "triton", "reference" or None
     (see ``select_backend``); ``debug`` also range-checks CUDA labels (a device sync).
     """
-    if select_backend(hidden.device, backend) == "triton":
+    if select_backend(hidden.device, backend, fake=is_fake(hidden)) == "triton":
         return rtd_loss_triton(hidden, weight, bias, labels, mask, debug=debug)
     return rtd_loss_reference(hidden, weight, bias, labels, mask, debug=debug)
 
@@ -391,48 +424,6 @@ def rtd_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch
                          backend: str | None = None, debug: bool = False) -> torch.Tensor:
     """rtd_loss for trainers that already have the logits (...): same labels, mask and result.
     Differentiable w.r.t. logits."""
-    if select_backend(logits.device, backend) == "triton":
+    if select_backend(logits.device, backend, fake=is_fake(logits)) == "triton":
         return rtd_loss_from_logits_triton(logits, labels, mask, debug=debug)
     return rtd_loss_from_logits_reference(logits, labels, mask, debug=debug)
-
-
-# ----------------------------------------------------------------------------- AOT specs
-_FWD_SIGNATURE = {"h_ptr": "*{dt}", "w_ptr": "*fp32", "b_ptr": "*fp32", "labels_ptr": "*i1", "mask_ptr": "*i1",
-                  "dlogit_ptr": "*fp32", "partial_ptr": "*fp32", "N": "i32", "H": "i32", "stride_h": "i32",
-                  "num_blocks": "i32", "BLOCK_M": "constexpr", "BLOCK_H": "constexpr"}
-_BWD_SIGNATURE = {"h_ptr": "*{dt}", "w_ptr": "*fp32", "dlogit_ptr": "*fp32", "scale_ptr": "*fp32",
-                  "dh_ptr": "*{dt}", "dw_partial_ptr": "*fp32", "N": "i32", "H": "i32", "stride_h": "i32",
-                  "rows_per_prog": "i32", "BLOCK_M": "constexpr", "BLOCK_H": "constexpr"}
-_LOGITS_SIGNATURE = {"z_ptr": "*{dt}", "labels_ptr": "*i1", "mask_ptr": "*i1", "dlogit_ptr": "*fp32",
-                     "partial_ptr": "*fp32", "N": "i32", "num_blocks": "i32", "BLOCK": "constexpr"}
-
-
-def aot_specs() -> list[dict]:
-    """Kernel configurations at ELECTRA-Small (B=128, T=128, H=256) and Base (B=256, T=512,
-    H=768) for ``tools/compile_kernels.py``: hidden fp16/bf16, weight and bias fp32 (parameters
-    under autocast), bool labels and mask. Presets that launch the same configuration share a spec."""
-    configs: dict[tuple, list[str]] = {}  # (kernel, BLOCK_M, BLOCK_H) -> presets
-    for preset, N, H in (("small", 128 * 128, 256), ("base", 256 * 512, 768)):
-        configs.setdefault(("fwd", *_fwd_blocks(H)), []).append(preset)
-        configs.setdefault(("bwd", *_bwd_blocks(N, H)[:2]), []).append(preset)
-    specs = []
-    for (kind, block_m, block_h), presets in configs.items():
-        for dt in ("fp16", "bf16"):
-            specs.append({
-                "name": f"rtd_{kind}[{'+'.join(presets)},{dt}]",
-                "fn": _rtd_fwd_kernel if kind == "fwd" else _rtd_bwd_kernel,
-                "signature": {k: v.format(dt=dt) for k, v in (_FWD_SIGNATURE if kind == "fwd" else _BWD_SIGNATURE).items()},
-                "constexprs": {"BLOCK_M": block_m, "BLOCK_H": block_h},
-                "num_warps": _NUM_WARPS,
-                "num_stages": 1,
-            })
-    for dt in ("fp32", "bf16"):  # shape-independent block size
-        specs.append({
-            "name": f"rtd_logits_fwd[{dt}]",
-            "fn": _rtd_logits_fwd_kernel,
-            "signature": {k: v.format(dt=dt) for k, v in _LOGITS_SIGNATURE.items()},
-            "constexprs": {"BLOCK": _LOGITS_BLOCK},
-            "num_warps": 4,
-            "num_stages": 1,
-        })
-    return specs
