@@ -64,6 +64,7 @@ def test_compiled_step_is_one_graph_and_matches_eager_for_5_steps():
     models = {}
     for mode in ("eager", "compiled"):
         torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()  # other tests' graphs are counted there too
         model, opt = _setup(cfg, seed)
         step = make_train_step(model, opt, cfg, compile=mode == "compiled")
         per_step = []
