@@ -117,7 +117,7 @@ def read_squad(path: str | Path, version2: bool) -> list[QAExample]:
                     raise DataError(f"{path}: {at} occurs twice; question ids must be unique")
                 seen.add(qid)
                 question = _need(qa, "question", str, path, at)
-                impossible = qa.get("is_impossible", False) if isinstance(qa, dict) else False
+                impossible = qa.get("is_impossible", False)
                 if not isinstance(impossible, bool):
                     raise DataError(f"{path}: {at}: 'is_impossible' should be true or false, got {impossible!r}")
                 answers = _need(qa, "answers", list, path, at)
@@ -199,18 +199,21 @@ def answer_token_span(offsets: list[tuple[int, int]], char_start: int, char_end:
 
 
 def featurize(tok: ElectraTokenizer, examples: list[QAExample], seq_len: int, doc_stride: int,
-              max_query_length: int = MAX_QUERY_LENGTH) -> Features:
+              max_query_length: int = MAX_QUERY_LENGTH, for_eval: bool = True) -> Features:
     """Windows of every example (see the module docstring). The target of a question with an
-    answer is its first answer (training files hold one)."""
+    answer is its first answer (training files hold one). ``for_eval=False`` leaves ``offsets``
+    and ``max_context`` empty: training needs only ids and targets."""
     max_query_length = min(max_query_length, (seq_len - 3) // 2)  # the context always gets room
     if max_query_length < 1:
         raise DataError(f"--seq-len {seq_len} leaves no room for a question and a context")
     enc = tok.tokenizer.encode_batch([e.question for e in examples], add_special_tokens=False)
-    ctx = tok.tokenizer.encode_batch([e.context for e in examples], add_special_tokens=False)
+    contexts = list(dict.fromkeys(e.context for e in examples))  # SQuAD asks ~5 questions per paragraph
+    encoded = dict(zip(contexts, tok.tokenizer.encode_batch(contexts, add_special_tokens=False)))
     f = Features([], [], [], [], [], [], [])
     starts, ends = [], []
-    for i, (ex, q, c) in enumerate(zip(examples, enc, ctx)):
+    for i, (ex, q) in enumerate(zip(examples, enc)):
         q_ids = q.ids[:max_query_length]
+        c = encoded[ex.context]
         c_ids, c_off = c.ids, [tuple(o) for o in c.offsets]
         room = seq_len - len(q_ids) - 3
         span = None
@@ -222,8 +225,9 @@ def featurize(tok: ElectraTokenizer, examples: list[QAExample], seq_len: int, do
             f.ids.append([tok.cls_id, *q_ids, tok.sep_id, *c_ids[s:s + n], tok.sep_id])
             f.types.append([0] * head + [1] * (n + 1))
             f.example.append(i)
-            f.offsets.append([None] * head + c_off[s:s + n] + [None])
-            f.max_context.append([False] * head + [_max_context(spans, w, s + j) for j in range(n)] + [False])
+            if for_eval:
+                f.offsets.append([None] * head + c_off[s:s + n] + [None])
+                f.max_context.append([False] * head + [_max_context(spans, w, s + j) for j in range(n)] + [False])
             if span is not None and s <= span[0] and span[1] < s + n:
                 starts.append(head + span[0] - s)
                 ends.append(head + span[1] - s)
@@ -527,7 +531,7 @@ def run_squad(args, data: tuple[list[QAExample], list[QAExample]], pre, hp: Hype
                         max_query_length=args.max_query_length, max_answer_length=args.max_answer_length,
                         n_best=args.n_best, null_threshold=args.null_threshold)
     tok = pre.tokenizer
-    train = featurize(tok, train_ex, hp.seq_len, opts.doc_stride, opts.max_query_length)
+    train = featurize(tok, train_ex, hp.seq_len, opts.doc_stride, opts.max_query_length, for_eval=False)
     dev = featurize(tok, dev_ex, hp.seq_len, opts.doc_stride, opts.max_query_length)
     _seed_all(hp.seed)
     model = SpanExtractor.from_electra(pre.model, 2, hp.dropout)
