@@ -28,6 +28,7 @@ from electra_fast.squad import (
     load_span_model,
     normalize_answer,
     postprocess,
+    predict_logits,
     read_squad,
     squad_evaluate,
     window_spans,
@@ -280,6 +281,20 @@ def test_tiny_model_learns_the_span_task_squad11(tmp_path, run_dir):
     assert info["epoch"] == res["best"]["epoch"] and info["task"] == "squad"
     hf_config = json.loads((tmp_path / "out" / "hf" / "config.json").read_text(encoding="utf-8"))
     assert hf_config["architectures"] == ["ElectraForQuestionAnswering"]
+    try:
+        import transformers
+    except ImportError:
+        return
+    # the run's hf/ folder is the best epoch's model: same logits on dev windows
+    hf = transformers.ElectraForQuestionAnswering.from_pretrained(tmp_path / "out" / "hf").eval()
+    tok = load_tokenizer(tmp_path / "out" / "hf")
+    feats = featurize(tok, dev[:8], 48, 16)
+    s, e = predict_logits(model, feats, tok.pad_id, "cpu")
+    with torch.no_grad():
+        for f, ids in enumerate(feats.ids):
+            out = hf(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([feats.types[f]]))
+            assert np.abs(out.start_logits[0].numpy() - s[f]).max() <= 1e-5
+            assert np.abs(out.end_logits[0].numpy() - e[f]).max() <= 1e-5
 
 
 def test_tiny_model_learns_no_answers_squad20(tmp_path, run_dir):
