@@ -75,7 +75,7 @@ def _encoder_to_hf(enc, prefix="electra.") -> dict[str, torch.Tensor]:
     return out
 
 
-def _embeddings_to_hf(model: Electra | torch.nn.Module, word_weight, prefix="electra.embeddings.") -> dict[str, torch.Tensor]:
+def _embeddings_to_hf(model: Electra, word_weight, prefix="electra.embeddings.") -> dict[str, torch.Tensor]:
     e = model.embeddings
     return {prefix + "word_embeddings.weight": word_weight,
             prefix + "position_embeddings.weight": e.position_embeddings.weight,

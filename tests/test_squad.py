@@ -319,10 +319,13 @@ def test_tiny_model_learns_no_answers_squad20(tmp_path, run_dir):
 
 
 def test_squad_seq_len_defaults_to_384_within_the_pretraining_length():
-    cfg = ElectraConfig.preset("tiny", vocab_size=50)
+    cfg = ElectraConfig.preset("tiny", vocab_size=50, max_position_embeddings=512)
     args = build_parser().parse_args(["--checkpoint", "x", "--task", "squad"])
-    assert _hyper(args, cfg, trained_len=None).seq_len == min(384, cfg.max_position_embeddings)
-    assert _hyper(args, cfg, trained_len=128).seq_len == 128
+    assert _hyper(args, cfg, trained_len=None).seq_len == 384  # e.g. a HuggingFace checkpoint
+    assert _hyper(args, cfg, trained_len=128).seq_len == 128  # our run, pre-trained at 128
+    assert _hyper(args, cfg.replace(max_position_embeddings=256), trained_len=None).seq_len == 256
+    args = build_parser().parse_args(["--checkpoint", "x", "--task", "squad_v2", "--seq-len", "200"])
+    assert _hyper(args, cfg, trained_len=None).seq_len == 200
 
 
 # ----------------------------------------------------------------------------- HuggingFace export
