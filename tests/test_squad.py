@@ -178,6 +178,9 @@ def test_windows_and_offsets_give_back_every_answer(tmp_path):
     seq_len, stride = 40, 12
     feats = featurize(tok, examples, seq_len, stride)
     assert max(len(x) for x in feats.ids) <= seq_len
+    train = featurize(tok, examples, seq_len, stride, for_eval=False)  # the same windows, no offsets
+    assert train.ids == feats.ids and (train.start == feats.start).all() and (train.end == feats.end).all()
+    assert train.offsets == [] and train.max_context == []
     n_windows = Counter(feats.example)
     assert max(n_windows.values()) >= 4  # long contexts really are split
     for i, ex in enumerate(examples):
