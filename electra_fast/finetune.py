@@ -1,7 +1,11 @@
-"""Fine-tuning: the pre-trained discriminator on GLUE, a user's TSV, or the offline probe.
+"""Fine-tuning: the pre-trained discriminator on GLUE, a user's TSV, SQuAD, or the offline probe.
 
     python -m electra_fast.finetune --checkpoint runs/tiny --task sst2 --data-dir glue/SST-2
+    python -m electra_fast.finetune --checkpoint runs/tiny --task squad --data-dir squad
     python -m electra_fast.finetune --checkpoint runs/tiny --task probe
+
+SQuAD 1.1 / 2.0 (``--task squad`` / ``squad_v2``) live in ``squad.py``: the same optimiser,
+layer-wise decay and schedule, a span head instead of the [CLS] classifier.
 
 The recipe is the paper's (Clark et al., 2020, section 3.1 and Table 7): the encoder's [CLS]
 vector -> dropout -> one linear layer; AdamW (eps 1e-6, weight decay 0.01 except LayerNorm and
@@ -339,6 +343,17 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def make_optimizer(model: SequenceClassifier, hp: Hyper, n_train: int):
+    """(AdamW with layer-wise lr groups, its warmup + linear-decay scheduler, total steps, warmup
+    steps) for ``hp.epochs`` epochs over ``n_train`` rows: the recipe every fine-tuning task shares."""
+    groups = layerwise_param_groups(model, hp.lr, hp.layer_decay, hp.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.999), eps=1e-6)
+    total = math.ceil(n_train / hp.batch_size) * hp.epochs
+    warmup = max(1, round(hp.warmup_fraction * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+    return opt, sched, total, warmup
+
+
 def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[str, Encoded],
              hp: Hyper, out_dir: Path, *, pad_id: int, device="cpu", tokenizer: ElectraTokenizer | None = None,
              progress: bool = True, log=print, meta: dict | None = None) -> dict:
@@ -349,12 +364,7 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
-    groups = layerwise_param_groups(model, hp.lr, hp.layer_decay, hp.weight_decay)
-    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.999), eps=1e-6)
-    steps_per_epoch = math.ceil(len(train) / hp.batch_size)
-    total = steps_per_epoch * hp.epochs
-    warmup = max(1, round(hp.warmup_fraction * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+    opt, sched, total, warmup = make_optimizer(model, hp, len(train))
     rng = np.random.default_rng(hp.seed)
     targets = torch.from_numpy(train.targets)
     main_dev = next(iter(devs))
@@ -421,10 +431,15 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
 def load_task_data(args) -> tuple[Task, Examples, dict[str, Examples]]:
     """The task definition and its train / dev examples from ``--data-dir``."""
     if args.data_dir is None:
-        raise FinetuneError(f"--task {args.task} needs --data-dir (a folder with train.tsv and dev.tsv)")
+        files = " and ".join(SQUAD_FILES[args.task]) if args.task in SQUAD_FILES else "train.tsv and dev.tsv"
+        raise FinetuneError(f"--task {args.task} needs --data-dir (a folder with {files})")
     d = Path(args.data_dir)
     if not d.is_dir():
         raise FinetuneError(f"--data-dir {d}: no such folder")
+    if args.task in SQUAD_FILES:
+        from .squad import load_squad_data
+
+        return load_squad_data(args.task, d)
     if args.task == "tsv":
         if not args.text_cols or args.label_col is None:
             raise FinetuneError("--task tsv needs --text-cols A[,B] and --label-col C (header names or 0-based indices)")
@@ -629,26 +644,29 @@ def run_probe(args, pre: Pretrained, hp: Hyper, out: Path, device) -> dict:
 
 
 # ============================================================================ CLI
-TASKS = (*GLUE_TASKS, "tsv", "probe")
+SQUAD_FILES = {"squad": ("train-v1.1.json", "dev-v1.1.json"), "squad_v2": ("train-v2.0.json", "dev-v2.0.json")}
+TASKS = (*GLUE_TASKS, "tsv", *SQUAD_FILES, "probe")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m electra_fast.finetune",
-        description="Fine-tune a pre-trained ELECTRA discriminator on a GLUE task, your own TSV/CSV, or "
-                    "the offline probe (pre-trained vs randomly initialised encoder).")
+        description="Fine-tune a pre-trained ELECTRA discriminator on a GLUE task, your own TSV/CSV, "
+                    "SQuAD 1.1 / 2.0, or the offline probe (pre-trained vs randomly initialised encoder).")
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="a training run folder (newest good ckpt-*.pt, vocab/) or a HuggingFace ELECTRA folder")
     p.add_argument("--task", required=True, metavar="TASK", help=f"one of: {', '.join(TASKS)}")
     p.add_argument("--data-dir", metavar="DIR", help="folder with train.tsv and dev.tsv in GLUE's layout "
-                   "(MNLI: dev_matched.tsv and dev_mismatched.tsv); not needed for --task probe")
+                   "(MNLI: dev_matched.tsv and dev_mismatched.tsv; squad: train-v1.1.json and dev-v1.1.json; "
+                   "squad_v2: train-v2.0.json and dev-v2.0.json); not needed for --task probe")
     p.add_argument("--out", metavar="DIR", help="results, dev predictions and best/ (default: runs/finetune-TASK)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, help="peak lr (default by model size: tiny 1e-3, small 3e-4, "
                    "base 1e-4, large 5e-5)")
     p.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default 0.8; 0.9 for large)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seq-len", type=int, help="maximum tokens per example (default 128; probe 64)")
+    p.add_argument("--seq-len", type=int, help="maximum tokens per example (default 128; probe 64; squad 384, "
+                   "or the run's pre-training length if shorter)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dropout", type=float, default=0.1, help="dropout in the encoder and before the head")
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -660,6 +678,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-col", metavar="C", help="label column, by header name or 0-based index")
     g.add_argument("--regression", action="store_true", help="numeric labels: one output, MSE loss")
     g.add_argument("--delimiter", help="field separator (default: tab; ',' for .csv files)")
+    g = p.add_argument_group("--task squad / squad_v2 (SQuAD's JSON files; writes predictions.json, "
+                             "null_odds.json for 2.0, and hf/ for ElectraForQuestionAnswering)")
+    g.add_argument("--doc-stride", type=int, default=128, metavar="N",
+                   help="tokens between the starts of consecutive windows of a long context (default 128)")
+    g.add_argument("--max-query-length", type=int, default=64, metavar="N", help="question tokens kept (default 64)")
+    g.add_argument("--max-answer-length", type=int, default=30, metavar="N",
+                   help="longest predicted answer, in tokens (default 30)")
+    g.add_argument("--n-best", type=int, default=20, metavar="N",
+                   help="start and end candidates per window in post-processing (default 20)")
+    g.add_argument("--null-threshold", type=float, default=0.0, metavar="X",
+                   help="squad_v2: answer \"\" when null_odds (null score - best span score) exceeds X (default 0)")
     g = p.add_argument_group("--task probe (line pairs from held-out documents of the embedded corpus)")
     g.add_argument("--probe", default="next", choices=list(PROBE_TASKS),
                    help="next: next line or another document's line (default); order: swapped or not")
@@ -672,14 +701,19 @@ def _hyper(args, cfg: ElectraConfig, trained_len: int | None = None) -> Hyper:
     """Fine-tuning hyper-parameters from the flags; ``trained_len``: the pre-training sequence
     length when known (our own runs), to say when fine-tuning reaches untrained positions."""
     size = model_size(cfg)
+    default_len = 64 if args.task == "probe" else 128
+    if args.task in SQUAD_FILES:  # run_squad.py's 384, within the positions the encoder was trained on
+        default_len = min(384, trained_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
     hp = Hyper(epochs=args.epochs, lr=args.lr if args.lr is not None else DEFAULT_LR[size],
                layer_decay=args.layer_decay if args.layer_decay is not None else DEFAULT_LAYER_DECAY[size],
-               batch_size=args.batch_size, seq_len=args.seq_len or (64 if args.task == "probe" else 128),
+               batch_size=args.batch_size, seq_len=args.seq_len or default_len,
                seed=args.seed, weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction,
                dropout=args.dropout)
-    for name in ("epochs", "batch_size", "seq_len"):
-        if getattr(hp, name) < 1:
-            raise FinetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(hp, name)}")
+    squad_counts = ("doc_stride", "max_query_length", "max_answer_length", "n_best")
+    for name, value in [(n, getattr(hp, n)) for n in ("epochs", "batch_size", "seq_len")] + [
+            (n, getattr(args, n)) for n in squad_counts]:
+        if value < 1:
+            raise FinetuneError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if hp.seq_len < 4:
         raise FinetuneError(f"--seq-len {hp.seq_len} leaves no room for text after [CLS] and [SEP]")
     if hp.seq_len > cfg.max_position_embeddings:
@@ -721,6 +755,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{pre.model.config.num_layers} layers; device {device}")
         if args.task == "probe":
             run_probe(args, pre, hp, out, device)
+        elif args.task in SQUAD_FILES:
+            from .squad import run_squad
+
+            run_squad(args, data, pre, hp, out, device)
         else:
             run_task(args, data, pre, hp, out, device)
     except USER_ERRORS as e:

@@ -1,5 +1,6 @@
 """HuggingFace transformers compatibility: our ``Electra`` <-> ``ElectraForPreTraining`` +
-``ElectraForMaskedLM`` folders (config.json + model.safetensors [+ vocab]).
+``ElectraForMaskedLM`` folders (config.json + model.safetensors [+ vocab]), and a fine-tuned
+question-answering model -> ``ElectraForQuestionAnswering``.
 
 No transformers import is needed here: the folders are written and read with safetensors and
 json, so export works on a machine without transformers. Names follow
@@ -20,6 +21,7 @@ from .model import Electra
 
 DISC_ARCH = "ElectraForPreTraining"
 GEN_ARCH = "ElectraForMaskedLM"
+QA_ARCH = "ElectraForQuestionAnswering"
 
 
 class HFFormatError(ValueError):
@@ -131,6 +133,21 @@ def save_hf(model: Electra, out_dir: str | Path, tokenizer=None) -> tuple[Path, 
         cfg, cfg.generator_hidden_size, cfg.generator_num_layers, cfg.generator_num_heads,
         cfg.generator_intermediate_size, GEN_ARCH), tokenizer)
     return out / "discriminator", out / "generator"
+
+
+@torch.no_grad()
+def save_hf_qa(model, out_dir: str | Path, tokenizer=None) -> Path:
+    """Write a fine-tuned ``squad.SpanExtractor`` as an ``ElectraForQuestionAnswering`` folder:
+    the encoder under ``electra.`` and the H -> 2 span head as ``qa_outputs`` (start, end)."""
+    out = Path(out_dir)
+    cfg = model.config
+    tensors = {**_embeddings_to_hf(model, model.embeddings.word_embeddings.weight), **_encoder_to_hf(model.encoder)}
+    tensors["qa_outputs.weight"] = model.classifier.weight
+    tensors["qa_outputs.bias"] = model.classifier.bias
+    config = _hf_config(cfg, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, QA_ARCH)
+    config["num_labels"] = 2  # qa_outputs: start and end
+    _save_folder(out, tensors, config, tokenizer)
+    return out
 
 
 # ---------------------------------------------------------------------------- import
