@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .dispatch import autocast_operands, interpreting, is_fake, select_backend, values_readable
-from .launches import KernelPlan, record_reference, recording
+from .launches import KernelPlan, hbm_bytes, record_reference, recording
 
 # u from tl.rand / torch.rand is clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
 U_EPS = 1e-7
@@ -318,9 +318,35 @@ def _dot_f32(hidden: torch.Tensor) -> bool:
     return hidden.dtype == torch.float32 or (interpreting() and not is_fake(hidden))
 
 
-def _kernel_plan(op, fn, grid, args, cfg, **constexprs) -> KernelPlan:
+def _kernel_plan(op, fn, grid, args, cfg, cost=None, **constexprs) -> KernelPlan:
     return KernelPlan(op, fn, grid, args, dict(constexprs, BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"],
-                                               BLOCK_E=cfg["BLOCK_E"]), cfg["num_warps"], cfg["num_stages"])
+                                               BLOCK_E=cfg["BLOCK_E"]), cfg["num_warps"], cfg["num_stages"], cost)
+
+
+def _cost(kind: str, M: int, V: int, E: int, elt: int, belt: int, cfg: dict) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) one launch of kernel ``kind`` implies by its grid and tiles: dot FLOPs over the
+    padded tiles, and for each operand what every program loads (``hbm_bytes``: once if L2-resident)."""
+    bm, bv, be = cfg["BLOCK_M"], cfg["BLOCK_V"], cfg["BLOCK_E"]
+    nm, nv, ne = triton.cdiv(M, bm), triton.cdiv(V, bv), triton.cdiv(E, be)
+    h_unique, w_unique, b_unique = M * E * elt, V * E * elt, V * belt
+    if kind == "fwd":
+        flops = nm * nv * ne * 2 * bm * bv * be
+        loads = (hbm_bytes(h_unique, nm * nv * bm * E * elt) + hbm_bytes(w_unique, nm * V * E * elt)
+                 + hbm_bytes(b_unique, nm * V * belt))
+        return flops, loads + M * (8 + 4 + 4 + 8 + 8)
+    if kind == "bwd_dh":  # recompute + dlogits @ W per (row block, vocab tile); h loaded once per program
+        flops = nm * nv * 2 * (2 * bm * bv * be)
+        loads = h_unique + hbm_bytes(w_unique, nm * V * E * elt) + hbm_bytes(b_unique, nm * V * belt)
+        return flops, loads + M * (8 + 4) + M * E * elt
+    if kind == "bwd_dw":  # recompute + dlogits.T @ h per (vocab tile, row block); W loaded once per program
+        flops = nv * nm * 2 * (2 * bm * bv * be)
+        loads = w_unique + b_unique + hbm_bytes(h_unique, nv * M * E * elt) + nv * M * (8 + 4)
+        return flops, loads + V * E * elt + b_unique
+    raise ValueError(kind)
+
+
+def _belt(bias, weight) -> int:
+    return bias.element_size() if bias is not None else 0
 
 
 def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
@@ -342,7 +368,8 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
             "generator_head.fwd", _generator_head_fwd_kernel, (triton.cdiv(M, cfg["BLOCK_M"]),),
             (hidden, weight, bias if bias is not None else weight, targets, _seed_tensor(seed, device),
              lse, row_loss, samples, argmax if return_argmax else samples, M, V, 1.0 / temperature, ignore_index),
-            cfg, E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, DOT_F32=dot_f32,
+            cfg, _cost("fwd", M, V, E, hidden.element_size(), _belt(bias, weight), cfg),
+            E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, DOT_F32=dot_f32,
         ).run(launch)
     # Mean over the non-ignored rows; 0.0 (not NaN) when every row is ignored.
     loss = row_loss.sum() / n_valid.clamp(min=1).to(torch.float32)
@@ -366,14 +393,15 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ign
         if M > 0:
             cfg = blocks["bwd_dh"]
             _kernel_plan("generator_head.bwd_dh", _generator_head_bwd_dh_kernel, (triton.cdiv(M, cfg["BLOCK_M"]),),
-                         (hidden, weight, b, targets, lse, scale, dh, M, V, ignore_index), cfg, **consts).run(launch)
+                         (hidden, weight, b, targets, lse, scale, dh, M, V, ignore_index), cfg,
+                         _cost("bwd_dh", M, V, E, hidden.element_size(), _belt(bias, weight), cfg), **consts).run(launch)
     if need_dw:
         dw = torch.empty_like(weight)
         db = torch.empty_like(bias) if bias is not None else None
         cfg = blocks["bwd_dw"]
         _kernel_plan("generator_head.bwd_dw", _generator_head_bwd_dw_kernel, (triton.cdiv(V, cfg["BLOCK_V"]),),
                      (hidden, weight, b, targets, lse, scale, dw, db if db is not None else dw, M, V, ignore_index),
-                     cfg, **consts).run(launch)
+                     cfg, _cost("bwd_dw", M, V, E, hidden.element_size(), _belt(bias, weight), cfg), **consts).run(launch)
     return dh, dw, db
 
 

@@ -106,6 +106,8 @@ def collect_variants(presets=PRESETS, modes=MODES) -> list[dict]:
             for launch in record_step(preset, mode):
                 if launch.kernel == "reference":
                     raise RuntimeError(f"{launch.op} ran its reference, not a Triton kernel, at {preset}/{mode}")
+                if launch.fn is None:  # library work (record_extern: a cuBLAS matmul): nothing to compile
+                    continue
                 fn = launch.fn.fn
                 key = (fn.__module__, fn.__name__, tuple(launch.signature.items()),
                        tuple(launch.constexprs.items()), launch.num_warps, launch.num_stages)
