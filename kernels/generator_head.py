@@ -517,7 +517,8 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ign
             cfg = blocks["bwd_dh"]
             # Split the vocabulary too when the row blocks alone leave SMs idle; the fp32 partial sums
             # ([splits, M, E]: a few MB where this applies) are added by one reduction.
-            n_splits, cols_per_split = _vocab_splits(M, V, cfg, None if M < cfg["BLOCK_M"] * NUM_SMS else 1)
+            few_rows = triton.cdiv(M, cfg["BLOCK_M"]) < 2 * NUM_SMS
+            n_splits, cols_per_split = _vocab_splits(M, V, cfg, None if few_rows else 1)
             out = dh if n_splits == 1 else torch.empty(n_splits, M, E, dtype=torch.float32, device=hidden.device)
             _kernel_plan("generator_head.bwd_dh", _generator_head_bwd_dh_kernel,
                          (triton.cdiv(M, cfg["BLOCK_M"]), n_splits),
