@@ -85,7 +85,7 @@ def test_recorded_step_is_the_gpu_step(mode):
     """One fake tiny step, recorded in this process: the head's operands arrive in the step's
     precision, with the GPU's dot choice (tensor cores for bf16), at the preset's shapes."""
     cfg = ElectraConfig.preset("tiny")
-    launches = _tool().record_step("tiny", mode)
+    launches = [launch for launch in _tool().record_step("tiny", mode) if launch.fn is not None]  # Triton only
     dtype = torch.bfloat16 if mode == "bf16" else torch.float32
     ops = [launch.op for launch in launches]
     assert sorted(set(ops)) == ["generator_head.bwd_dh", "generator_head.bwd_dw", "generator_head.fwd",
@@ -94,14 +94,13 @@ def test_recorded_step_is_the_gpu_step(mode):
     assert all(ops.count(op) == 1 for op in ops), ops
     M = cfg.batch_size * cfg.max_predictions
     for launch in launches:
-        if launch.op.startswith("generator_head"):
+        if launch.op.startswith("generator_head") and launch.op != "generator_head.fwd_combine":
             assert launch.dtypes["H"] == dtype and launch.dtypes["W"] == dtype, launch
             assert launch.dtypes["B"] == torch.float32  # the bias stays fp32 and is added in fp32
             assert launch.constexprs["DOT_F32"] is (mode == "fp32"), launch
             assert launch.shapes["H"] == (M, cfg.embedding_size)
             assert launch.shapes["W"] == (cfg.vocab_size, cfg.embedding_size)
-            if launch.op != "generator_head.fwd_combine":
-                assert min(launch.constexprs[k] for k in ("BLOCK_M", "BLOCK_V", "BLOCK_E")) >= 16  # tl.dot tiles
+            assert min(launch.constexprs[k] for k in ("BLOCK_M", "BLOCK_V", "BLOCK_E")) >= 16  # tl.dot tiles
         if launch.op.startswith("rtd_loss."):
             assert launch.dtypes["h_ptr"] == dtype and launch.dtypes["w_ptr"] == dtype, launch
             assert launch.shapes["h_ptr"] == (cfg.batch_size * cfg.max_seq_length, cfg.hidden_size)

@@ -83,7 +83,8 @@ def test_model_step_sends_autocast_dtype_to_the_kernels(backend, autocast, monke
     M = 3 * cfg.max_predictions
     by_op = {}
     for launch in launches:
-        by_op.setdefault(launch.op, []).append(launch)
+        if launch.kernel == "reference" or launch.fn is not None:  # not the library calls (record_extern)
+            by_op.setdefault(launch.op, []).append(launch)
     if backend == "reference":
         assert sorted(by_op) == ["generator_head", "replace_tokens", "rtd_loss"], f"seed {seed}: {sorted(by_op)}"
         head, rtd = by_op["generator_head"][0], by_op["rtd_loss"][0]

@@ -120,7 +120,7 @@ def collect_variants(presets=PRESETS, modes=MODES) -> list[dict]:
                     v["uses"].append(use)
     for v in variants.values():
         v["presets"] = list(dict.fromkeys(u["preset"] for u in v["uses"]))
-        v["dtypes"] = list(dict.fromkeys(u["dtype"] for u in v["uses"]))
+        v["dtypes"] = [m for m in modes if any(u["dtype"] == m for u in v["uses"])]  # bf16 before fp32
     return list(variants.values())
 
 
