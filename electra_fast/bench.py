@@ -390,11 +390,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the CPU-side proxies (FLOPs and kernels per step) instead of timing")
     p.add_argument("--proxy-preset", default="small", help="preset whose shapes the proxies use (default small)")
     p.add_argument("--no-compile", action="store_true", help="with --proxies: skip the torch.compile kernel counts")
+    p.add_argument("--cost-json", metavar="PATH",
+                   help="with --proxies: write the cost model's records here (one per kernel launch of a step at "
+                        "every preset: op, kernel, preset, programs, flops, bytes, implied_us)")
     args = p.parse_args(argv)
 
     if args.proxies:
         from . import proxies
 
+        records = proxies.cost_table()
+        print(proxies.format_cost_table(records) + "\n", flush=True)
+        if args.cost_json:
+            Path(args.cost_json).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
         res = proxies.run(args.proxy_preset, compile=not args.no_compile, log=print)
         print(proxies.format_report(res))
         if args.json:

@@ -40,6 +40,20 @@ wrapper code inductor generates for the forward and backward graphs (``call()``)
 generates C++ loops instead of Triton kernels, but the fusion decisions are made by the same
 scheduler, so the count is indicative. The optimizer step and any code between graph breaks
 stay eager and are not in this count; the number of graphs is reported.
+
+Cost model (``cost_table``; printed by ``--proxies``, one record per launch with ``--cost-json PATH``):
+every kernel launch of one training step at each preset (tiny, small, base, large; bf16 autocast
+and fp32), recorded from a shape-only step (``FakeTensorMode``, the launch recorder of
+``electra_fast.kernels.launches``), with the FLOPs and HBM bytes its grid and tiles imply (the op's
+own cost function: dot FLOPs over padded tiles, each program's loads and stores, an operand that fits
+in L2 read once), library matmuls inside an op (cuBLAS, recorded with ``record_extern``) at 2 m n k
+FLOPs and their operands once, and launches without a cost function (the streaming RTD and
+replacement kernels) at their tensors' bytes once and 2 x the hidden states' elements in FLOPs.
+The implied time on an H100 (``H100``: 132 SMs, 3.0 TB/s, 800 TFLOP/s bf16, 67 TFLOP/s fp32 without
+tensor cores) is max(FLOPs / (peak x wave efficiency), bytes / bandwidth), where wave efficiency =
+programs / (SMs x waves) charges a grid that leaves SMs idle in its last wave. The generator head's
+ideal: its minimal FLOPs (three logit sweeps: 6 M V E: the logits, dL/dh, dL/dW) and minimal bytes
+(h, W and b read once per sweep, dh, dW, db written once) at the same peaks.
 """
 
 from __future__ import annotations
@@ -53,7 +67,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -430,6 +444,111 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- cost model
+H100 = dict(name="H100 SXM", sms=132, bandwidth=3.0e12, peak={"bf16": 800e12, "fp32": 67e12})
+COST_PRESETS = ("tiny", "small", "base", "large")
+COST_MODES = ("bf16", "fp32")
+
+
+def step_launches(preset: str, mode: str) -> list:
+    """The launches of one training step (forward + backward) of ``Electra`` at ``preset`` in ``mode``
+    ("bf16": autocast, "fp32"), recorded on fake tensors: shapes, tiles, grids and costs, no compute."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .kernels.launches import record_launches
+    from .model import Electra
+
+    cfg = ElectraConfig.preset(preset)
+    B, T, P = cfg.batch_size, cfg.max_seq_length, cfg.max_predictions
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else nullcontext()
+    with backend_env("triton"), FakeTensorMode():
+        model = Electra(cfg).train()
+        ids = torch.zeros(B, T, dtype=torch.int64)
+        slots = torch.zeros(B, P, dtype=torch.int64)
+        batch = dict(input_ids=ids, token_type_ids=ids, attention_mask=torch.ones(B, T, dtype=torch.bool),
+                     masked_positions=slots, masked_ids=slots, masked_weights=torch.ones(B, P),
+                     original_ids=ids)
+        with record_launches() as launches:
+            with autocast:
+                out = model(**batch)
+            out.loss.backward()
+    return launches
+
+
+def launch_cost(launch, mode: str, gpu: dict = H100) -> dict:
+    """One record: op, kernel, preset-free fields (programs, FLOPs, bytes, implied microseconds)."""
+    programs = 1
+    for g in launch.grid or (1,):
+        programs *= g
+    if launch.flops is not None:
+        flops, nbytes, model = launch.flops, launch.bytes, "tiles" if launch.fn is not None else "library"
+    else:  # a streaming kernel without a cost function: its tensors once
+        nbytes = sum(torch.Size(shape).numel() * torch.empty((), dtype=launch.dtypes[k]).element_size()
+                     for k, shape in launch.shapes.items())
+        h = launch.shapes.get("h_ptr")
+        flops, model = (2 * torch.Size(h).numel() if h is not None else 0), "streaming"
+    if launch.fn is None:  # a library call: assume it fills the card
+        efficiency = 1.0
+    else:
+        waves = -(-programs // gpu["sms"])
+        efficiency = programs / (waves * gpu["sms"])
+    tensor_cores = mode == "bf16" or launch.fn is None and any(d != torch.float32 for d in launch.dtypes.values())
+    peak = gpu["peak"]["bf16" if tensor_cores else "fp32"]
+    compute_us, memory_us = flops / (peak * efficiency) * 1e6, nbytes / gpu["bandwidth"] * 1e6
+    return dict(op=launch.op, kernel=launch.kernel, programs=programs, flops=float(flops), bytes=float(nbytes),
+                implied_us=max(compute_us, memory_us), compute_us=compute_us, memory_us=memory_us,
+                bound="compute" if compute_us >= memory_us else "memory", model=model)
+
+
+def head_ideal(cfg: ElectraConfig, mode: str, gpu: dict = H100) -> dict:
+    """The generator head's ideal time: minimal FLOPs (6 M V E) and bytes (see the module docstring)."""
+    M, V, E = cfg.batch_size * cfg.max_predictions, cfg.vocab_size, cfg.embedding_size
+    elt = 2 if mode == "bf16" else 4
+    flops = 6 * M * V * E
+    nbytes = 3 * (M * E * elt + V * E * elt + V * 4) + M * E * elt + V * E * 4 + V * 4 + M * 8 * 3
+    peak = gpu["peak"][mode]
+    return dict(M=M, V=V, E=E, flops=float(flops), bytes=float(nbytes),
+                ideal_us=max(flops / peak, nbytes / gpu["bandwidth"]) * 1e6)
+
+
+def cost_table(presets=COST_PRESETS, modes=COST_MODES, gpu: dict = H100) -> list[dict]:
+    """One record per kernel launch of one training step at each preset and mode (see the docstring)."""
+    records = []
+    for preset in presets:
+        for mode in modes:
+            for launch in step_launches(preset, mode):
+                if launch.kernel != "reference":
+                    records.append(dict(preset=preset, dtype=mode, **launch_cost(launch, mode, gpu)))
+    return records
+
+
+def format_cost_table(records: list[dict], gpu: dict = H100) -> str:
+    lines = [f"Cost model: implied time per launch of one training step on an {gpu['name']} "
+             f"({gpu['sms']} SMs, {gpu['bandwidth'] / 1e12:g} TB/s, {gpu['peak']['bf16'] / 1e12:g} TFLOP/s bf16, "
+             f"{gpu['peak']['fp32'] / 1e12:g} fp32) = max(FLOPs / (peak x wave efficiency), bytes / bandwidth)",
+             f"  {'preset':<6} {'dtype':<5} {'op':<28} {'kernel':<34} {'programs':>9} {'GFLOP':>9} {'MB':>9} "
+             f"{'implied us':>11} {'bound':>8}"]
+    for r in records:
+        lines.append(f"  {r['preset']:<6} {r['dtype']:<5} {r['op']:<28} {r['kernel'].strip('_'):<34} {r['programs']:>9} "
+                     f"{r['flops'] / 1e9:>9.2f} {r['bytes'] / 1e6:>9.1f} {r['implied_us']:>11.1f} {r['bound']:>8}")
+    lines += ["", "Generator head (forward + backward) against its ideal (minimal FLOPs 6 M V E, minimal bytes):",
+              f"  {'preset':<6} {'dtype':<5} {'M':>7} {'E':>5} {'launches':>8} {'GFLOP':>9} {'implied us':>11} "
+              f"{'ideal us':>9} {'ratio':>6} {'ideal for its FLOPs':>20} {'ratio':>6}"]
+    for preset, mode in dict.fromkeys((r["preset"], r["dtype"]) for r in records):
+        head = [r for r in records if r["preset"] == preset and r["dtype"] == mode
+                and r["op"].startswith("generator_head")]
+        if not head:
+            continue
+        ideal = head_ideal(ElectraConfig.preset(preset), mode, gpu)
+        implied = sum(r["implied_us"] for r in head)
+        flops = sum(r["flops"] for r in head)
+        own = max(flops / gpu["peak"][mode], ideal["bytes"] / gpu["bandwidth"]) * 1e6
+        lines.append(f"  {preset:<6} {mode:<5} {ideal['M']:>7} {ideal['E']:>5} {len(head):>8} {flops / 1e9:>9.1f} "
+                     f"{implied:>11.1f} {ideal['ideal_us']:>9.1f} {implied / ideal['ideal_us']:>6.2f} {own:>20.1f} "
+                     f"{implied / own:>6.2f}")
+    return "\n".join(lines)
+
+
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -441,7 +560,16 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--fused-only", action="store_true", help="only the fused kernel count (needs TRITON_INTERPRET=1)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--cost", action="store_true", help="only the cost model table (seconds)")
+    p.add_argument("--cost-json", metavar="PATH", help="write the cost model's records (one per launch) here")
     args = p.parse_args(argv)
+    if args.cost or args.cost_json:
+        records = cost_table()
+        print(format_cost_table(records))
+        if args.cost_json:
+            Path(args.cost_json).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+        if args.cost:
+            return 0
     if args.fused_only:
         res = {"kernels": {"fused": step_kernels("fused", args.preset, args.batch_size).as_dict()}}
     else:

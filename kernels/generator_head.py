@@ -6,13 +6,20 @@ the generator computes ``logits = h @ W.T + b`` (W: the tied word embeddings), t
 with Gumbel-max: ``argmax(logits / T + g)``, ``g = -log(-log(u))``, in fp32, with no gradient
 through the sample. Unfused this is ~8 passes over an [M, V] tensor; here the forward streams
 over vocabulary tiles keeping only per-row running state (online log-sum-exp, target logit,
-running Gumbel argmax), and the backward recomputes the tiles (one pass over vocab tiles per
+running Gumbel argmax). The vocabulary is split across programs (grid: row blocks x splits) so
+that even ELECTRA-Small's 2,432 rows fill the card, and a small second kernel combines the
+splits' partial states. The backward recomputes the tiles (one pass over vocab tiles per
 row block for dL/dh, one pass over row blocks per vocab tile for dL/dW and dL/db:
 deterministic, no atomics, never an [M, V] tensor).
 
-The noise is keyed by (seed, row, vocab index) through Triton's counter-based Philox
-(``tl.rand(seed, row * V + v)``), never by program id or tile, so samples do not depend on the
-block sizes or the grid.
+The noise is keyed by (seed, row, vocab index) through Triton's counter-based Philox: one call
+``tl.philox(seed, v // 4, row, 0, 0)`` gives four 32-bit words, word ``v % 4`` being vocabulary
+index v's (a tile holds four interleaved words, so each 10-round call serves four logits), never
+keyed by program id, tile or split, so samples do not depend on the block sizes, the splits or the
+grid. Ties go to the lowest vocabulary index, like torch.argmax, in every split and in the combine.
+
+The cost of each launch (FLOPs and HBM bytes its grid and tiles imply, ``_cost``) is attached to
+its plan; ``python -m electra_fast.bench --proxies`` reports it (``electra_fast.proxies``).
 
 Layout of this file: Triton kernels, host launcher (input checks, block sizes), PyTorch
 reference (the CPU path and the test oracle), autograd wrapper (torch custom ops, so
@@ -29,13 +36,14 @@ import triton
 import triton.language as tl
 
 from .dispatch import autocast_operands, interpreting, is_fake, select_backend, values_readable
-from .launches import KernelPlan, record_reference, recording
+from .launches import KernelPlan, hbm_bytes, record_extern, record_reference, recording
 
 # u from tl.rand / torch.rand is clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
 U_EPS = 1e-7
 _U_EPS_TL = tl.constexpr(U_EPS)  # the same value, readable inside @triton.jit functions
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+NUM_SMS = 132  # an H100 SXM's SMs: the grids are sized to fill it (and an A100's 108)
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,68 +72,151 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr):
 
 
 @triton.jit
+def _word_update(acc, cols, V, tgt, u_bits, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
+                 RETURN_ARGMAX: tl.constexpr):
+    """Fold one word's columns (``cols``: every fourth vocabulary index) into a row block's running state:
+    sum of exp(logit - m_new), target logit, Gumbel-max and argmax (first index on ties, like torch)."""
+    col_ok = cols < V
+    logits = tl.where(col_ok[None, :], acc, float("-inf"))
+    s_i += tl.sum(tl.exp(logits - m_new[:, None]), 1)
+    tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], logits, 0.0), 1)
+    u = tl.uint_to_uniform_float(u_bits)
+    u = tl.minimum(tl.maximum(u, _U_EPS_TL), 1.0 - _U_EPS_TL)
+    score = tl.where(col_ok[None, :], logits * inv_temperature - tl.log(-tl.log(u)), float("-inf"))
+    tile_best, tile_pos = tl.max(score, 1, return_indices=True)
+    tile_idx = tile_pos * 4 + tl.min(cols, 0)  # cols = 4 g + word: position -> vocabulary index
+    better = (tile_best > best) | ((tile_best == best) & (tile_idx < best_idx))
+    best = tl.where(better, tile_best, best)
+    best_idx = tl.where(better, tile_idx, best_idx)
+    if RETURN_ARGMAX:
+        tile_max, tile_amax = tl.max(logits, 1, return_indices=True)
+        amax_idx = tl.where(tile_max == m_new, tl.minimum(amax_idx, tile_amax * 4 + tl.min(cols, 0)), amax_idx)
+    return s_i, tgt_logit, best, best_idx, amax_idx
+
+
+@triton.jit
+def _logits_tile(acc, h, W, cols, ks, E: tl.constexpr, V, DOT_F32: tl.constexpr):
+    w = _load_tile(W, cols, cols < V, ks, E, DOT_F32)  # (BLOCK_V // 4, BLOCK_E)
+    return _dot(h, tl.trans(w), acc, DOT_F32)
+
+
+@triton.jit
 def _generator_head_fwd_kernel(
     H, W, B, TARGETS, SEED,  # [M, E], [V, E], [V], [M] int64, [1] int64
-    LSE, ROW_LOSS, SAMPLES, ARGMAX,  # [M] fp32, [M] fp32, [M] int64, [M] int64
-    M, V, inv_temperature, ignore_index,
+    PART_M, PART_S, PART_T, PART_BEST, PART_IDX, PART_AMAX,  # [SPLITS, M] each: fp32 x 4, int32 x 2
+    M, V, cols_per_split, inv_temperature, ignore_index,
     E: tl.constexpr, HAS_BIAS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    """Partial state of one row block over one vocabulary split (``cols_per_split`` columns, a multiple of
+    BLOCK_V): max logit, sum of exp(logit - max), target logit, best Gumbel score and its index, argmax.
+
+    A vocabulary tile is four interleaved words of BLOCK_V / 4 columns (column 4 g + j is word j of
+    Philox counter (g, row)): one Philox call gives the uniforms of four logits, keyed by (seed, row,
+    vocabulary index) only, so the draws do not depend on BLOCK_V, the splits or the grid."""
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
+    Q: tl.constexpr = BLOCK_V // 4
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     tgt = tl.load(TARGETS + rows, mask=row_ok, other=ignore_index)
-    valid = row_ok & (tgt != ignore_index)
     seed = tl.load(SEED)
-    noise_row = rows.to(tl.int64) * V
+    zero = tl.zeros((BLOCK_M, Q), tl.uint32)
+    row_ctr = zero + rows.to(tl.uint32)[:, None]
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of the logits
     s_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum of exp(logit - m_i)
     tgt_logit = tl.zeros((BLOCK_M,), tl.float32)
     best = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of logits / T + g
-    best_idx = tl.zeros((BLOCK_M,), tl.int32)
-    amax_idx = tl.zeros((BLOCK_M,), tl.int32)
+    best_idx = tl.full((BLOCK_M,), 2**31 - 1, tl.int32)
+    amax_idx = tl.full((BLOCK_M,), 2**31 - 1, tl.int32)
 
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        col_ok = cols < V
-        acc = tl.zeros((BLOCK_M, BLOCK_V), tl.float32)
+    v_begin = split * cols_per_split
+    v_end = tl.minimum(V, v_begin + cols_per_split)
+    for v0 in range(v_begin, v_end, BLOCK_V):
+        g = v0 // 4 + tl.arange(0, Q)  # Philox counters of this tile
+        c0 = g * 4
+        a0 = tl.zeros((BLOCK_M, Q), tl.float32)
+        a1 = tl.zeros((BLOCK_M, Q), tl.float32)
+        a2 = tl.zeros((BLOCK_M, Q), tl.float32)
+        a3 = tl.zeros((BLOCK_M, Q), tl.float32)
         for e0 in range(0, E, BLOCK_E):
             ks = e0 + tl.arange(0, BLOCK_E)
             h = _load_tile(H, rows, row_ok, ks, E, DOT_F32)  # (BLOCK_M, BLOCK_E)
-            w = _load_tile(W, cols, col_ok, ks, E, DOT_F32)  # (BLOCK_V, BLOCK_E)
-            acc = _dot(h, tl.trans(w), acc, DOT_F32)
+            a0 = _logits_tile(a0, h, W, c0, ks, E, V, DOT_F32)
+            a1 = _logits_tile(a1, h, W, c0 + 1, ks, E, V, DOT_F32)
+            a2 = _logits_tile(a2, h, W, c0 + 2, ks, E, V, DOT_F32)
+            a3 = _logits_tile(a3, h, W, c0 + 3, ks, E, V, DOT_F32)
         if HAS_BIAS:
-            acc += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        logits = tl.where(col_ok[None, :], acc, float("-inf"))  # (BLOCK_M, BLOCK_V)
-
-        # Online log-sum-exp; every tile has at least one real column, so m_new is finite.
+            a0 += tl.load(B + c0, mask=c0 < V, other=0.0).to(tl.float32)[None, :]
+            a1 += tl.load(B + c0 + 1, mask=c0 + 1 < V, other=0.0).to(tl.float32)[None, :]
+            a2 += tl.load(B + c0 + 2, mask=c0 + 2 < V, other=0.0).to(tl.float32)[None, :]
+            a3 += tl.load(B + c0 + 3, mask=c0 + 3 < V, other=0.0).to(tl.float32)[None, :]
+        # Online log-sum-exp over the whole tile; column v0 < V is real, so m_new is finite.
+        t0 = tl.max(tl.where((c0 < V)[None, :], a0, float("-inf")), 1)
+        t1 = tl.max(tl.where((c0 + 1 < V)[None, :], a1, float("-inf")), 1)
+        t2 = tl.max(tl.where((c0 + 2 < V)[None, :], a2, float("-inf")), 1)
+        t3 = tl.max(tl.where((c0 + 3 < V)[None, :], a3, float("-inf")), 1)
+        m_new = tl.maximum(tl.maximum(m_i, tl.maximum(t0, t1)), tl.maximum(t2, t3))
         if RETURN_ARGMAX:
-            tile_max, tile_amax = tl.max(logits, 1, return_indices=True)
-            # Strict '>' keeps the first index on ties across tiles, like torch.argmax.
-            amax_idx = tl.where(tile_max > m_i, tile_amax + v0, amax_idx)
-        else:
-            tile_max = tl.max(logits, 1)
-        m_new = tl.maximum(m_i, tile_max)
-        s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
+            amax_idx = tl.where(m_new > m_i, 2**31 - 1, amax_idx)  # a new maximum: its index comes below
+        s_i = s_i * tl.exp(m_i - m_new)
         m_i = m_new
-        tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], logits, 0.0), 1)
+        r0, r1, r2, r3 = tl.philox(seed, zero + g.to(tl.uint32)[None, :], row_ctr, zero, zero)
+        s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
+            a0, c0, V, tgt, r0, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
+            RETURN_ARGMAX)
+        s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
+            a1, c0 + 1, V, tgt, r1, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
+            RETURN_ARGMAX)
+        s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
+            a2, c0 + 2, V, tgt, r2, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
+            RETURN_ARGMAX)
+        s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
+            a3, c0 + 3, V, tgt, r3, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
+            RETURN_ARGMAX)
 
-        # Gumbel-max: argmax over the vocabulary of logits / T + g, g = -log(-log(u)).
-        u = tl.rand(seed, noise_row[:, None] + cols[None, :])
-        u = tl.minimum(tl.maximum(u, _U_EPS_TL), 1.0 - _U_EPS_TL)
-        score = tl.where(col_ok[None, :], logits * inv_temperature - tl.log(-tl.log(u)), float("-inf"))
-        tile_best, tile_idx = tl.max(score, 1, return_indices=True)
-        better = tile_best > best
-        best = tl.where(better, tile_best, best)
-        best_idx = tl.where(better, tile_idx + v0, best_idx)
+    out = split.to(tl.int64) * M + rows
+    tl.store(PART_M + out, m_i, mask=row_ok)
+    tl.store(PART_S + out, s_i, mask=row_ok)
+    tl.store(PART_T + out, tgt_logit, mask=row_ok)
+    tl.store(PART_BEST + out, best, mask=row_ok)
+    tl.store(PART_IDX + out, best_idx, mask=row_ok)
+    if RETURN_ARGMAX:
+        tl.store(PART_AMAX + out, amax_idx, mask=row_ok)
 
-    lse = m_i + tl.log(s_i)
+
+@triton.jit
+def _generator_head_combine_kernel(
+    PART_M, PART_S, PART_T, PART_BEST, PART_IDX, PART_AMAX, TARGETS,  # [SPLITS, M] partials, [M] int64
+    LSE, ROW_LOSS, SAMPLES, ARGMAX,  # [M] fp32, [M] fp32, [M] int64, [M] int64
+    M, ignore_index,
+    SPLITS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Combine the splits' partial states per row: log-sum-exp, loss, Gumbel-max sample, argmax."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    sp = tl.arange(0, BLOCK_S)
+    ok = row_ok[:, None] & (sp < SPLITS)[None, :]
+    at = sp.to(tl.int64)[None, :] * M + rows[:, None]
+    pm = tl.load(PART_M + at, mask=ok, other=float("-inf"))
+    m = tl.max(pm, 1)
+    m_safe = tl.where(row_ok, m, 0.0)
+    s = tl.sum(tl.load(PART_S + at, mask=ok, other=0.0) * tl.exp(pm - m_safe[:, None]), 1)
+    lse = m_safe + tl.log(tl.where(row_ok, s, 1.0))
+    tgt_logit = tl.sum(tl.load(PART_T + at, mask=ok, other=0.0), 1)
+    tgt = tl.load(TARGETS + rows, mask=row_ok, other=ignore_index)
+    valid = row_ok & (tgt != ignore_index)
+    pb = tl.load(PART_BEST + at, mask=ok, other=float("-inf"))
+    top = tl.max(pb, 1)
+    big = 2**31 - 1
+    idx = tl.min(tl.where(pb == top[:, None], tl.load(PART_IDX + at, mask=ok, other=big), big), 1)
     tl.store(LSE + rows, lse, mask=row_ok)
     tl.store(ROW_LOSS + rows, tl.where(valid, lse - tgt_logit, 0.0), mask=row_ok)
-    tl.store(SAMPLES + rows, tl.where(valid, best_idx.to(tl.int64), tgt), mask=row_ok)
+    tl.store(SAMPLES + rows, tl.where(valid, idx.to(tl.int64), tgt), mask=row_ok)
     if RETURN_ARGMAX:
-        tl.store(ARGMAX + rows, amax_idx.to(tl.int64), mask=row_ok)
+        amax = tl.min(tl.where(pm == m[:, None], tl.load(PART_AMAX + at, mask=ok, other=big), big), 1)
+        tl.store(ARGMAX + rows, amax.to(tl.int64), mask=row_ok)
 
 
 @triton.jit
@@ -144,13 +235,15 @@ def _softmax_minus_onehot(h, w, B, cols, col_ok, tgt, valid, lse,
 @triton.jit
 def _generator_head_bwd_dh_kernel(
     H, W, B, TARGETS, LSE, SCALE,  # [M, E], [V, E], [V], [M] int64, [M] fp32, [1] fp32
-    DH,  # [M, E]
-    M, V, ignore_index,
+    DH,  # [M, E], or [splits, M, E] fp32 partial sums when the vocabulary is split
+    M, V, cols_per_split, ignore_index,
     E: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    """dL/dh for one row block: sum over vocab tiles of (softmax - onehot) @ W_tile, times SCALE."""
+    """dL/dh for one row block over one vocabulary split: sum over its vocab tiles of
+    (softmax - onehot) @ W_tile, times SCALE."""
     pid = tl.program_id(0)
+    split = tl.program_id(1)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     ks = tl.arange(0, BLOCK_E)  # BLOCK_E >= E: the whole embedding in one tile
@@ -160,7 +253,8 @@ def _generator_head_bwd_dh_kernel(
     h = _load_tile(H, rows, row_ok, ks, E, DOT_F32)  # (BLOCK_M, BLOCK_E)
 
     acc = tl.zeros((BLOCK_M, BLOCK_E), tl.float32)
-    for v0 in range(0, V, BLOCK_V):
+    v_begin = split * cols_per_split
+    for v0 in range(v_begin, tl.minimum(V, v_begin + cols_per_split), BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         w = _load_tile(W, cols, col_ok, ks, E, DOT_F32)  # (BLOCK_V, BLOCK_E)
@@ -170,7 +264,7 @@ def _generator_head_bwd_dh_kernel(
         acc = _dot(dlogits.to(w.dtype), w, acc, DOT_F32)
 
     acc = acc * tl.load(SCALE)
-    tl.store(DH + rows.to(tl.int64)[:, None] * E + ks[None, :], acc.to(DH.dtype.element_ty),
+    tl.store(DH + (split.to(tl.int64) * M + rows)[:, None] * E + ks[None, :], acc.to(DH.dtype.element_ty),
              mask=row_ok[:, None] & (ks < E)[None, :])
 
 
@@ -279,11 +373,14 @@ def _block_sizes(M: int, E: int, fp32_inputs: bool, block_m: int | None = None,
     e_pad = max(16, triton.next_power_of_2(E))
     wide = e_pad > 256
     narrow_f32 = wide and fp32_inputs
-    fwd_m = 64 if M >= 64 * 256 else 32 if M >= 32 * 128 else 16
+    if fp32_inputs:  # exact fp32 dots on CUDA cores: small tiles
+        fwd = dict(BLOCK_M=32, BLOCK_V=64, BLOCK_E=min(e_pad, 64), num_warps=4, num_stages=2)
+    elif M >= 128 * NUM_SMS:  # Base, Large: 128-row tiles halve the W traffic of 64
+        fwd = dict(BLOCK_M=128, BLOCK_V=128, BLOCK_E=min(e_pad, 64), num_warps=8, num_stages=2)
+    else:  # Small: 64-row tiles (Hopper's wgmma), the vocabulary split to fill the card
+        fwd = dict(BLOCK_M=64, BLOCK_V=128, BLOCK_E=min(e_pad, 128), num_warps=4, num_stages=2)
     blocks = {
-        # The Philox noise keeps ~4 words per logit live: 16 logits per thread stays unspilled.
-        "fwd": dict(BLOCK_M=fwd_m, BLOCK_V=64 if fwd_m == 64 else 128, BLOCK_E=min(e_pad, 128),
-                    num_warps=8 if fwd_m == 64 else 4, num_stages=2),
+        "fwd": fwd,
         "bwd_dh": dict(BLOCK_M=16, BLOCK_V=16 if narrow_f32 else 32 if wide else 64, BLOCK_E=e_pad,
                        num_warps=8 if wide else 4, num_stages=2),
         "bwd_dw": dict(BLOCK_M=16 if narrow_f32 else 32 if wide else 64, BLOCK_V=16 if wide else 64,
@@ -297,11 +394,25 @@ def _block_sizes(M: int, E: int, fp32_inputs: bool, block_m: int | None = None,
     return blocks
 
 
-def _check_block(name: str, value: int | None) -> None:
-    # tl.dot needs every tile dimension >= 16 on the GPU (the interpreter would accept less).
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16
+def _check_block(name: str, value: int | None, least: int = 16) -> None:
+    # tl.dot needs every tile dimension >= 16 on the GPU (the interpreter would accept less); the
+    # forward's vocabulary tile is four words of BLOCK_V / 4 columns, so block_v >= 64.
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least
                               or value & (value - 1)):
-        raise ValueError(f"{name} must be a power of two >= 16; got {value!r}")
+        raise ValueError(f"{name} must be a power of two >= {least}; got {value!r}")
+
+
+def _vocab_splits(M: int, V: int, cfg: dict, splits: int | None = None) -> tuple[int, int]:
+    """(splits, columns per split): enough vocabulary splits that the forward grid has at least
+    2 x NUM_SMS programs (one row block walking all of V serially leaves SMs idle), every split a whole
+    number of BLOCK_V tiles and none empty."""
+    tiles, row_blocks = triton.cdiv(V, cfg["BLOCK_V"]), triton.cdiv(M, cfg["BLOCK_M"])
+    if splits is None:  # the least splits from the first that fill 2 x NUM_SMS whose last wave is fullest
+        least = triton.cdiv(2 * NUM_SMS, row_blocks)
+        wave_use = lambda s: row_blocks * s / (triton.cdiv(row_blocks * s, NUM_SMS) * NUM_SMS)
+        splits = max(range(least, 2 * least + 1), key=lambda s: (round(wave_use(s), 2), -s))
+    per_split = triton.cdiv(tiles, max(1, min(splits, tiles)))
+    return triton.cdiv(tiles, per_split), per_split * cfg["BLOCK_V"]
 
 
 def _seed_tensor(seed, device) -> torch.Tensor:
@@ -318,13 +429,40 @@ def _dot_f32(hidden: torch.Tensor) -> bool:
     return hidden.dtype == torch.float32 or (interpreting() and not is_fake(hidden))
 
 
-def _kernel_plan(op, fn, grid, args, cfg, **constexprs) -> KernelPlan:
+def _kernel_plan(op, fn, grid, args, cfg, cost=None, **constexprs) -> KernelPlan:
     return KernelPlan(op, fn, grid, args, dict(constexprs, BLOCK_M=cfg["BLOCK_M"], BLOCK_V=cfg["BLOCK_V"],
-                                               BLOCK_E=cfg["BLOCK_E"]), cfg["num_warps"], cfg["num_stages"])
+                                               BLOCK_E=cfg["BLOCK_E"]), cfg["num_warps"], cfg["num_stages"], cost)
+
+
+def _cost(kind: str, M: int, V: int, E: int, elt: int, belt: int, cfg: dict, splits: int = 1) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) one launch of kernel ``kind`` implies by its grid and tiles: dot FLOPs over the
+    padded tiles, and for each operand what every program loads (``hbm_bytes``: once if L2-resident)."""
+    bm, bv, be = cfg["BLOCK_M"], cfg["BLOCK_V"], cfg["BLOCK_E"]
+    nm, nv, ne = triton.cdiv(M, bm), triton.cdiv(V, bv), triton.cdiv(E, be)
+    h_unique, w_unique, b_unique = M * E * elt, V * E * elt, V * belt
+    if kind == "fwd":
+        flops = nm * nv * ne * 2 * bm * bv * be
+        loads = (hbm_bytes(h_unique, nm * nv * bm * E * elt) + hbm_bytes(w_unique, nm * V * E * elt)
+                 + hbm_bytes(b_unique, nm * V * belt))
+        return flops, loads + M * 8 + splits * M * 24  # targets; partial states (6 words per row)
+    if kind == "bwd_dh":  # recompute + dlogits @ W per (row block, vocab tile); h loaded once per program
+        flops = nm * nv * 2 * (2 * bm * bv * be)
+        loads = (hbm_bytes(h_unique, splits * h_unique) + hbm_bytes(w_unique, nm * V * E * elt)
+                 + hbm_bytes(b_unique, nm * V * belt))
+        return flops, loads + splits * M * (8 + 4) + M * E * (elt if splits == 1 else 4 * splits)
+    if kind == "bwd_dw":  # recompute + dlogits.T @ h per (vocab tile, row block); W loaded once per program
+        flops = nv * nm * 2 * (2 * bm * bv * be)
+        loads = w_unique + b_unique + hbm_bytes(h_unique, nv * M * E * elt) + nv * M * (8 + 4)
+        return flops, loads + V * E * elt + b_unique
+    raise ValueError(kind)
+
+
+def _belt(bias, weight) -> int:
+    return bias.element_size() if bias is not None else 0
 
 
 def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
-                    block_m, block_v, launch=True):
+                    block_m, block_v, launch=True, splits=None):
     """Runs the forward kernel (``launch=False``: only records it, for the fake implementation).
     Returns (loss, samples, argmax or None, lse, n_valid)."""
     M, E = hidden.shape
@@ -338,11 +476,23 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
     if M > 0:
         dot_f32 = _dot_f32(hidden)
         cfg = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)["fwd"]
+        n_splits, cols_per_split = _vocab_splits(M, V, cfg, splits)
+        parts = [torch.empty(n_splits, M, dtype=dt, device=device) for dt in (torch.float32,) * 4 + (torch.int32,) * 2]
+        elt, belt = hidden.element_size(), _belt(bias, weight)
         _kernel_plan(
-            "generator_head.fwd", _generator_head_fwd_kernel, (triton.cdiv(M, cfg["BLOCK_M"]),),
-            (hidden, weight, bias if bias is not None else weight, targets, _seed_tensor(seed, device),
-             lse, row_loss, samples, argmax if return_argmax else samples, M, V, 1.0 / temperature, ignore_index),
-            cfg, E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, DOT_F32=dot_f32,
+            "generator_head.fwd", _generator_head_fwd_kernel, (triton.cdiv(M, cfg["BLOCK_M"]), n_splits),
+            (hidden, weight, bias if bias is not None else weight, targets, _seed_tensor(seed, device), *parts,
+             M, V, cols_per_split, 1.0 / temperature, ignore_index),
+            cfg, _cost("fwd", M, V, E, elt, belt, cfg, n_splits),
+            E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, DOT_F32=dot_f32,
+        ).run(launch)
+        comb = dict(BLOCK_M=64, num_warps=4, num_stages=1)
+        KernelPlan(
+            "generator_head.fwd_combine", _generator_head_combine_kernel, (triton.cdiv(M, comb["BLOCK_M"]),),
+            (*parts, targets, lse, row_loss, samples, argmax if return_argmax else samples, M, ignore_index),
+            dict(SPLITS=n_splits, RETURN_ARGMAX=return_argmax, BLOCK_M=comb["BLOCK_M"],
+                 BLOCK_S=max(2, triton.next_power_of_2(n_splits))),
+            comb["num_warps"], comb["num_stages"], (0.0, M * (n_splits * 24 + 8 + 24)),
         ).run(launch)
     # Mean over the non-ignored rows; 0.0 (not NaN) when every row is ignored.
     loss = row_loss.sum() / n_valid.clamp(min=1).to(torch.float32)
@@ -365,15 +515,28 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ign
         dh = torch.empty_like(hidden)
         if M > 0:
             cfg = blocks["bwd_dh"]
-            _kernel_plan("generator_head.bwd_dh", _generator_head_bwd_dh_kernel, (triton.cdiv(M, cfg["BLOCK_M"]),),
-                         (hidden, weight, b, targets, lse, scale, dh, M, V, ignore_index), cfg, **consts).run(launch)
+            # Split the vocabulary too when the row blocks alone leave SMs idle; the fp32 partial sums
+            # ([splits, M, E]: a few MB where this applies) are added by one reduction.
+            few_rows = triton.cdiv(M, cfg["BLOCK_M"]) < 2 * NUM_SMS
+            n_splits, cols_per_split = _vocab_splits(M, V, cfg, None if few_rows else 1)
+            out = dh if n_splits == 1 else torch.empty(n_splits, M, E, dtype=torch.float32, device=hidden.device)
+            _kernel_plan("generator_head.bwd_dh", _generator_head_bwd_dh_kernel,
+                         (triton.cdiv(M, cfg["BLOCK_M"]), n_splits),
+                         (hidden, weight, b, targets, lse, scale, out, M, V, cols_per_split, ignore_index), cfg,
+                         _cost("bwd_dh", M, V, E, hidden.element_size(), _belt(bias, weight), cfg, n_splits),
+                         **consts).run(launch)
+            if n_splits > 1:
+                record_extern("generator_head.bwd_dh_sum", "torch.sum", 0.0,
+                              out.numel() * 4 + dh.numel() * dh.element_size(), partial=out, dh=dh)
+                if launch:
+                    torch.sum(out, 0, out=dh) if dh.dtype == torch.float32 else dh.copy_(out.sum(0))
     if need_dw:
         dw = torch.empty_like(weight)
         db = torch.empty_like(bias) if bias is not None else None
         cfg = blocks["bwd_dw"]
         _kernel_plan("generator_head.bwd_dw", _generator_head_bwd_dw_kernel, (triton.cdiv(V, cfg["BLOCK_V"]),),
                      (hidden, weight, b, targets, lse, scale, dw, db if db is not None else dw, M, V, ignore_index),
-                     cfg, **consts).run(launch)
+                     cfg, _cost("bwd_dw", M, V, E, hidden.element_size(), _belt(bias, weight), cfg), **consts).run(launch)
     return dh, dw, db
 
 
@@ -389,6 +552,7 @@ def generator_loss_and_sample_triton(
     return_argmax: bool = False,
     block_m: int | None = None,
     block_v: int | None = None,
+    vocab_splits: int | None = None,
     debug: bool = False,
 ):
     """Fused generator head on the Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1).
@@ -400,7 +564,8 @@ def generator_loss_and_sample_triton(
     Gumbel-max draws from softmax(logits / temperature), equal to the target at ignored rows;
     argmax [M] int64 is the argmax of the logits (for MLM accuracy). ``seed`` may be a
     one-element integer device tensor, so a captured CUDA graph can draw fresh samples per
-    replay. ``block_m``/``block_v`` override the block sizes (tests); ``debug`` enables the
+    replay. ``block_m``/``block_v`` override the block sizes and ``vocab_splits`` the forward's
+    vocabulary splits (tests: the samples do not depend on either); ``debug`` enables the
     target range check on CUDA tensors (it syncs).
 
     Under autocast (``torch.autocast("cuda" | "cpu", dtype=torch.bfloat16)``) hidden and weight are
@@ -410,7 +575,10 @@ def generator_loss_and_sample_triton(
     hidden, weight = _autocast_operands(hidden, weight)
     _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
     _check_block("block_m", block_m)
-    _check_block("block_v", block_v)
+    _check_block("block_v", block_v, least=64)
+    if vocab_splits is not None and (isinstance(vocab_splits, bool) or not isinstance(vocab_splits, int)
+                                     or vocab_splits < 1):
+        raise ValueError(f"vocab_splits must be an int >= 1; got {vocab_splits!r}")
     if hidden.device.type != "cuda" and not interpreting() and not is_fake(hidden):
         raise ValueError(f"the triton backend needs CUDA tensors (got {hidden.device}); on the CPU set "
                          "TRITON_INTERPRET=1 before importing triton, or use the reference backend")
@@ -418,11 +586,11 @@ def generator_loss_and_sample_triton(
     if _HAS_CUSTOM_OP:
         loss, samples, argmax, _, _ = _generator_head_fwd_op(
             hidden, weight, bias, targets, seed, float(temperature), ignore_index, bool(return_argmax),
-            block_m, block_v)
+            block_m, block_v, vocab_splits)
     else:
         loss, samples, argmax = GeneratorLossAndSample.apply(
             hidden, weight, bias, targets, float(temperature), seed, ignore_index, bool(return_argmax),
-            block_m, block_v)
+            block_m, block_v, vocab_splits)
     return (loss, samples, argmax) if return_argmax else (loss, samples)
 
 
@@ -532,21 +700,22 @@ _HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
 
 
 def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
-              launch=True):
+              vocab_splits=None, launch=True):
     """(loss, samples, argmax, lse, n_valid); argmax is empty unless asked."""
     hidden = hidden.contiguous()
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     loss, samples, argmax, lse, n_valid = _launch_forward(
         hidden, weight, bias, targets.contiguous().long(), temperature, seed, ignore_index, return_argmax,
-        block_m, block_v, launch)
+        block_m, block_v, launch, vocab_splits)
     return loss, samples, argmax if argmax is not None else samples.new_empty(0), lse, n_valid
 
 
-def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v):
+def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
+              vocab_splits=None):
     if recording():  # the same launcher as the real op, recording its plan without launching
         return _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax,
-                         block_m, block_v, launch=False)
+                         block_m, block_v, vocab_splits, launch=False)
     M = hidden.shape[0]
     scalar = hidden.new_empty((), dtype=torch.float32)
     samples = hidden.new_empty(M, dtype=torch.int64)
@@ -579,7 +748,7 @@ def _bwd_fake(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_ind
 
 
 def _setup_context(ctx, inputs, output):
-    hidden, weight, bias, targets, _, _, ignore_index, _, block_m, block_v = inputs
+    hidden, weight, bias, targets, _, _, ignore_index, _, block_m, block_v, _ = inputs
     _, _, _, lse, n_valid = output
     ctx.save_for_backward(hidden, weight, bias, targets, lse, n_valid)
     ctx.ignore_index, ctx.block_m, ctx.block_v = ignore_index, block_m, block_v
@@ -592,14 +761,14 @@ def _backward_rule(ctx, grad_loss, *unused_grads):
     dh, dw, db = _generator_head_bwd_op(grad_loss, hidden, weight, bias, targets, lse, n_valid,
                                         ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
     return (dh if need_dh else None, dw if ctx.needs_input_grad[1] else None,
-            db if ctx.needs_input_grad[2] else None, None, None, None, None, None, None, None)
+            db if ctx.needs_input_grad[2] else None, None, None, None, None, None, None, None, None)
 
 
 if _HAS_CUSTOM_OP:
     _generator_head_fwd_op = torch.library.custom_op(
         "electra_fast::generator_head_fwd", _fwd_impl, mutates_args=(), schema=(
             "(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor seed, float temperature, "
-            "int ignore_index, bool return_argmax, int? block_m, int? block_v) "
+            "int ignore_index, bool return_argmax, int? block_m, int? block_v, int? vocab_splits=None) "
             "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"))
     _generator_head_fwd_op.register_fake(_fwd_fake)
     _generator_head_bwd_op = torch.library.custom_op(
@@ -617,13 +786,14 @@ class GeneratorLossAndSample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
-                block_m, block_v):
+                block_m, block_v, vocab_splits):
         hidden = hidden.contiguous()
         weight = weight.contiguous()
         bias = bias.contiguous() if bias is not None else None
         targets = targets.contiguous().long()
         loss, samples, argmax, lse, n_valid = _launch_forward(
-            hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, block_m, block_v)
+            hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, block_m, block_v,
+            splits=vocab_splits)
         if argmax is None:
             argmax = samples.new_empty(0)
         ctx.save_for_backward(hidden, weight, bias, targets, lse, n_valid)
@@ -639,7 +809,7 @@ class GeneratorLossAndSample(torch.autograd.Function):
         dh, dw, db = _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid,
                                       ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
         return (dh, dw if ctx.needs_input_grad[1] else None, db if ctx.needs_input_grad[2] else None,
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def generator_loss_and_sample(

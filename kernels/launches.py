@@ -15,6 +15,13 @@ GPU step launches, which is how the compile check gets its list from the model. 
 implementations record their input dtypes and shapes too (kernel "reference").
 
 With no recorder active, recording costs one truth test of a module-level list.
+
+Cost model: a launcher may attach the FLOPs and HBM bytes its grid and tiles imply (``KernelPlan.cost``,
+computed by the op's own cost function from the same block sizes it launches with), and work an op
+hands to a library (a cuBLAS matmul inside the generator head's backward) is recorded with
+:func:`record_extern`. ``electra_fast.proxies.cost_table`` turns the records into implied H100 times.
+An operand no larger than :data:`L2_RESIDENT_BYTES` counts once however often programs reload it
+(it stays in L2 while the launch runs); a larger one counts every load a program issues.
 """
 
 from __future__ import annotations
@@ -26,7 +33,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Launch", "KernelPlan", "record_launches", "recording", "record_reference", "triton_type"]
+__all__ = ["Launch", "KernelPlan", "record_launches", "recording", "record_reference", "record_extern", "triton_type",
+           "hbm_bytes", "L2_RESIDENT_BYTES"]
+
+# Half an H100's 50 MB L2: an operand this small is read from HBM once per launch (see the docstring).
+L2_RESIDENT_BYTES = 25 * 2**20
 
 _recorders: list[list[Launch]] = []
 
@@ -45,7 +56,14 @@ class Launch:
     num_warps: int | None = None
     num_stages: int | None = None
     signature: dict[str, str] = field(default_factory=dict)
-    fn: object = field(default=None, compare=False, repr=False)  # the @triton.jit function
+    fn: object = field(default=None, compare=False, repr=False)  # the @triton.jit function; None: extern
+    flops: float | None = None  # implied by the grid and tiles (None: the op gave no cost)
+    bytes: float | None = None  # HBM bytes implied by what each program loads and stores
+
+
+def hbm_bytes(unique: float, issued: float) -> float:
+    """HBM bytes of one operand: read once if it fits in L2 (``L2_RESIDENT_BYTES``), else every load."""
+    return unique if unique <= L2_RESIDENT_BYTES else max(unique, issued)
 
 
 @contextlib.contextmanager
@@ -66,6 +84,15 @@ def recording() -> bool:
 def _append(launch: Launch) -> None:
     for launches in _recorders:
         launches.append(launch)
+
+
+def record_extern(op: str, kernel: str, flops: float, bytes: float, **tensors: torch.Tensor | None) -> None:
+    """Record library work inside an op (e.g. ``kernel="cublas.mm"``): not a Triton kernel, so the compile
+    check skips it, but the cost model counts it."""
+    if _recorders:
+        given = {k: t for k, t in tensors.items() if t is not None}
+        _append(Launch(op=op, kernel=kernel, dtypes={k: t.dtype for k, t in given.items()},
+                       shapes={k: tuple(t.shape) for k, t in given.items()}, flops=float(flops), bytes=float(bytes)))
 
 
 def record_reference(op: str, **tensors: torch.Tensor | None) -> None:
@@ -115,6 +142,7 @@ class KernelPlan:
     constexprs: dict
     num_warps: int
     num_stages: int
+    cost: tuple[float, float] | None = None  # (FLOPs, HBM bytes) from the op's cost function
 
     def run(self, launch: bool = True) -> None:
         """Record the plan if a recorder is active; launch it unless ``launch`` is False (the fake
@@ -127,7 +155,8 @@ class KernelPlan:
                 op=self.op, kernel=self.fn.fn.__name__, dtypes={k: t.dtype for k, t in tensors.items()},
                 shapes={k: tuple(t.shape) for k, t in tensors.items()}, constexprs=dict(self.constexprs),
                 grid=tuple(self.grid), num_warps=self.num_warps, num_stages=self.num_stages,
-                signature={k: triton_type(v) for k, v in named.items()}, fn=self.fn))
+                signature={k: triton_type(v) for k, v in named.items()}, fn=self.fn,
+                flops=self.cost[0] if self.cost else None, bytes=self.cost[1] if self.cost else None))
         if launch:
             self.fn[self.grid](*self.args, **self.constexprs, num_warps=self.num_warps,
                                num_stages=self.num_stages)

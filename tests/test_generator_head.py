@@ -100,7 +100,7 @@ def test_loss_and_grads_match_fp64(backend, dtype, with_bias):
     check_against_oracle(backend, *inputs, dtype)
 
 
-@pytest.mark.parametrize("V, block_m, block_v", [(1000, 16, 64), (333, 32, 128), (333, 16, 16)])
+@pytest.mark.parametrize("V, block_m, block_v", [(1000, 16, 64), (333, 32, 128), (333, 16, 256)])
 @pytest.mark.parametrize("backend", BACKENDS[1:])
 def test_vocab_not_a_multiple_of_the_block(backend, V, block_m, block_v):
     inputs = make_inputs(37, 48, V)
@@ -142,12 +142,41 @@ def test_samples_do_not_depend_on_block_sizes(backend):
     hidden, weight, bias, targets = make_inputs(37, 48, 333)
     runs = [
         run(backend, hidden, weight, bias, targets, seed=5, return_argmax=True, block_m=bm, block_v=bv)
-        for bm, bv in [(16, 64), (64, 16), (32, 128)]
+        for bm, bv in [(16, 64), (64, 64), (32, 128)]
     ]
     for loss, samples, argmax in runs[1:]:
         assert torch.equal(samples, runs[0][1])
         assert torch.equal(argmax, runs[0][2])
         torch.testing.assert_close(loss, runs[0][0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("V, splits", [(1000, 3), (333, 7), (129, 2), (1000, 64)])
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_vocabulary_splits_match_the_oracle_and_each_other(backend, V, splits):
+    """The forward splits the vocabulary across programs and combines partial states: at every split
+    boundary (V not a multiple of the split or of BLOCK_V; more splits asked than tiles) the loss,
+    gradients and argmax match the fp64 oracle, and samples and argmax equal the unsplit run's."""
+    inputs = make_inputs(37, 48, V)
+    check_against_oracle(backend, *inputs, torch.float32, block_v=64, vocab_splits=splits)
+    hidden, weight, bias, targets = make_inputs(37, 48, V)
+    _, _, _, _, logits = fp64_oracle(hidden, weight, bias, targets)
+    whole = run(backend, hidden, weight, bias, targets, seed=9, return_argmax=True, block_v=64, vocab_splits=1)
+    split = run(backend, hidden, weight, bias, targets, seed=9, return_argmax=True, block_v=64, vocab_splits=splits)
+    assert torch.equal(split[1], whole[1])
+    assert torch.equal(split[2], whole[2])
+    assert torch.equal(whole[2], logits.argmax(-1))
+    torch.testing.assert_close(split[0], whole[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_split_edge_cases(backend):
+    """One row, and every row ignored, with the vocabulary split."""
+    check_against_oracle(backend, *make_inputs(1, 48, 333, ignore_frac=0.0), torch.float32, block_v=64,
+                         vocab_splits=4)
+    hidden, weight, bias, targets = make_inputs(21, 48, 333)
+    targets.fill_(IGNORE)
+    loss, samples = run(backend, hidden, weight, bias, targets, seed=3, block_v=64, vocab_splits=3)
+    assert loss.item() == 0.0 and torch.equal(samples, targets)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
@@ -235,4 +264,4 @@ def test_input_checks_name_the_argument(backend):
         run(backend, hidden, weight.detach().half(), bias, targets, seed=1)
     if backend == "triton":
         with pytest.raises(ValueError, match="block_v"):
-            run(backend, hidden, weight, bias, targets, seed=1, block_v=24)
+            run(backend, hidden, weight, bias, targets, seed=1, block_v=32)

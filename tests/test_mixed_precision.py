@@ -83,7 +83,8 @@ def test_model_step_sends_autocast_dtype_to_the_kernels(backend, autocast, monke
     M = 3 * cfg.max_predictions
     by_op = {}
     for launch in launches:
-        by_op.setdefault(launch.op, []).append(launch)
+        if launch.kernel == "reference" or launch.fn is not None:  # not the library calls (record_extern)
+            by_op.setdefault(launch.op, []).append(launch)
     if backend == "reference":
         assert sorted(by_op) == ["generator_head", "replace_tokens", "rtd_loss"], f"seed {seed}: {sorted(by_op)}"
         head, rtd = by_op["generator_head"][0], by_op["rtd_loss"][0]
@@ -92,14 +93,16 @@ def test_model_step_sends_autocast_dtype_to_the_kernels(backend, autocast, monke
         assert (rtd.dtypes["hidden"], rtd.dtypes["weight"], rtd.dtypes["bias"]) == (want, want, torch.float32)
     else:
         assert sorted(by_op) == ["generator_head.bwd_dh", "generator_head.bwd_dw", "generator_head.fwd",
-                                 "replace_tokens", "rtd_loss.bwd", "rtd_loss.fwd"], f"seed {seed}: {sorted(by_op)}"
+                                 "generator_head.fwd_combine", "replace_tokens", "rtd_loss.bwd", "rtd_loss.fwd"], (
+            f"seed {seed}: {sorted(by_op)}")
         for op, (h, w, out_name) in {"generator_head.fwd": ("H", "W", None), "generator_head.bwd_dh": ("H", "W", "DH"),
                                      "generator_head.bwd_dw": ("H", "W", "DW"), "rtd_loss.fwd": ("h_ptr", "w_ptr", None),
                                      "rtd_loss.bwd": ("h_ptr", "w_ptr", "dh_ptr")}.items():
             (launch,) = by_op[op]
             assert launch.dtypes[h] == want and launch.dtypes[w] == want, launch
-            if out_name is not None:
-                assert launch.dtypes[out_name] == want, launch
+            if out_name is not None:  # dL/dh over a split vocabulary: fp32 partial sums [splits, M, E], then cast
+                split_dh = op == "generator_head.bwd_dh" and len(launch.shapes[out_name]) == 3
+                assert launch.dtypes[out_name] == (torch.float32 if split_dh else want), launch
         fwd = by_op["generator_head.fwd"][0]
         assert fwd.shapes["H"] == (M, cfg.embedding_size) and fwd.dtypes["B"] == torch.float32
         # the interpreter computes in fp32 whatever the inputs; a GPU uses tensor cores for bf16

@@ -106,6 +106,8 @@ def collect_variants(presets=PRESETS, modes=MODES) -> list[dict]:
             for launch in record_step(preset, mode):
                 if launch.kernel == "reference":
                     raise RuntimeError(f"{launch.op} ran its reference, not a Triton kernel, at {preset}/{mode}")
+                if launch.fn is None:  # library work (record_extern: a cuBLAS matmul): nothing to compile
+                    continue
                 fn = launch.fn.fn
                 key = (fn.__module__, fn.__name__, tuple(launch.signature.items()),
                        tuple(launch.constexprs.items()), launch.num_warps, launch.num_stages)
@@ -118,7 +120,7 @@ def collect_variants(presets=PRESETS, modes=MODES) -> list[dict]:
                     v["uses"].append(use)
     for v in variants.values():
         v["presets"] = list(dict.fromkeys(u["preset"] for u in v["uses"]))
-        v["dtypes"] = list(dict.fromkeys(u["dtype"] for u in v["uses"]))
+        v["dtypes"] = [m for m in modes if any(u["dtype"] == m for u in v["uses"])]  # bf16 before fp32
     return list(variants.values())
 
 
