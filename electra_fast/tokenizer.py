@@ -137,7 +137,13 @@ def train_tokenizer(
     lowercase: bool = True,
 ) -> ElectraTokenizer:
     """Learn a WordPiece vocabulary (BERT uncased normalisation, "##" continuations, the special
-    tokens at ids 0-4) from documents given as lists of lines."""
+    tokens at ids 0-4) from documents given as lists of lines.
+
+    The documents are streamed into the trainer (an iterator is never turned into a list), so
+    memory follows the number of distinct words, not the corpus size. The vocabulary comes out in
+    a canonical order (``canonical_order``): the ``tokenizers`` trainer picks the same tokens on
+    every run but orders them through a randomly seeded hash map, which would give the same text
+    different ids in two processes."""
     if vocab_size <= len(SPECIAL_TOKENS):
         raise TokenizerError(
             f"vocab_size={vocab_size}; it must leave room for word pieces after {len(SPECIAL_TOKENS)} specials"
@@ -155,8 +161,22 @@ def train_tokenizer(
     )
     lines = (line for doc in documents for line in doc)
     tok.train_from_iterator(lines, trainer)
+    tok.model = models.WordPiece(
+        canonical_order(tok.get_vocab(with_added_tokens=False)),
+        unk_token="[UNK]",
+        continuing_subword_prefix=CONTINUATION_PREFIX,
+    )
     _bert_post_processor(tok)
     return ElectraTokenizer(tok, name="trained tokenizer")
+
+
+def canonical_order(vocab: dict[str, int] | Iterable[str]) -> dict[str, int]:
+    """Token -> id with the special tokens first (ids 0-4, SPECIAL_TOKENS order), then word-start
+    pieces, then "##" continuations, each group sorted by code point: a function of the token set
+    alone, so equal sets give byte-identical vocab.txt files."""
+    rest = [t for t in vocab if t not in SPECIAL_TOKENS]
+    rest.sort(key=lambda t: (t.startswith(CONTINUATION_PREFIX), t))
+    return {t: i for i, t in enumerate([*SPECIAL_TOKENS, *rest])}
 
 
 def vocab_lines(text: str) -> list[str]:
