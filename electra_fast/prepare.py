@@ -243,26 +243,45 @@ def train_vocabulary(src: Source, vocab_size: int, sample_bytes: int, log: Calla
     rate = min(1.0, sample_bytes / max(1, src.size))
     share = "the corpus" if rate >= 1 else f"a {rate:.1%} sample of the corpus (--vocab-sample)"
     log(f"training a WordPiece vocabulary of {vocab_size} on {share}")
-    return train_tokenizer(vocabulary_sample(src.documents(), rate), vocab_size)
+    return train_tokenizer(_Passes(lambda: vocabulary_sample(src.documents(), rate)), vocab_size)
+
+
+class _Passes:
+    """Iterable any number of times, each pass a fresh stream (the corpus is never held)."""
+
+    def __init__(self, start: Callable[[], Iterator[Document]]):
+        self.start = start
+
+    def __iter__(self) -> Iterator[Document]:
+        return self.start()
 
 
 # ----------------------------------------------------------------------------- 3. tokenise + pack on workers
 
 
-def _chunks(src: Source, is_held: Callable[[int, Document], bool]) -> Iterator[tuple[int, list[Document], np.ndarray]]:
-    """(chunk index, documents, holdout flags) in chunks of about CHUNK_CHARS characters."""
+def _chunks(src: Source, is_held: Callable[[int, Document], bool], holdout: bool) -> Iterator[tuple[int, list[Document], np.ndarray]]:
+    """(chunk index, documents, holdout flags) in chunks of about CHUNK_CHARS characters.
+
+    With a positive holdout share and no document held out by the time the corpus ends (a small
+    corpus and the hash rule), its last document is held out, so evaluation always has text."""
     chunk: list[Document] = []
     flags: list[bool] = []
     chars = index = 0
-    for i, doc in enumerate(src.documents()):
+    any_held = False
+    docs = src.documents()
+    doc = next(docs, None)
+    i = 0
+    while doc is not None:
+        following = next(docs, None)
+        held = is_held(i, doc) or (holdout and following is None and not any_held and i > 0)
+        any_held |= held
         chunk.append(doc)
-        flags.append(is_held(i, doc))
+        flags.append(held)
         chars += sum(map(len, doc))
-        if chars >= CHUNK_CHARS:
+        if chars >= CHUNK_CHARS or following is None:
             yield index, chunk, np.array(flags, dtype=bool)
             chunk, flags, chars, index = [], [], 0, index + 1
-    if chunk:
-        yield index, chunk, np.array(flags, dtype=bool)
+        doc, i = following, i + 1
 
 
 _worker_tokenizer: tuple[str, ElectraTokenizer] | None = None
@@ -372,7 +391,7 @@ def _pack(src: Source, tok: ElectraTokenizer, folder: Path, max_seq_length: int,
 
     is_held = src.holdout_rule(holdout_fraction, seed)
     jobs = ((i, chunk, flags, max_seq_length, seed, str(folder / "tokenizer.json"))
-            for i, chunk, flags in _chunks(src, is_held))  # fmt: skip
+            for i, chunk, flags in _chunks(src, is_held, holdout_fraction > 0))  # fmt: skip
     results = _in_order(pool, jobs, 2 * num_workers) if pool is not None else (_pack_chunk(j, tok) for j in jobs)
     shards = _Shards(folder, tok.vocab_size)
     bar = tqdm(total=src.size, desc="tokenising + packing", unit="B", unit_scale=True, disable=not progress,
@@ -568,6 +587,55 @@ def prepare_dataset(
 ) -> PretrainingDataset:
     """``prepare_corpus`` with a given vocabulary (the earlier API; see there for the arguments)."""
     return prepare_corpus(source, out_dir, tokenizer=tokenizer, max_seq_length=max_seq_length, **kwargs)
+
+
+def is_prepared(path: str | os.PathLike) -> bool:
+    """A folder written by ``prepare_corpus`` (``train --data FOLDER`` uses it as it is)."""
+    return (Path(path) / "manifest.json").is_file()
+
+
+def _run_shards_ok(data_dir: Path, tok: ElectraTokenizer) -> bool:
+    m = read_manifest(data_dir)
+    return bool(m) and m.get("vocab_hash") == tok.vocab_hash() and shards_intact(data_dir, m)
+
+
+def prepare_for_run(data: list[str] | None, run_dir: Path, *, vocab: str | None, vocab_size: int,
+                    max_seq_length: int, seed: int, resumed: bool, log: Callable[[str], None],
+                    **read_kw) -> tuple[ElectraTokenizer, Path]:  # fmt: skip
+    """The training run's data: (tokenizer, shard folder). The tokenizer is also saved in
+    ``run_dir/vocab`` so that checkpoints describe themselves.
+
+    - ``data`` is one prepared folder: used as it is (its sequence length must match).
+    - a resumed run whose ``run_dir/data`` shards are intact uses them without reading the corpus
+      (it may have been moved or deleted since).
+    - otherwise ``prepare_corpus`` builds or reuses ``run_dir/data`` (``read_kw``: workers,
+      progress, errors, text_field, skip_unreadable).
+    """
+    vocab_dir, data_dir = run_dir / "vocab", run_dir / "data"
+    run_tok = load_tokenizer(vocab_dir) if (vocab_dir / "vocab.txt").is_file() else None
+    if data and len(data) == 1 and is_prepared(data[0]):
+        data_dir = Path(data[0])
+        m = read_manifest(data_dir)
+        if m.get("max_seq_length") != max_seq_length:
+            raise CorpusError(f"--data {data_dir} holds examples of {m.get('max_seq_length')} tokens, this run uses "
+                              f"{max_seq_length}: pass --seq-len {m.get('max_seq_length')} or prepare it again")  # fmt: skip
+        tok = load_tokenizer(data_dir)
+        log(f"data: the prepared folder {data_dir} ({m['num_examples']} examples)")
+    elif resumed and run_tok is not None and _run_shards_ok(data_dir, run_tok):
+        tok = run_tok
+        log(f"data: resuming on the shards in {data_dir} (the corpus is not read again)")
+    else:
+        given = run_tok or (load_tokenizer(vocab) if vocab else None)
+        ds = prepare_corpus(data or None, data_dir, tokenizer=given, vocab_size=vocab_size, max_seq_length=max_seq_length,
+                            seed=seed, log=log, **read_kw)  # fmt: skip
+        tok = given or load_tokenizer(data_dir)
+        log(f"data: {ds.num_examples} examples of <= {max_seq_length} tokens in {data_dir}" + (" (reused)" if ds.reused else ""))
+    if run_tok is not None and run_tok.vocab_hash() != tok.vocab_hash():
+        raise CorpusError(f"{data_dir} was written with another vocabulary than the run's {vocab_dir}; "
+                          "use a new --out folder")  # fmt: skip
+    if run_tok is None:
+        tok.save(vocab_dir)
+    return tok, data_dir
 
 
 # ----------------------------------------------------------------------------- 5. the command

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from electra_fast import loader as loader_mod
 from electra_fast import prepare
 from electra_fast.corpus import CorpusError
 from electra_fast.data import (
@@ -487,3 +488,19 @@ def test_loader_on_prepared_shards_whole_word(tmp_path, corpus, seed):
             words = np.cumsum(starts[b])  # word number of each position
             for p in chosen:  # a word is masked whole or not at all
                 assert set(np.flatnonzero(words == words[p]).tolist()) <= chosen
+
+
+def test_block_shuffle_reads_whole_blocks_per_buffer(seed, monkeypatch):
+    """An epoch visits buffers of BUFFER_BLOCKS blocks of BLOCK_ROWS contiguous rows: the first
+    buffer's positions hold exactly the rows of whole blocks, and only one buffer's order exists."""
+    monkeypatch.setattr(loader_mod, "BLOCK_ROWS", 4)
+    monkeypatch.setattr(loader_mod, "BUFFER_BLOCKS", 3)
+    ds = toy_dataset(np.random.default_rng(seed))  # 103 rows: 26 blocks, the last one of 3 rows
+    loader = PretrainingLoader(ds, "train", 5, seed=seed)
+    order = loader.epoch_order(0)
+    assert sorted(order.tolist()) == list(range(103))  # one rank: every row once
+    first = order[:12]
+    blocks = set((first // 4).tolist())
+    assert len(blocks) == 3 and sorted(first.tolist()) == sorted(r for b in blocks for r in range(4 * b, 4 * b + 4))
+    assert not np.array_equal(order, loader.epoch_order(1))
+    assert len(loader._buffers) <= 2  # bounded: never the whole epoch's order
