@@ -95,6 +95,23 @@ def _map(path: Path, dtype, shape: tuple) -> np.ndarray:
     return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
 
+def _will_need(arr: np.ndarray, rows: np.ndarray, block_rows: int) -> None:
+    """Ask the kernel to read blocks of rows ahead, asynchronously (MADV_WILLNEED): with
+    read-ahead off, a cold buffer would otherwise fault in one 4 KB page per row."""
+    mm = arr
+    while mm is not None and not isinstance(mm, mmap.mmap):
+        mm = getattr(mm, "base", None)
+    if mm is None or not hasattr(mmap, "MADV_WILLNEED"):
+        return
+    row_bytes = arr.strides[0]
+    for b in rows:
+        start = int(b) * block_rows * row_bytes
+        aligned = start - start % mmap.PAGESIZE
+        length = min(block_rows * row_bytes + start - aligned, len(mm) - aligned)
+        if length > 0:
+            mm.madvise(mmap.MADV_WILLNEED, aligned, length)
+
+
 def split_files(split: str) -> dict[str, str]:
     return {k: f"{split}_{k}.bin" for k in ("input_ids", "token_type_ids", "lengths")}
 
@@ -270,6 +287,10 @@ class PretrainingLoader:
             rows = (chosen[:, None] * BLOCK_ROWS + np.arange(BLOCK_ROWS)).ravel()
             rows = rows[rows < len(self.dataset.splits[self.split])]
             order = np.random.default_rng([_U64 & self.seed, epoch, g]).permutation(rows)
+            split = self.dataset.splits[self.split]
+            ahead = blocks[g * BUFFER_BLOCKS : (g + 2) * BUFFER_BLOCKS]  # this buffer and the next
+            for arr in (split.input_ids, split.token_type_ids):  # start reading their blocks
+                _will_need(arr, ahead, BLOCK_ROWS)
             if len(self._buffers) >= 2:
                 self._buffers.pop(next(iter(self._buffers)))
             self._buffers[(epoch, g)] = order

@@ -51,7 +51,7 @@ def docs(seed):
 
 
 def test_compressed_files_read_like_plain_text(tmp_path, docs):
-    import zstandard
+    zstandard = pytest.importorskip("zstandard")  # the "corpora" / "test" extra
 
     text = as_text(docs).encode()
     jsonl = "".join(json.dumps({"body": "\n".join(d)}) + "\n" for d in docs).encode()
