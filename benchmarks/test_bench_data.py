@@ -147,6 +147,7 @@ def test_prepare_throughput_and_memory(benchmark, tmp_path, megabytes):
         t.join()
         assert proc.returncode == 0, err
         peak["summary"] = err.strip().splitlines()[-1]
+        peak["vocab"] = next((x for x in err.splitlines() if x.startswith("vocabulary:")), "")
         return out
 
     benchmark.group = "prepare"
@@ -158,6 +159,7 @@ def test_prepare_throughput_and_memory(benchmark, tmp_path, megabytes):
         tokens=sum(m["num_tokens"].values()), peak_rss_largest_process_mb=round(
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         peak_rss_tree_mb=round(peak["tree"] / 2**20), workers=os.cpu_count(), summary=peak["summary"],
+        vocabulary=peak["vocab"], load_avg=os.getloadavg()[0],
     )  # fmt: skip
     print(benchmark.extra_info)
 
@@ -202,7 +204,7 @@ def test_loader_cold_cache_tokens_per_s(benchmark, tmp_path):
     rows = _synthetic_shards(tmp_path, LOADER_GB)
     loader = PretrainingLoader(tmp_path, "train", 128, seed=0)
     it = iter(loader)
-    n_batches = 200
+    n_batches = 2000  # about 4 shuffle buffers, each read cold: start-up and steady state
 
     def run():
         return sum(int(next(it)["attention_mask"].sum()) for _ in range(n_batches))

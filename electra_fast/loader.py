@@ -289,7 +289,7 @@ class PretrainingLoader:
             order = np.random.default_rng([_U64 & self.seed, epoch, g]).permutation(rows)
             split = self.dataset.splits[self.split]
             ahead = blocks[g * BUFFER_BLOCKS : (g + 2) * BUFFER_BLOCKS]  # this buffer and the next
-            for arr in (split.input_ids, split.token_type_ids):  # start reading their blocks
+            for arr in (split.input_ids, split.token_type_ids, split.lengths):  # start reading their blocks
                 _will_need(arr, ahead, BLOCK_ROWS)
             if len(self._buffers) >= 2:
                 self._buffers.pop(next(iter(self._buffers)))

@@ -529,7 +529,11 @@ def prepare_corpus(
     building.mkdir(parents=True)
     pool = _start_pool(num_workers) if num_workers > 1 else None  # before anything large exists
     try:
-        tok = tokenizer or train_vocabulary(src, vocab_size, vocab_sample_bytes, log)
+        tok = tokenizer
+        if tok is None:
+            t_vocab = time.time()
+            tok = train_vocabulary(src, vocab_size, vocab_sample_bytes, log)
+            log(f"vocabulary: {tok.vocab_size} tokens in {time.time() - t_vocab:.1f} s")
         tok.save(building)  # vocab.txt + tokenizer.json: the folder is readable on its own
         shards = _pack(src, tok, building, max_seq_length, seed, holdout_fraction, pool, num_workers, progress)
         manifest = _manifest(src, key, tok, tokenizer is None and vocab_spec, shards, max_seq_length)
