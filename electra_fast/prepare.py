@@ -235,15 +235,28 @@ def vocabulary_sample(docs: Iterable[Document], rate: float) -> Iterator[Documen
             yield doc
 
 
-def train_vocabulary(src: Source, vocab_size: int, sample_bytes: int, log: Callable[[str], None]) -> ElectraTokenizer:
-    """A WordPiece vocabulary learnt from the corpus streamed once (or a uniform sample of
-    ``sample_bytes`` of it, chosen by document hash)."""
+def train_vocabulary(src: Source, vocab_size: int, sample_bytes: int, log: Callable[[str], None],
+                     progress: bool = False) -> ElectraTokenizer:  # fmt: skip
+    """A WordPiece vocabulary learnt from a uniform sample of about ``sample_bytes`` of the
+    corpus, chosen by document hash (all of it when smaller). The trainer reads the sample twice
+    (characters, then words), each pass streamed from the files."""
     if vocab_size < 16:
         raise TokenizerError(f"--vocab-size {vocab_size} is too small; use at least 16")
     rate = min(1.0, sample_bytes / max(1, src.size))
     share = "the corpus" if rate >= 1 else f"a {rate:.1%} sample of the corpus (--vocab-sample)"
     log(f"training a WordPiece vocabulary of {vocab_size} on {share}")
-    return train_tokenizer(_Passes(lambda: vocabulary_sample(src.documents(), rate)), vocab_size)
+    passes = iter(("vocabulary: characters", "vocabulary: words"))
+
+    def one_pass() -> Iterator[Document]:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=src.size, desc=next(passes, "vocabulary"), unit="B", unit_scale=True,
+                  disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
+            for doc in src.documents():
+                bar.update(sum(map(len, doc)))
+                yield doc
+
+    return train_tokenizer(_Passes(lambda: vocabulary_sample(one_pass(), rate)), vocab_size)
 
 
 class _Passes:
@@ -532,7 +545,7 @@ def prepare_corpus(
         tok = tokenizer
         if tok is None:
             t_vocab = time.time()
-            tok = train_vocabulary(src, vocab_size, vocab_sample_bytes, log)
+            tok = train_vocabulary(src, vocab_size, vocab_sample_bytes, log, progress)
             log(f"vocabulary: {tok.vocab_size} tokens in {time.time() - t_vocab:.1f} s")
         tok.save(building)  # vocab.txt + tokenizer.json: the folder is readable on its own
         shards = _pack(src, tok, building, max_seq_length, seed, holdout_fraction, pool, num_workers, progress)
