@@ -374,13 +374,16 @@ def _read_files(
         raise CorpusError(f"empty corpus: no text found in {where}")
 
 
-def content_fingerprint(files: Iterable[Path], known: dict | None = None) -> tuple[str, list[dict]]:
+def content_fingerprint(
+    files: Iterable[Path], known: dict | None = None, *, skip_unreadable: bool = False, skipped: list | None = None
+) -> tuple[str, list[dict]]:
     """sha256 over the bytes of the files in order, and a record per file.
 
     Paths and timestamps do not enter the fingerprint: a corpus that was moved, copied or touched
     keeps it. ``known`` (a previous call's records) lets a file whose absolute path, size and
     modification time are unchanged skip re-hashing, so re-checking a large corpus costs a stat
-    per file. Returns (hex digest, records [{path, size, mtime_ns, sha256}]).
+    per file. Returns (hex digest, records [{path, size, mtime_ns, sha256}]); an unreadable file is
+    a CorpusError, or with ``skip_unreadable`` left out of both (a warning, appended to ``skipped``).
     """
     cache = {(r["path"], r["size"], r["mtime_ns"]): r["sha256"] for r in (known or {}).get("files", [])}
     h = hashlib.sha256()
@@ -390,8 +393,12 @@ def content_fingerprint(files: Iterable[Path], known: dict | None = None) -> tup
         path = str(f.resolve())
         digest = cache.get((path, st.st_size, st.st_mtime_ns))
         if digest is None:
-            with open(f, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            try:
+                with open(f, "rb") as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            except OSError as e:
+                _unreadable(f, f"cannot read it ({e.strerror})", skip_unreadable, skipped)
+                continue
         records.append({"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
         h.update(f"{st.st_size}:{digest}\n".encode())
     return h.hexdigest(), records

@@ -193,7 +193,10 @@ class Source:
             self.fingerprint = "docs:" + documents_fingerprint(self.docs)
             self.size = sum(len(x) for d in self.docs for x in d)
         else:
-            digest, self.records = content_fingerprint(self.files, known)
+            digest, self.records = content_fingerprint(self.files, known, skip_unreadable=skip_unreadable,
+                                                       skipped=self.skipped)  # fmt: skip
+            readable = {r["path"] for r in self.records}
+            self.files = [f for f in self.files if str(f.resolve()) in readable]
             self.fingerprint = f"content:{digest}:{errors}:{text_field}"
             self.size = sum(r["size"] for r in self.records)
 
@@ -637,6 +640,8 @@ def prepare_for_run(data: list[str] | None, run_dir: Path, *, vocab: str | None,
             raise CorpusError(f"--data {data_dir} holds examples of {m.get('max_seq_length')} tokens, this run uses "
                               f"{max_seq_length}: pass --seq-len {m.get('max_seq_length')} or prepare it again")  # fmt: skip
         tok = load_tokenizer(data_dir)
+        if vocab and load_tokenizer(vocab).vocab_hash() != tok.vocab_hash():
+            raise CorpusError(f"--vocab {vocab} is not the vocabulary {data_dir} was prepared with; drop --vocab")
         log(f"data: the prepared folder {data_dir} ({m['num_examples']} examples)")
     elif resumed and run_tok is not None and _run_shards_ok(data_dir, run_tok):
         tok = run_tok

@@ -129,6 +129,14 @@ def test_unreadable_paths_are_errors_or_counted_warnings(tmp_path, docs, monkeyp
     with pytest.warns(UserWarning, match="skipping .*b.txt"):
         assert list(read_corpus(folder, skip_unreadable=True, skipped=skipped)) == docs[:10]
     assert len(skipped) == 1
+    # the prepare path checksums the files first: the same one-line error, or the same skip
+    tok = train_tokenizer(docs, 60)
+    with pytest.raises(CorpusError, match=r"b.txt: cannot read it \(Permission denied\); .*--skip-unreadable"):
+        prepare_corpus(folder, tmp_path / "out", tokenizer=tok, max_seq_length=32, progress=False)
+    with pytest.warns(UserWarning, match="skipping .*b.txt"):
+        ds = prepare_corpus(folder, tmp_path / "out", tokenizer=tok, max_seq_length=32, progress=False,
+                            skip_unreadable=True)  # fmt: skip
+    assert sum(ds.manifest["num_documents"].values()) == 10 and len(ds.manifest["skipped"]) == 1
 
 
 def test_over_long_line_is_cut_at_spaces_and_packed_whole(tmp_path, monkeypatch):
