@@ -244,3 +244,21 @@ def test_train_on_a_prepared_folder_and_resume_after_the_corpus_moved(tmp_path, 
     assert main(["--resume", str(raw), "--steps", "3", "--no-progress"]) == 0
     assert "the corpus is not read again" in capsys.readouterr().err
     assert (raw / "data" / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_two_fresh_training_processes_log_the_same_losses(tmp_path):
+    """Reproducible end to end: without --vocab each process trains its own vocabulary, and the
+    vocabularies, shards and logged losses agree."""
+    data = _corpus(tmp_path / "corpus", n_docs=40, seed=8)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    losses = []
+    for name in ("a", "b"):
+        res = subprocess.run([sys.executable, "-m", "electra_fast.train", "--data", str(data), "--out", str(tmp_path / name),
+                              *SMALL, "--steps", "3", "--device", "cpu"], capture_output=True, text=True, env=env,
+                             timeout=300)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+        recs = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses.append([(r["step"], r["loss"]) for r in recs if "loss" in r and "eval" not in r])
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
+    assert (tmp_path / "a/vocab/vocab.txt").read_bytes() == (tmp_path / "b/vocab/vocab.txt").read_bytes()
+    assert (tmp_path / "a/data/train_input_ids.bin").read_bytes() == (tmp_path / "b/data/train_input_ids.bin").read_bytes()
