@@ -18,12 +18,15 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .masking import mask_batch
 from .tokenizer import ElectraTokenizer, vocab_lines
+
+if TYPE_CHECKING:  # torch is imported when the first batch is made: preparing shards never needs it
+    import torch
 
 FORMAT_VERSION = 2  # 2: content-keyed manifest (the shard layout is that of 1, still readable)
 READABLE_VERSIONS = (1, 2)
@@ -349,6 +352,8 @@ class PretrainingLoader:
 
     def make_batch(self, split: str, rows: np.ndarray, seed: int) -> dict[str, torch.Tensor]:
         """Gather rows of a split and mask them with ``seed``."""
+        import torch
+
         s = self.dataset.splits[split]
         ids = np.asarray(s.input_ids[rows], dtype=np.int64)  # (B, T)
         word_starts = self.word_start[ids] if self.whole_word else None
