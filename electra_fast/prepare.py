@@ -60,7 +60,7 @@ CHUNK_CHARS = 1 << 20  # documents are tokenised and packed in chunks of about 1
 PARALLEL_MIN_CHARS = 16 << 20  # below this a worker pool costs more than it saves
 VOCAB_SAMPLE_BYTES = 2 << 30  # the vocabulary is learnt from a uniform sample of about this much text
 _U64 = (1 << 64) - 1  # seeds enter numpy's SeedSequence as non-negative integers
-_OUR_FILES = {"manifest.json", "manifest.json.tmp", "vocab.txt", "tokenizer.json",
+_OUR_FILES = {"manifest.json", "manifest.json.tmp", "vocab.txt", "tokenizer.json", ".building",
               *(f for s in SPLITS for f in split_files(s).values())}  # fmt: skip
 
 
@@ -528,6 +528,9 @@ def prepare_corpus(
     log = log or (lambda msg: None)
     t0 = time.time()
     out = Path(out_dir).absolute()
+    parked = out.with_name(f".{out.name}.old")
+    if not out.exists() and (parked / "manifest.json").is_file():  # a swap cut short: the old folder is whole
+        os.replace(parked, out)
     old = read_manifest(out)
     src = Source(source, errors=errors, text_field=text_field, skip_unreadable=skip_unreadable, known=old)
     key = _settings_key(src, max_seq_length, seed, holdout_fraction)

@@ -301,6 +301,8 @@ def test_rebuild_swaps_in_and_refuses_foreign_folders(tmp_path, corpus, monkeypa
     assert json.loads((out / "manifest.json").read_text()) == good
     assert prepare_dataset(docs, tok, out, 32, progress=False).reused
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (out).rename(tmp_path / ".out.old")  # cut short between the two renames of a swap
+    assert prepare_dataset(docs, tok, out, 32, progress=False).reused
     rebuilt = prepare_dataset(changed, tok, out, 32, progress=False)
     assert not rebuilt.reused and rebuilt.manifest["key"]["fingerprint"] != good["key"]["fingerprint"]
     (tmp_path / "mine").mkdir()
