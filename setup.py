@@ -50,7 +50,12 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
+        # corpora in zstd (.zst) and Parquet / Arrow (HuggingFace datasets); plain, gzip, bzip2, xz
+        # and JSON lines need nothing beyond the standard library
+        "corpora": ["zstandard>=0.20", "pyarrow>=12"],
         "test": [
+            "zstandard>=0.20",
+            "pyarrow>=12",
             "pytest>=7",
             "pytest-benchmark>=4",
             "transformers>=4.40",
@@ -62,6 +67,7 @@ setup(
     entry_points={
         "console_scripts": [
             "electra-fast-train=electra_fast.train:main",
+            "electra-fast-prepare=electra_fast.prepare:main",
         ]
     },
     zip_safe=False,

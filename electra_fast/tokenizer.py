@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -137,26 +138,77 @@ def train_tokenizer(
     lowercase: bool = True,
 ) -> ElectraTokenizer:
     """Learn a WordPiece vocabulary (BERT uncased normalisation, "##" continuations, the special
-    tokens at ids 0-4) from documents given as lists of lines."""
+    tokens at ids 0-4) from documents given as lists of lines.
+
+    Reproducible: the same documents give the same vocab.txt, byte for byte, in every process.
+    The ``tokenizers`` trainer numbers the "##" pieces it meets in the random order of a hash map
+    and breaks ties between equally frequent merges by those numbers, so both the order and (on
+    ties) the set of tokens would vary; here every "##c" is numbered up front in sorted order (one
+    cheap pass over the characters) and the result is put in ``canonical_order``.
+
+    ``documents`` is read twice (characters, then training) and streamed both times when it can
+    be iterated again (a list, or an object whose ``__iter__`` starts a new pass); a one-shot
+    iterator is turned into a list first. Memory follows the number of distinct words."""
     if vocab_size <= len(SPECIAL_TOKENS):
         raise TokenizerError(
             f"vocab_size={vocab_size}; it must leave room for word pieces after {len(SPECIAL_TOKENS)} specials"
         )
-    tok = _bert_pipeline(
-        Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)),
-        lowercase,
-    )
+    if iter(documents) is documents:  # a one-shot iterator: the alphabet pass needs a second read
+        documents = list(documents)
+    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=lowercase,
+                                      lowercase=lowercase)  # fmt: skip
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
+        # "##c" for every character up front: the trainer would otherwise number these symbols in
+        # the random order of a hash map, and ties between merges are broken by those numbers
+        special_tokens=SPECIAL_TOKENS + continuation_alphabet(documents, norm),
         continuing_subword_prefix=CONTINUATION_PREFIX,
         show_progress=False,
     )
-    lines = (line for doc in documents for line in doc)
-    tok.train_from_iterator(lines, trainer)
+    tok = _bert_pipeline(
+        Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)), lowercase
+    )
+    tok.train_from_iterator((line for doc in documents for line in doc), trainer)
+    vocab = canonical_order(tok.get_vocab(with_added_tokens=True))
+    tok = _bert_pipeline(  # fresh: only the five specials are special tokens
+        Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)),
+        lowercase,
+    )
+    tok.add_special_tokens(SPECIAL_TOKENS)
     _bert_post_processor(tok)
     return ElectraTokenizer(tok, name="trained tokenizer")
+
+
+def _splits_off(c: str) -> bool:
+    """BERT's pre-tokenizer makes these single-character words: whitespace, punctuation (ASCII
+    symbols and Unicode P*), CJK ideographs. They never occur as a "##" continuation."""
+    o = ord(c)
+    return (
+        c.isspace()
+        or 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126
+        or unicodedata.category(c).startswith(("P", "C"))
+        or 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2FA1F or 0xF900 <= o <= 0xFAFF
+    )  # fmt: skip
+
+
+def continuation_alphabet(documents: Iterable[Sequence[str]], norm) -> list[str]:
+    """Sorted "##c" for every character that can continue a word after normalisation."""
+    raw: set[str] = set()
+    for doc in documents:
+        for line in doc:
+            raw.update(line)
+    chars = {c for r in raw for c in norm.normalize_str(r)}
+    return sorted(CONTINUATION_PREFIX + c for c in chars if not _splits_off(c))
+
+
+def canonical_order(vocab: dict[str, int] | Iterable[str]) -> dict[str, int]:
+    """Token -> id with the special tokens first (ids 0-4, SPECIAL_TOKENS order), then word-start
+    pieces, then "##" continuations, each group sorted by code point: a function of the token set
+    alone, so equal sets give byte-identical vocab.txt files."""
+    rest = [t for t in vocab if t not in SPECIAL_TOKENS]
+    rest.sort(key=lambda t: (t.startswith(CONTINUATION_PREFIX), t))
+    return {t: i for i, t in enumerate([*SPECIAL_TOKENS, *rest])}
 
 
 def vocab_lines(text: str) -> list[str]:

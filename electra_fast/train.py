@@ -56,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model size and schedule")
     p.add_argument("--data", nargs="+", metavar="PATH",
-                   help="text files / folders (one sentence per line, blank line between documents) or .jsonl "
-                        "files with a 'text' field; default: the embedded corpus (Python's own documentation)")
+                   help="a folder made by `python -m electra_fast.prepare` (used as it is), or text files / folders "
+                        "(one sentence per line, blank line between documents), .jsonl, Parquet / Arrow, optionally "
+                        ".gz/.bz2/.xz/.zst; default: the embedded corpus (Python's own documentation)")
+    p.add_argument("--text-field", default="text", help="JSON field / Parquet column holding the text")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="skip unreadable corpus files, folders and broken links with a counted warning")
     p.add_argument("--errors", default="strict", choices=["strict", "replace"],
                    help="undecodable bytes in the corpus: stop with an error, or replace them with U+FFFD")
     p.add_argument("--vocab", metavar="PATH", help="vocab.txt or tokenizer.json (or a folder with one); "
@@ -171,7 +175,8 @@ def _tuplify(x):
 WHOLE_WORD_PRESETS = ("tiny",)
 
 # flags that define a run: a resumed run takes them from its checkpoint, not the command line
-RUN_ARGS = ("preset", "data", "errors", "vocab", "objective", "whole_word", "grad_accum", "seed")
+RUN_ARGS = ("preset", "data", "errors", "text_field", "skip_unreadable", "vocab", "objective", "whole_word",
+            "grad_accum", "seed")
 
 
 # ---------------------------------------------------------------------------- the step
@@ -683,41 +688,29 @@ def _setup_distributed(device_flag):
 
 
 def _prepare_data(args, cfg, out_dir: Path, rank: int, world: int, resumed: bool):
-    """corpus -> tokenizer -> packed example shards. Rank 0 builds them; the others wait at a
-    barrier, then read the same vocabulary (the tokenizers trainer is not bit-reproducible
-    across processes, so every rank must use the saved one)."""
-    from .corpus import default_corpus, read_corpus
-    from .data import prepare_dataset
-    from .tokenizer import load_tokenizer, train_tokenizer
+    """corpus -> tokenizer -> packed example shards (``prepare.prepare_for_run``), or a folder
+    made by ``python -m electra_fast.prepare`` as it is. Rank 0 prepares; the others wait at a
+    barrier, then read the saved vocabulary."""
+    from .prepare import prepare_for_run
+    from .tokenizer import load_tokenizer
 
-    vocab_dir = out_dir / "vocab"
     data_dir = out_dir / "data"
     if rank == 0:
-        docs = None
-        if resumed or (vocab_dir / "vocab.txt").exists():
-            tok = load_tokenizer(vocab_dir)  # the run's own vocabulary: checkpoints stay self-describing
-        elif args.vocab:
-            tok = load_tokenizer(args.vocab)
-        else:
-            vsize = args.vocab_size or (4096 if args.preset == "tiny" else 30522)
-            if vsize < 16:
-                raise TrainError(f"--vocab-size {vsize} is too small; use at least 16")
-            docs = list(read_corpus(args.data, errors=args.errors)) if args.data else default_corpus()
-            say(f"training a WordPiece vocabulary of {vsize} on the corpus ({len(docs)} documents)")
-            tok = train_tokenizer(docs, vsize)
-        if not (vocab_dir / "vocab.txt").exists():
-            tok.save(vocab_dir)
-        source = args.data if args.data else docs  # None: the embedded corpus
-        ds = prepare_dataset(source, tok, data_dir, cfg.max_seq_length, seed=args.seed, num_workers=args.workers,
-                             progress=not args.no_progress, errors=args.errors)
-        say(f"data: {ds.num_examples} examples of <= {cfg.max_seq_length} tokens in {data_dir}"
-            + (" (reused)" if ds.reused else ""))
+        tok, data_dir = prepare_for_run(
+            args.data, out_dir, vocab=args.vocab, vocab_size=args.vocab_size or (4096 if args.preset == "tiny" else 30522),
+            max_seq_length=cfg.max_seq_length, seed=args.seed, resumed=resumed, log=say,
+            num_workers=args.workers, progress=not args.no_progress, errors=args.errors,
+            text_field=getattr(args, "text_field", "text"), skip_unreadable=getattr(args, "skip_unreadable", False))  # fmt: skip
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     if rank != 0:
-        tok = load_tokenizer(vocab_dir)
+        from .prepare import is_prepared
+
+        if args.data and len(args.data) == 1 and is_prepared(args.data[0]):
+            data_dir = Path(args.data[0])
+        tok = load_tokenizer(out_dir / "vocab")
     return tok, data_dir
 
 

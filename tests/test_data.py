@@ -1,6 +1,8 @@
 """Packing examples, preparing shards, and the shuffled, masked, resumable loader."""
 
+import json
 import math
+import os
 import random
 import secrets
 
@@ -8,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from electra_fast import data
+from electra_fast import loader as loader_mod
+from electra_fast import prepare
+from electra_fast.corpus import CorpusError
 from electra_fast.data import (
     PretrainingDataset,
     PretrainingLoader,
@@ -225,26 +229,91 @@ def test_prepare_reuses_matching_shards(tmp_path, corpus, seed):
     assert prepare_dataset(changed, other, tmp_path, 48, seed=seed, progress=False).reused
 
 
-def test_prepare_from_files_tracks_changes(tmp_path, corpus):
+def write_corpus(folder, docs, parts=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    step = -(-len(docs) // parts)
+    for k in range(parts):
+        text = "\n\n".join("\n".join(d) for d in docs[k * step : (k + 1) * step]) + "\n"
+        (folder / f"part{k}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_prepare_from_files_tracks_content(tmp_path, corpus):
     docs, tok = corpus
-    src = tmp_path / "corpus"
-    src.mkdir()
-    (src / "a.txt").write_text("\n\n".join("\n".join(d) for d in docs[:40]) + "\n", encoding="utf-8")
-    (src / "b.txt").write_text("\n\n".join("\n".join(d) for d in docs[40:]) + "\n", encoding="utf-8")
-    from_files = prepare_dataset(src, tok, tmp_path / "f", 32, progress=False)
-    from_docs = prepare_dataset(docs, tok, tmp_path / "d", 32, progress=False)
-    for name in ("train", "holdout"):
-        assert np.array_equal(from_files.splits[name].input_ids, from_docs.splits[name].input_ids)
-    assert prepare_dataset([src], tok, tmp_path / "f", 32, progress=False).reused
-    with open(src / "b.txt", "a", encoding="utf-8") as f:
+    src = write_corpus(tmp_path / "corpus", docs)
+    # without a holdout, streamed files and the same documents in memory give the same shards
+    from_files = prepare_dataset(src, tok, tmp_path / "f0", 32, holdout_fraction=0.0, progress=False)
+    from_docs = prepare_dataset(docs, tok, tmp_path / "d0", 32, holdout_fraction=0.0, progress=False)
+    for key in ("input_ids", "token_type_ids", "lengths"):
+        assert np.array_equal(getattr(from_files.splits["train"], key), getattr(from_docs.splits["train"], key))
+
+    # streamed files hold out whole documents by hash: in order, each document is in one split
+    ds = prepare_dataset(src, tok, tmp_path / "f", 32, holdout_fraction=0.25, progress=False)
+    train, hold = split_content(ds.splits["train"]), split_content(ds.splits["holdout"])
+    held = 0
+    for row in tok.encode_batch([" ".join(doc) for doc in docs]):
+        if hold[: len(row)] == row:
+            hold, held = hold[len(row) :], held + 1
+        else:
+            assert train[: len(row)] == row
+            train = train[len(row) :]
+    assert train == hold == [] and held == ds.manifest["num_documents"]["holdout"] and 8 <= held <= 34
+
+    assert prepare_dataset([src], tok, tmp_path / "f", 32, holdout_fraction=0.25, progress=False).reused
+    with open(src / "part1.txt", "a", encoding="utf-8") as f:
         f.write("\none more document.\n")
-    again = prepare_dataset(src, tok, tmp_path / "f", 32, progress=False)
-    assert not again.reused and again.manifest["num_documents"]["train"] == from_files.manifest["num_documents"]["train"] + 1
+    again = prepare_dataset(src, tok, tmp_path / "f", 32, holdout_fraction=0.25, progress=False)
+    assert not again.reused and sum(again.manifest["num_documents"].values()) == len(docs) + 1
+
+
+def test_touched_or_moved_corpus_reuses_its_shards(tmp_path, corpus):
+    """The shards are keyed by the corpus bytes, not by paths and timestamps."""
+    docs, tok = corpus
+    src = write_corpus(tmp_path / "corpus", docs)
+    out = tmp_path / "out"
+    first = prepare_dataset(src, tok, out, 32, progress=False)
+    stamp = (out / "train_input_ids.bin").stat().st_mtime_ns
+    for f in src.iterdir():
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # touched
+    assert prepare_dataset(src, tok, out, 32, progress=False).reused
+    moved = tmp_path / "elsewhere" / "corpus"
+    moved.parent.mkdir()
+    src.rename(moved)
+    again = prepare_dataset(moved, tok, out, 32, progress=False)
+    assert again.reused and (out / "train_input_ids.bin").stat().st_mtime_ns == stamp
+    assert np.array_equal(again.splits["train"].input_ids, first.splits["train"].input_ids)
+
+
+def test_rebuild_swaps_in_and_refuses_foreign_folders(tmp_path, corpus, monkeypatch):
+    docs, tok = corpus
+    out = tmp_path / "out"
+    good = prepare_dataset(docs, tok, out, 32, progress=False).manifest
+    changed = [*docs[:-1], [*docs[-1], "one more line."]]
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "_swap_in", crash)  # cut short just before the swap
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(changed, tok, out, 32, progress=False)
+    monkeypatch.undo()
+    # the good folder is untouched and still reused; no building folder is left behind
+    assert json.loads((out / "manifest.json").read_text()) == good
+    assert prepare_dataset(docs, tok, out, 32, progress=False).reused
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (out).rename(tmp_path / ".out.old")  # cut short between the two renames of a swap
+    assert prepare_dataset(docs, tok, out, 32, progress=False).reused
+    rebuilt = prepare_dataset(changed, tok, out, 32, progress=False)
+    assert not rebuilt.reused and rebuilt.manifest["key"]["fingerprint"] != good["key"]["fingerprint"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CorpusError, match=r"holds other files \(notes.txt\); choose a new or empty folder"):
+        prepare_dataset(docs, tok, tmp_path / "mine", 32, progress=False)
 
 
 def test_workers_give_identical_shards(tmp_path, corpus, monkeypatch):
     docs, tok = corpus
-    monkeypatch.setattr(data, "CHUNK_CHARS", 1500)  # several chunks
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 1500)  # several chunks
     one = prepare_dataset(docs, tok, tmp_path / "a", 32, seed=3, num_workers=0, progress=False)
     two = prepare_dataset(docs, tok, tmp_path / "b", 32, seed=3, num_workers=2, progress=False)
     for name in ("train", "holdout"):
@@ -421,3 +490,19 @@ def test_loader_on_prepared_shards_whole_word(tmp_path, corpus, seed):
             words = np.cumsum(starts[b])  # word number of each position
             for p in chosen:  # a word is masked whole or not at all
                 assert set(np.flatnonzero(words == words[p]).tolist()) <= chosen
+
+
+def test_block_shuffle_reads_whole_blocks_per_buffer(seed, monkeypatch):
+    """An epoch visits buffers of BUFFER_BLOCKS blocks of BLOCK_ROWS contiguous rows: the first
+    buffer's positions hold exactly the rows of whole blocks, and only one buffer's order exists."""
+    monkeypatch.setattr(loader_mod, "BLOCK_ROWS", 4)
+    monkeypatch.setattr(loader_mod, "BUFFER_BLOCKS", 3)
+    ds = toy_dataset(np.random.default_rng(seed))  # 103 rows: 26 blocks, the last one of 3 rows
+    loader = PretrainingLoader(ds, "train", 5, seed=seed)
+    order = loader.epoch_order(0)
+    assert sorted(order.tolist()) == list(range(103))  # one rank: every row once
+    first = order[:12]
+    blocks = set((first // 4).tolist())
+    assert len(blocks) == 3 and sorted(first.tolist()) == sorted(r for b in blocks for r in range(4 * b, 4 * b + 4))
+    assert not np.array_equal(order, loader.epoch_order(1))
+    assert len(loader._buffers) <= 2  # bounded: never the whole epoch's order

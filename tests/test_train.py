@@ -54,7 +54,7 @@ def _final_params(run: Path) -> dict:
 def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path):
     data = _corpus(tmp_path / "corpus", seed=1)
     steps, every = 24, 5
-    # one vocabulary for both runs: the tokenizers trainer is not bit-reproducible across processes
+    # one vocabulary file for both runs (also what a user who passes --vocab does)
     # logs every 3 steps, checkpoints every 5: logging windows straddle checkpoints, so a resumed
     # run must carry the window's device-side sums in its checkpoint to log what the
     # uninterrupted run logs

@@ -179,7 +179,7 @@ def _loader(tmp_path, **kw):
     from electra_fast.tokenizer import load_tokenizer
 
     data = tmp_path / "data"
-    if not (tmp_path / "vocab").exists():  # once per test: the vocabulary trainer's order is not reproducible
+    if not (tmp_path / "vocab").exists():  # built once per test
         corpus = _corpus(tmp_path / "corpus", seed=7)
         prepare_dataset([corpus], load_tokenizer(_vocab(corpus, tmp_path / "vocab")), data, 32, seed=0,
                         num_workers=1, progress=False)
