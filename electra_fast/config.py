@@ -8,8 +8,8 @@ that a 2-core CPU learns something visible in a few minutes.
 from __future__ import annotations
 
 import dataclasses
-import math
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import SMALL, _corpus, _vocab
+from train_helpers import RESUME, SMALL_VOCAB, _corpus, _vocab
 
 from electra_fast import checkpoint as ckpt
 from electra_fast.checkpoint import (
@@ -41,13 +41,13 @@ def corpus(tmp_path):
 
 def test_truncated_latest_checkpoint_falls_back_to_the_newest_good_one(tmp_path, capsys, corpus):
     run = tmp_path / "run"
-    code, err = _run(capsys, [*corpus, "--steps", "10", "--save-every", "5", "--out", str(run), *SMALL])
+    code, err = _run(capsys, [*corpus, "--steps", "10", "--save-every", "5", "--out", str(run), *SMALL_VOCAB])
     assert code == 0, err
     last = ckpt.checkpoint_path(run, 10)
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a crash mid-copy, a bad disk
     with pytest.raises(CheckpointError, match="unreadable checkpoint"):
         load_checkpoint(last)
-    code, err = _run(capsys, ["--resume", str(run), "--steps", "12", *SMALL])
+    code, err = _run(capsys, ["--resume", str(run), "--steps", "12", *RESUME])
     assert code == 0, err
     assert "ckpt-00000010.pt: unreadable checkpoint" in err and "falling back" in err
     assert "resuming from" in err and "ckpt-00000005.pt (step 5)" in err
@@ -97,7 +97,7 @@ def test_full_disk_at_save_time_keeps_the_previous_checkpoint_and_stops_cleanly(
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(ckpt.torch, "save", flaky_save)
-    code, err = _run(capsys, [*corpus, "--steps", "20", "--save-every", "4", "--out", str(run), *SMALL])
+    code, err = _run(capsys, [*corpus, "--steps", "20", "--save-every", "4", "--out", str(run), *SMALL_VOCAB])
     assert code != 0
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: could not write checkpoint") and "No space left on device" in line
@@ -119,7 +119,7 @@ def _without_root_override() -> list[str]:
 def test_output_folder_turning_read_only_at_save_time(tmp_path, corpus):
     run = tmp_path / "run"
     cmd = [*_without_root_override(), sys.executable, "-m", "electra_fast.train", *corpus, "--steps", "2000",
-           "--save-every", "3", "--out", str(run), *SMALL]
+           "--save-every", "3", "--out", str(run), *SMALL_VOCAB]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
@@ -145,7 +145,7 @@ def test_read_only_output_folder_at_start_is_one_clear_error(tmp_path, corpus):
     run.chmod(0o555)
     try:
         res = subprocess.run([*_without_root_override(), sys.executable, "-m", "electra_fast.train", *corpus,
-                              "--out", str(run), *SMALL], capture_output=True, text=True, timeout=300)
+                              "--out", str(run), *SMALL_VOCAB], capture_output=True, text=True, timeout=300)
     finally:
         run.chmod(0o755)
     assert res.returncode == 2
@@ -170,7 +170,7 @@ def _nan_at(monkeypatch, steps):
 def test_nan_loss_skips_the_step_and_counts_it(tmp_path, capsys, corpus, monkeypatch):
     _nan_at(monkeypatch, {3, 4})
     run = tmp_path / "run"
-    code, err = _run(capsys, [*corpus, "--steps", "8", "--out", str(run), *SMALL])
+    code, err = _run(capsys, [*corpus, "--steps", "8", "--out", str(run), *SMALL_VOCAB])
     assert code == 0, err
     assert "non-finite loss or gradient at step 3; step skipped" in err
     assert "skipped non-finite steps=2" in err.strip().splitlines()[-1]
@@ -181,6 +181,6 @@ def test_nan_loss_skips_the_step_and_counts_it(tmp_path, capsys, corpus, monkeyp
 def test_nan_every_step_stops_the_run_naming_the_step(tmp_path, capsys, corpus, monkeypatch):
     _nan_at(monkeypatch, "all")
     code, err = _run(capsys, [*corpus, "--steps", "8", "--max-bad-steps", "3", "--out", str(tmp_path / "r"),
-                              *SMALL])
+                              *SMALL_VOCAB])
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("error: 3 consecutive non-finite steps ending at step 3")
