@@ -11,10 +11,10 @@ fresh classification head, every encoder weight present). No transformers import
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from .cli import ArgumentParser
 from .finetune import USER_ERRORS, FinetuneError, load_run
 from .hf import save_hf
 from .runfolder import claim
@@ -49,7 +49,7 @@ def export(run_dir: str | Path, out_dir: str | Path, log=print) -> tuple[Path, P
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m electra_fast.export",
+    p = ArgumentParser(prog="python -m electra_fast.export",
                                 description="Write a training run's newest checkpoint (or the one given) as "
                                             "HuggingFace ELECTRA discriminator and generator folders.")
     p.add_argument("--checkpoint", required=True, metavar="DIR|FILE",

@@ -44,13 +44,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest
+from .cli import ArgumentParser, HelpFormatter
 from .config import ElectraConfig
 from .glue import GLUE_TASKS, DataError, Examples, Task, compute_metrics, label_set_of, read_split, user_task
 from .hf import HFFormatError, load_hf
 from .model import Electra, Embeddings, Encoder
 from .runfolder import RunFolderError, claim
 from .tokenizer import ElectraTokenizer, TokenizerError, load_tokenizer
-from .train import HelpFormatter
 
 
 class FinetuneError(ValueError):
@@ -668,7 +668,7 @@ TASKS = (*GLUE_TASKS, "tsv", *SQUAD_FILES, "probe")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m electra_fast.finetune",
         description="Fine-tune a pre-trained ELECTRA discriminator on a GLUE task, your own TSV/CSV, "
                     "SQuAD 1.1 / 2.0, or the offline probe (pre-trained vs randomly initialised encoder).",

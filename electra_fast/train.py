@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .checkpoint import AsyncCheckpointer, CheckpointError, list_checkpoints, load_latest
+from .cli import ArgumentParser, HelpFormatter
 from .config import PRESETS, ElectraConfig
 
 
@@ -55,15 +56,6 @@ def say(*a, rank: int = 0) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless it is None (the help text then says where the value comes from)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is argparse.SUPPRESS or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def _preset_values(field_name: str) -> str:
     """'tiny 2400, small 1000000, ...': a config field's value in each preset."""
     return ", ".join(f"{name} {PRESETS[name].get(field_name, getattr(ElectraConfig, field_name))}"
@@ -71,7 +63,7 @@ def _preset_values(field_name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m electra_fast.train",
         description="ELECTRA pre-training (replaced-token detection). With no arguments: the tiny preset on "
                     "the embedded default corpus. A preset carries the official hyper-parameters; any flag "
