@@ -52,7 +52,8 @@ def claim(folder: str | Path, kind: str, flag: str, overwrite: bool, own: tuple[
         if not overwrite:
             if is_run(d):
                 what = (read_marker(d) or {}).get("kind", "training")
-                raise RunFolderError(f"{flag} {d} already holds a {what} run; {hint + ', or ' if hint else ''}"
+                article = "an" if what[:1] in "aeiou" else "a"
+                raise RunFolderError(f"{flag} {d} already holds {article} {what} run; {hint + ', or ' if hint else ''}"
                                      "pass --overwrite to replace it, or choose a new folder")
             raise RunFolderError(f"{flag} {d} is not empty and holds no electra_fast run; choose an empty or new "
                                  "folder, or pass --overwrite (files this run writes are replaced, others kept)")
