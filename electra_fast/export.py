@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         if src.exists() and (out.resolve() == src.resolve() or src.resolve() in out.resolve().parents):
             raise FinetuneError(f"--out {out} is inside the --checkpoint run folder {src}; export elsewhere")
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-            claim(out, "export", "--out", False, EXPORT_FILES)  # raises, naming what the folder holds
+            claim(out, "export", "--out", False, EXPORT_FILES, work=EXPORT_FILES)  # raises: names what is there
         pre = load_source(args.checkpoint, log=log)  # a bad checkpoint leaves --out untouched
-        claim(out, "export", "--out", args.overwrite, EXPORT_FILES)
+        claim(out, "export", "--out", args.overwrite, EXPORT_FILES, work=EXPORT_FILES)
         log(f"exporting {pre.source}")
         pre.model.eval()
         disc, gen = save_hf(pre.model, out, tokenizer=pre.tokenizer)

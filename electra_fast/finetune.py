@@ -775,9 +775,11 @@ def validate_args(args) -> None:
         raise FinetuneError(f"--seed must be an integer in [0, {2**32 - 1}], got {args.seed}")
 
 
-# what a fine-tuning run writes into --out (--overwrite deletes these, nothing else)
+# what a fine-tuning run writes into --out (--overwrite deletes these, nothing else); WORK: what
+# shows it got somewhere (without them, the folder of a run that stopped early is reused)
 FINETUNE_FILES = ("results.json", "*_predictions.tsv", "predictions.json", "null_odds.json", "best", "hf",
                   "pretrained", "random")
+FINETUNE_WORK = ("results.json", "best", "pretrained", "random")
 
 
 def _device(flag: str | None) -> torch.device:
@@ -800,7 +802,7 @@ def _check_out(out: Path, args) -> None:
     if src.exists() and out.resolve() == src.resolve():
         raise FinetuneError(f"--out {out} is the --checkpoint folder; write fine-tuning results elsewhere")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        claim(out, "fine-tuning", "--out", False, FINETUNE_FILES)  # raises, naming what the folder holds
+        claim(out, "fine-tuning", "--out", False, FINETUNE_FILES, work=FINETUNE_WORK)  # raises: names what is there
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out}: is a file, not a folder")
 
@@ -815,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         data = None if args.task == "probe" else load_task_data(args)  # bad data: reported before loading
         pre = load_pretrained(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
         hp = _hyper(args, pre.model.config, pre.model.config.max_seq_length if pre.run_dir is not None else None)
-        claim(out, "fine-tuning", "--out", args.overwrite, FINETUNE_FILES)
+        claim(out, "fine-tuning", "--out", args.overwrite, FINETUNE_FILES, work=FINETUNE_WORK)
         print(f"encoder: {pre.source}; {model_size(pre.model.config)}-sized, "
               f"{pre.model.config.num_layers} layers; device {device}")
         if args.task == "probe":

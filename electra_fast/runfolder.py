@@ -38,18 +38,22 @@ def is_run(folder: str | Path) -> bool:
 
 
 def claim(folder: str | Path, kind: str, flag: str, overwrite: bool, own: tuple[str, ...],
-          hint: str = "") -> str:
+          hint: str = "", work: tuple[str, ...] = ()) -> str:
     """Make ``folder`` this run's: refuse one holding a run or other files unless ``overwrite``.
 
     own: the names (globs) this kind of run writes; with ``overwrite`` they are deleted first.
-    hint: what to say besides ``--overwrite`` when the folder holds a run (``--resume DIR``).
-    Returns the new run id, written to ``folder/run.json``.
+    work: the names that show a run got somewhere (checkpoints, results); a folder of ours with
+    none of them (a run that stopped on a bad corpus before its first checkpoint) is taken over
+    without ``--overwrite``. hint: what to say besides ``--overwrite`` when the folder holds a run
+    (``--resume DIR``). Returns the new run id, written to ``folder/run.json``.
     """
     d = Path(folder)
     if d.exists() and not d.is_dir():
         raise RunFolderError(f"{flag} {d}: is a file, not a folder")
     if d.is_dir() and any(d.iterdir()):
-        if not overwrite:
+        aborted = (read_marker(d) is not None and not any(p for w in work for p in d.glob(w))
+                   and all(any(p.match(o) for o in (*own, MARKER)) for p in d.iterdir()))
+        if not overwrite and not aborted:
             if is_run(d):
                 what = (read_marker(d) or {}).get("kind", "training")
                 article = "an" if what[:1] in "aeiou" else "a"

@@ -538,7 +538,8 @@ def setup(args) -> Run:
         if resume_state is None:
             from .runfolder import claim
 
-            claim(out_dir, "training", "--out", args.overwrite, RUN_FILES, hint=f"continue it with --resume {out_dir}")
+            claim(out_dir, "training", "--out", args.overwrite, RUN_FILES, work=("ckpt-*.pt",),
+                  hint=f"continue it with --resume {out_dir}")
         elif not (out_dir / "run.json").exists():  # a run from before run.json
             from .runfolder import write_marker
 
@@ -632,7 +633,7 @@ def maybe_log(run: Run) -> None:
     run.checkpointer.poll()  # a failed background write stops the run here, not hundreds of steps later
     if st["stop_at"]:
         raise TrainError(f"{args.max_bad_steps} consecutive non-finite steps ending at step {st['stop_at']}; "
-                         f"stopping (last good checkpoint: {run.checkpointer.last or 'none'}). Lower --lr?")
+                         f"stopping (last good checkpoint: {run.checkpointer.wait() or 'none'}). Lower --lr?")
     if st["skipped_window"]:
         more = (f" ({st['skipped_window']} steps skipped since step {step - step % args.log_every or 0})"
                 if st["skipped_window"] > 1 else "")

@@ -146,7 +146,7 @@ def test_bad_inputs_get_one_clear_error_line(tmp_path, capsys):
     vocab.write_text("[PAD]\n[UNK]\nhello\nworld\n")
     assert "[MASK]" in _one_error_line(capsys, ["--data", str(_corpus(tmp_path / "c")), "--vocab", str(vocab), *out])
     assert "position embeddings" in _one_error_line(capsys, ["--seq-len", "4096", *out])
-    assert "--batch-size must be positive" in _one_error_line(capsys, ["--batch-size", "0", *out])
+    assert "--batch-size must be an integer >= 1, got 0" in _one_error_line(capsys, ["--batch-size", "0", *out])
 
 
 def test_schedule_is_warmup_times_linear_decay():
