@@ -238,6 +238,9 @@ def test_corpus_smaller_than_one_batch_is_one_line_naming_a_real_flag(tmp_path, 
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err
     assert last.startswith("error: the corpus gives") and "lower --batch-size" in last and "drop_last" not in last
+    # the folder of a run that stopped before its first checkpoint is not a run to protect: retry in place
+    code, err = _run(capsys, ["--data", str(data), "--out", str(tmp_path / "r"), *SMALL, "--steps", "1"])
+    assert code == 0, err
 
 
 # ------------------------------------------------------------------------- non-finite is failure
