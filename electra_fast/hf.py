@@ -107,7 +107,7 @@ def _tokenizer_for(model_cfg: ElectraConfig, tokenizer):
     if tokenizer is None:
         warnings.warn("save_hf without tokenizer=: the folders get no vocab.txt / tokenizer.json, so they can "
                       "neither be fine-tuned nor loaded with AutoTokenizer; pass the run's vocabulary "
-                      "(tokenizer='runs/<run>/vocab')", stacklevel=3)
+                      "(tokenizer='runs/<run>/vocab')", stacklevel=4)
         return None
     if isinstance(tokenizer, (str, Path)):
         from .tokenizer import load_tokenizer
