@@ -28,10 +28,10 @@ The same step harness (``build_step``) backs ``benchmarks/test_bench_step.py``.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -45,7 +45,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ElectraConfig, max_predictions
+from .cli import ArgumentParser
+from .config import PRESETS, ElectraConfig, max_predictions
 
 IMPLS = ("ours", "ours-eager", "hf-eager", "hf-compiled")
 IMPL_LABELS = {k: k for k in IMPLS}
@@ -358,7 +359,7 @@ FORMULA = ("MFU = model FLOPs/token x tokens/s / peak dense bf16 FLOP/s; model F
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m electra_fast.bench",
         description="Time one ELECTRA pre-training step (forward + backward + clipping + AdamW) as train runs "
                     "it (ours: compiled + CUDA graphs; ours-eager) and HF transformers (hf-eager, hf-compiled), "
@@ -388,12 +389,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (slow)")
     p.add_argument("--proxies", action="store_true",
                    help="print the CPU-side proxies (FLOPs and kernels per step) instead of timing")
-    p.add_argument("--proxy-preset", default="small", help="preset whose shapes the proxies use (default small)")
+    p.add_argument("--proxy-preset", default="small", choices=list(PRESETS),
+                   help="preset whose shapes the proxies use (default small)")
     p.add_argument("--no-compile", action="store_true", help="with --proxies: skip the torch.compile kernel counts")
     p.add_argument("--cost-json", metavar="PATH",
                    help="with --proxies: write the cost model's records here (one per kernel launch of a step at "
                         "every preset: op, kernel, preset, programs, flops, bytes, implied_us)")
     args = p.parse_args(argv)
+    for flag, v, lo in (("--iters", args.iters, 1), ("--warmup", args.warmup, 0), ("--batch-size", args.batch_size, 1),
+                        ("--threads", args.threads, 1)):
+        if v is not None and v < lo:
+            p.error(f"{flag} must be an integer >= {lo}, got {v}")
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        p.error(f"--budget must be a finite number of seconds > 0, got {args.budget}")
 
     if args.proxies:
         from . import proxies

@@ -54,11 +54,13 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep: int = 3) -> Path:
-    """Write ``state`` atomically as the checkpoint of ``step``; keep the newest ``keep`` files.
+def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep: int = 3,
+                    prunable: set[Path] | None = None) -> Path:
+    """Write ``state`` atomically as the checkpoint of ``step``, then prune to the newest ``keep``.
 
-    A full disk or an unwritable folder raises CheckpointError and leaves every earlier
-    checkpoint untouched.
+    Pruning never deletes the checkpoint just written, nor one of a later step, and with
+    ``prunable`` given only those files (this run's own checkpoints). A full disk or an
+    unwritable folder raises CheckpointError and leaves every earlier checkpoint untouched.
     """
     d = Path(run_dir)
     final = checkpoint_path(d, step)
@@ -83,12 +85,18 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, keep:
             except OSError:
                 pass
     if keep > 0:
-        for old in list_checkpoints(d)[:-keep]:
+        older = [p for p in list_checkpoints(d) if _step_of(p) < step
+                 and (prunable is None or p in prunable)]
+        for old in older[:max(0, len(older) - (keep - 1))]:
             try:
                 old.unlink()
             except OSError:
                 pass
     return final
+
+
+def _step_of(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -141,8 +149,11 @@ class AsyncCheckpointer:
     written before it stay intact. Call ``wait()`` before the process exits.
     """
 
-    def __init__(self, run_dir: str | Path, keep: int = 3):
+    def __init__(self, run_dir: str | Path, keep: int = 3, owned: list[Path] | tuple = ()):
+        """owned: checkpoints already in ``run_dir`` that belong to this run (a resumed run's); with
+        the ones this checkpointer writes, the only files pruning may delete."""
         self.run_dir, self.keep = Path(run_dir), keep
+        self._owned = {Path(p) for p in owned}
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.last: Path | None = None  # the newest checkpoint known to be on disk
@@ -151,10 +162,11 @@ class AsyncCheckpointer:
         host = snapshot(state)
         self.wait()
         path = checkpoint_path(self.run_dir, step)
+        self._owned.add(path)
 
         def write():
             try:
-                self.last = save_checkpoint(host, self.run_dir, step, keep=self.keep)
+                self.last = save_checkpoint(host, self.run_dir, step, keep=self.keep, prunable=set(self._owned))
             except BaseException as e:  # noqa: B036 - handed to the training loop
                 self._error = e
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ class ElectraConfig:
     adam_eps: float = 1e-6
     max_grad_norm: float = 1.0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     @property
     def max_predictions(self) -> int:
         """Masked positions per sequence: int((p + 0.005) * max_len), 19 at length 128."""
@@ -91,10 +95,33 @@ class ElectraConfig:
                 if getattr(self, g) != getattr(self, d)]
 
     def validate(self) -> None:
+        """Raise ValueError naming the first field that is of the wrong type, non-finite or out of range."""
+
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            want = {"int": int, "float": (int, float), "bool": bool}[f.type]
+            if isinstance(v, bool) != (f.type == "bool") or not isinstance(v, want):
+                raise ValueError(f"ElectraConfig.{f.name} must be {f.type}, got {v!r}")
+            if f.type == "float" and not math.isfinite(v):
+                raise ValueError(f"ElectraConfig.{f.name} must be finite, got {v}")
+        for name, lo, hi, what in (("dropout", 0.0, 1.0, "[0, 1)"), ("attention_dropout", 0.0, 1.0, "[0, 1)"),
+                                   ("adam_beta1", 0.0, 1.0, "[0, 1)"), ("adam_beta2", 0.0, 1.0, "[0, 1)")):
+            if not lo <= getattr(self, name) < hi:
+                raise ValueError(f"ElectraConfig.{name} must be in {what}, got {getattr(self, name)}")
+        for name in ("learning_rate", "layer_norm_eps", "initializer_range", "adam_eps", "max_grad_norm",
+                     "disc_weight"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ElectraConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "warmup_steps", "pad_token_id"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ElectraConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.pad_token_id >= self.vocab_size:
+            raise ValueError(f"ElectraConfig.pad_token_id {self.pad_token_id} is not below vocab_size "
+                             f"{self.vocab_size}")
         for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
                      "intermediate_size", "generator_hidden_size", "generator_num_layers",
                      "generator_num_heads", "generator_intermediate_size", "max_position_embeddings",
-                     "batch_size", "max_seq_length"):
+                     "batch_size", "max_seq_length", "train_steps", "type_vocab_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ElectraConfig.{name} must be positive, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:

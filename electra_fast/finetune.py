@@ -43,11 +43,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, list_checkpoints, load_latest
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest
+from .cli import ArgumentParser, HelpFormatter
 from .config import ElectraConfig
 from .glue import GLUE_TASKS, DataError, Examples, Task, compute_metrics, label_set_of, read_split, user_task
 from .hf import HFFormatError, load_hf
 from .model import Electra, Embeddings, Encoder
+from .runfolder import RunFolderError, claim
 from .tokenizer import ElectraTokenizer, TokenizerError, load_tokenizer
 
 
@@ -55,7 +57,7 @@ class FinetuneError(ValueError):
     """A checkpoint or an option cannot be used; the message says what to change."""
 
 
-USER_ERRORS = (FinetuneError, DataError, CheckpointError, TokenizerError, HFFormatError)
+USER_ERRORS = (FinetuneError, DataError, CheckpointError, TokenizerError, HFFormatError, RunFolderError)
 
 # Table 7 of the paper (tiny is ours: a 128-wide model learns faster with a larger step).
 DEFAULT_LR = {"tiny": 1e-3, "small": 3e-4, "base": 1e-4, "large": 5e-5}
@@ -77,10 +79,15 @@ class Pretrained:
     run_dir: Path | None = None  # our run folder (the probe looks for its pre-training holdout)
 
 
-def load_run(run_dir: str | Path, log=print) -> Pretrained:
-    """Our training run folder: the newest readable checkpoint and the vocabulary in ``vocab/``."""
+def load_run(run_dir: str | Path, log=print, checkpoint: str | Path | None = None) -> Pretrained:
+    """Our training run folder: the newest readable checkpoint (or exactly ``checkpoint``, one
+    ckpt-*.pt of it) and the vocabulary in ``vocab/``."""
     d = Path(run_dir)
-    state, path = load_latest(d, log=log)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        state = load_checkpoint(path)
+    else:
+        state, path = load_latest(d, log=log)
     try:
         cfg = ElectraConfig.from_dict(state["config"])
         model = Electra(cfg, state.get("objective", "electra"))
@@ -108,8 +115,8 @@ def _check_vocab(cfg: ElectraConfig, tok: ElectraTokenizer, what: str, vocab_pat
 def load_pretrained(path: str | Path, log=print) -> Pretrained:
     """Our run folder (or one ckpt-*.pt in it), or a HuggingFace ELECTRA discriminator folder."""
     p = Path(path)
-    if p.is_file() and p.suffix == ".pt":
-        p = p.parent
+    if p.is_file() and p.suffix == ".pt":  # exactly this checkpoint, not the run's newest
+        return load_run(p.parent, log=log, checkpoint=p)
     if not p.is_dir():
         raise FinetuneError(f"--checkpoint {path}: no such folder")
     hf_weights = (p / "model.safetensors").is_file() or (p / "pytorch_model.bin").is_file()
@@ -354,6 +361,16 @@ def make_optimizer(model: SequenceClassifier, hp: Hyper, n_train: int):
     return opt, sched, total, warmup
 
 
+def check_finite(model: nn.Module, train_loss: float, epoch: int, best_epoch: int | None) -> None:
+    """Non-finite training is a failure: raise FinetuneError (before anything of the epoch is saved)."""
+    params_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+    if math.isfinite(train_loss) and params_ok:
+        return
+    what = "training loss" if not math.isfinite(train_loss) else "parameters"
+    kept = f"best/ keeps epoch {best_epoch}" if best_epoch else "nothing was saved"
+    raise FinetuneError(f"non-finite {what} in epoch {epoch} ({kept}); lower --lr")
+
+
 def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[str, Encoded],
              hp: Hyper, out_dir: Path, *, pad_id: int, device="cpu", tokenizer: ElectraTokenizer | None = None,
              progress: bool = True, log=print, meta: dict | None = None) -> dict:
@@ -370,6 +387,7 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
     main_dev = next(iter(devs))
     history, best, best_value = [], None, -math.inf
     t0 = time.time()
+    progress = progress and sys.stderr.isatty()  # no \r frames in a log file
     bar = tqdm(total=total, desc=f"fine-tuning {task.title}", unit="step", disable=not progress,
                dynamic_ncols=True)
     say = bar.write if progress else log  # above the live bar, not through it
@@ -394,6 +412,7 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
                 if n_batches % 10 == 0:
                     bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / n_batches:.4f}")
             record = {"epoch": epoch, "train_loss": loss_sum.item() / max(1, n_batches), "dev": {}}
+            check_finite(model, record["train_loss"], epoch, best and best["epoch"])
             preds = {}
             for name, data in devs.items():
                 preds[name] = predict(model, data, pad_id, device, hp.eval_batch_size)
@@ -649,10 +668,11 @@ TASKS = (*GLUE_TASKS, "tsv", *SQUAD_FILES, "probe")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m electra_fast.finetune",
         description="Fine-tune a pre-trained ELECTRA discriminator on a GLUE task, your own TSV/CSV, "
-                    "SQuAD 1.1 / 2.0, or the offline probe (pre-trained vs randomly initialised encoder).")
+                    "SQuAD 1.1 / 2.0, or the offline probe (pre-trained vs randomly initialised encoder).",
+        formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="a training run folder (newest good ckpt-*.pt, vocab/) or a HuggingFace ELECTRA folder")
     p.add_argument("--task", required=True, metavar="TASK", help=f"one of: {', '.join(TASKS)}")
@@ -660,19 +680,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "(MNLI: dev_matched.tsv and dev_mismatched.tsv; squad: train-v1.1.json and dev-v1.1.json; "
                    "squad_v2: train-v2.0.json and dev-v2.0.json); not needed for --task probe")
     p.add_argument("--out", metavar="DIR", help="results, dev predictions and best/ (default: runs/finetune-TASK)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training set")
     p.add_argument("--lr", type=float, help="peak lr (default by model size: tiny 1e-3, small 3e-4, "
                    "base 1e-4, large 5e-5)")
     p.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default 0.8; 0.9 for large)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step")
     p.add_argument("--seq-len", type=int, help="maximum tokens per example (default 128; probe 64; squad 384, "
                    "or the run's pre-training length if shorter)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="random seed (head initialisation, batch order)")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout in the encoder and before the head")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-fraction", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on LayerNorm, biases)")
+    p.add_argument("--warmup-fraction", type=float, default=0.1, help="share of the steps with linear warmup")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no live progress bar (also off when stderr is not a terminal)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that holds results or other files (results, predictions and "
+                        "best/ are replaced; other files are kept)")
     g = p.add_argument_group("--task tsv (your own file: data-dir/train.tsv|csv and dev.tsv|csv, header row)")
     g.add_argument("--text-cols", metavar="A[,B]", help="one or two text columns, by header name or 0-based index")
     g.add_argument("--label-col", metavar="C", help="label column, by header name or 0-based index")
@@ -681,17 +705,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("--task squad / squad_v2 (SQuAD's JSON files; writes predictions.json, "
                              "null_odds.json for 2.0, and hf/ for ElectraForQuestionAnswering)")
     g.add_argument("--doc-stride", type=int, default=128, metavar="N",
-                   help="tokens between the starts of consecutive windows of a long context (default 128)")
-    g.add_argument("--max-query-length", type=int, default=64, metavar="N", help="question tokens kept (default 64)")
+                   help="tokens between the starts of consecutive windows of a long context")
+    g.add_argument("--max-query-length", type=int, default=64, metavar="N", help="question tokens kept")
     g.add_argument("--max-answer-length", type=int, default=30, metavar="N",
-                   help="longest predicted answer, in tokens (default 30)")
+                   help="longest predicted answer, in tokens")
     g.add_argument("--n-best", type=int, default=20, metavar="N",
-                   help="start and end candidates per window in post-processing (default 20)")
+                   help="start and end candidates per window in post-processing")
     g.add_argument("--null-threshold", type=float, default=0.0, metavar="X",
-                   help="squad_v2: answer \"\" when null_odds (null score - best span score) exceeds X (default 0)")
+                   help="squad_v2: answer \"\" when null_odds (null score - best span score) exceeds X")
     g = p.add_argument_group("--task probe (line pairs from held-out documents of the embedded corpus)")
     g.add_argument("--probe", default="next", choices=list(PROBE_TASKS),
-                   help="next: next line or another document's line (default); order: swapped or not")
+                   help="next: next line or another document's line; order: swapped or not")
     g.add_argument("--probe-train", type=int, default=3000, metavar="N", help="training pairs")
     g.add_argument("--probe-dev", type=int, default=1000, metavar="N", help="at most N dev examples")
     return p
@@ -727,6 +751,37 @@ def _hyper(args, cfg: ElectraConfig, trained_len: int | None = None) -> Hyper:
     return hp
 
 
+def validate_args(args) -> None:
+    """Every flag's type, range and finiteness, before any data or checkpoint is read."""
+    if args.task not in TASKS:
+        raise FinetuneError(f"--task {args.task!r}: unknown; choose one of {', '.join(TASKS)}")
+    if args.task != "tsv" and (args.text_cols or args.label_col or args.regression or args.delimiter):
+        raise FinetuneError("--text-cols / --label-col / --regression / --delimiter apply to --task tsv only")
+    ints = {"epochs": 1, "batch_size": 1, "seq_len": 4, "seed": 0, "doc_stride": 1, "max_query_length": 1,
+            "max_answer_length": 1, "n_best": 1, "probe_train": 1, "probe_dev": 2}
+    for dest, lo in ints.items():
+        v = getattr(args, dest)
+        if v is not None and v < lo:
+            raise FinetuneError(f"--{dest.replace('_', '-')} must be an integer >= {lo}, got {v}")
+    floats = {"lr": ("> 0", lambda v: v > 0), "layer_decay": ("in (0, 1]", lambda v: 0 < v <= 1),
+              "dropout": ("in [0, 1)", lambda v: 0 <= v < 1), "weight_decay": (">= 0", lambda v: v >= 0),
+              "warmup_fraction": ("in [0, 1]", lambda v: 0 <= v <= 1), "null_threshold": ("", lambda v: True)}
+    for dest, (what, ok) in floats.items():
+        v = getattr(args, dest)
+        if v is not None and not (math.isfinite(v) and ok(v)):
+            raise FinetuneError(f"--{dest.replace('_', '-')} must be a finite number {what}".rstrip()
+                                + f", got {v}")
+    if args.seed >= 2**32:
+        raise FinetuneError(f"--seed must be an integer in [0, {2**32 - 1}], got {args.seed}")
+
+
+# what a fine-tuning run writes into --out (--overwrite deletes these, nothing else); WORK: what
+# shows it got somewhere (without them, the folder of a run that stopped early is reused)
+FINETUNE_FILES = ("results.json", "*_predictions.tsv", "predictions.json", "null_odds.json", "best", "hf",
+                  "pretrained", "random")
+FINETUNE_WORK = ("results.json", "best", "pretrained", "random")
+
+
 def _device(flag: str | None) -> torch.device:
     if flag is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -739,18 +794,30 @@ def _device(flag: str | None) -> torch.device:
     return dev
 
 
+def _check_out(out: Path, args) -> None:
+    """--out refused before any work: a file, a run (of any kind) or a user's non-empty folder
+    without --overwrite, or the --checkpoint run's own folder."""
+    src = Path(args.checkpoint)
+    src = src.parent if src.suffix == ".pt" else src
+    if src.exists() and out.resolve() == src.resolve():
+        raise FinetuneError(f"--out {out} is the --checkpoint folder; write fine-tuning results elsewhere")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        claim(out, "fine-tuning", "--out", False, FINETUNE_FILES, work=FINETUNE_WORK)  # raises: names what is there
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out}: is a file, not a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.task not in TASKS:
-            raise FinetuneError(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
-        if args.task != "tsv" and (args.text_cols or args.label_col or args.regression):
-            raise FinetuneError("--text-cols / --label-col / --regression apply to --task tsv only")
+        validate_args(args)
         device = _device(args.device)
+        out = Path(args.out or f"runs/finetune-{args.task}")
+        _check_out(out, args)
         data = None if args.task == "probe" else load_task_data(args)  # bad data: reported before loading
         pre = load_pretrained(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
         hp = _hyper(args, pre.model.config, pre.model.config.max_seq_length if pre.run_dir is not None else None)
-        out = Path(args.out or f"runs/finetune-{args.task}")
+        claim(out, "fine-tuning", "--out", args.overwrite, FINETUNE_FILES, work=FINETUNE_WORK)
         print(f"encoder: {pre.source}; {model_size(pre.model.config)}-sized, "
               f"{pre.model.config.num_layers} layers; device {device}")
         if args.task == "probe":

@@ -102,12 +102,34 @@ def _save_folder(folder: Path, tensors: dict, config: dict, tokenizer=None) -> N
             "mask_token": "[MASK]"}, indent=2) + "\n", encoding="utf-8")
 
 
+def _tokenizer_for(model_cfg: ElectraConfig, tokenizer):
+    """Our ElectraTokenizer, or a vocabulary path to load one from; its size must be the model's."""
+    if tokenizer is None:
+        warnings.warn("save_hf without tokenizer=: the folders get no vocab.txt / tokenizer.json, so they can "
+                      "neither be fine-tuned nor loaded with AutoTokenizer; pass the run's vocabulary "
+                      "(tokenizer='runs/<run>/vocab')", stacklevel=4)
+        return None
+    if isinstance(tokenizer, (str, Path)):
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    if not hasattr(tokenizer, "save") or not hasattr(tokenizer, "vocab_size"):
+        raise TypeError(f"tokenizer must be an ElectraTokenizer or a vocabulary path, got {type(tokenizer).__name__}")
+    if tokenizer.vocab_size != model_cfg.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                         f"{model_cfg.vocab_size}; pass the vocabulary the model was trained with")
+    return tokenizer
+
+
 @torch.no_grad()
 def save_hf(model: Electra, out_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
     """Write ``out_dir/discriminator`` (ElectraForPreTraining) and ``out_dir/generator``
-    (ElectraForMaskedLM). ``tokenizer``: an object with ``save(folder)`` (our ElectraTokenizer)."""
+    (ElectraForMaskedLM), each with the tokenizer files (vocab.txt, tokenizer.json, tokenizer
+    config) so that it fine-tunes and loads with ``AutoTokenizer``. ``tokenizer``: our
+    ElectraTokenizer or a path to the run's vocabulary (``runs/<run>/vocab``)."""
     out = Path(out_dir)
     cfg = model.config
+    tokenizer = _tokenizer_for(cfg, tokenizer)
     if model.discriminator is None:
         raise ValueError("an objective='mlm' model (the BERT baseline) has no discriminator to export")
     disc_words = model.embeddings.word_embeddings.weight
@@ -160,20 +182,42 @@ def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise HFFormatError(f"{folder}: no config.json; expected a HuggingFace ELECTRA folder")
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HFFormatError(f"{cfg_path}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(config, dict):
+        raise HFFormatError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")
     if config.get("model_type", "electra") != "electra":
         raise HFFormatError(f"{cfg_path}: model_type is {config.get('model_type')!r}, expected 'electra'")
     if config.get("hidden_act", "gelu") != "gelu":
         raise HFFormatError(f"{cfg_path}: hidden_act {config['hidden_act']!r} is not supported (gelu only)")
-    if (folder / "model.safetensors").exists():
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").exists():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).exists()), None)
+    if weights is None:
         raise HFFormatError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated / corrupted file, or a pickle weights_only refuses
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise HFFormatError(f"{weights}: unreadable weights ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HFFormatError(f"{weights}: not a state dict of tensors")
     return config, state
+
+
+def _architecture(config: dict, state: dict) -> str | None:
+    """'generator' or 'discriminator' when config.json or the weights say which one a folder holds."""
+    arch = " ".join(config.get("architectures") or [])
+    if GEN_ARCH in arch or any(k.startswith("generator_predictions.") for k in state):
+        return "generator"
+    if DISC_ARCH in arch or any(k.startswith("discriminator_predictions.") for k in state):
+        return "discriminator"
+    return None
 
 
 def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -249,6 +293,26 @@ def load_hf(discriminator_dir: str | Path, generator_dir: str | Path | None = No
     """
     d_cfg, d_state = read_hf_folder(discriminator_dir)
     g_cfg, g_state = read_hf_folder(generator_dir) if generator_dir is not None else (None, None)
+    if _architecture(d_cfg, d_state) == "generator":
+        raise HFFormatError(f"discriminator_dir {discriminator_dir} holds a generator (ElectraForMaskedLM); "
+                            "call load_hf(discriminator_dir, generator_dir) with the discriminator folder first")
+    if g_cfg is not None and _architecture(g_cfg, g_state) == "discriminator":
+        raise HFFormatError(f"generator_dir {generator_dir} holds a discriminator (ElectraForPreTraining); "
+                            "call load_hf(discriminator_dir, generator_dir) with the generator folder second")
+    try:
+        return _build(discriminator_dir, generator_dir, d_cfg, d_state, g_cfg, g_state)
+    except KeyError as e:
+        raise HFFormatError(f"{discriminator_dir if generator_dir is None else (discriminator_dir, generator_dir)}: "
+                            f"missing {e.args[0]!r} (config.json key or weight); not an ELECTRA folder") from None
+    except (RuntimeError, TypeError, ValueError) as e:
+        if isinstance(e, HFFormatError):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise HFFormatError(f"{discriminator_dir}: weights or config.json do not fit an ELECTRA model "
+                            f"({first})") from None
+
+
+def _build(discriminator_dir, generator_dir, d_cfg, d_state, g_cfg, g_state) -> Electra:
     if g_cfg is not None:
         for k in ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size"):
             if g_cfg.get(k) != d_cfg.get(k):

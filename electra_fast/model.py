@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .config import ElectraConfig
+from .kernels.dispatch import values_readable
 
 IGNORE_INDEX = -100
 
@@ -214,15 +215,49 @@ class Electra(nn.Module):
         x = self.embeddings(input_ids, token_type_ids, self._disc_word_weight())
         return self.discriminator(x, attention_mask)
 
+    def _check_inputs(self, where: str, input_ids, token_type_ids=None, attention_mask=None, **more) -> None:
+        """TypeError / ValueError naming the argument: not a tensor, not (B, T), longer than the
+        position table; ids outside the vocabulary (a host read: CPU tensors only, never while
+        compiling or inside a training step, see ops.value_checks)."""
+        if torch.compiler.is_compiling():
+            return
+        named = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, **more}
+        for name, t in named.items():
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__module__}."
+                                f"{type(t).__name__} (convert it with torch.as_tensor(...).long())")
+        if input_ids.dim() != 2:
+            raise ValueError(f"{where}: input_ids must be (batch, seq_len); got shape {tuple(input_ids.shape)}")
+        cfg = self.config
+        if input_ids.shape[1] > cfg.max_position_embeddings:
+            raise ValueError(f"{where}: input_ids has {input_ids.shape[1]} positions; the model has "
+                             f"{cfg.max_position_embeddings} position embeddings (config.max_position_embeddings)")
+        for name in ("token_type_ids", "attention_mask"):
+            t = named[name]
+            if t is not None and t.shape != input_ids.shape:
+                raise ValueError(f"{where}: {name} must have input_ids' shape {tuple(input_ids.shape)}; got "
+                                 f"{tuple(t.shape)}")
+        for name, hi in (("input_ids", cfg.vocab_size), ("token_type_ids", cfg.type_vocab_size)):
+            t = named[name]
+            if t is None or not t.numel() or t.device.type != "cpu" or not values_readable(t):
+                continue
+            if t.is_floating_point() or t.dtype == torch.bool:
+                raise TypeError(f"{where}: {name} must be an integer tensor; got {t.dtype}")
+            lo_v, hi_v = int(t.min()), int(t.max())
+            if lo_v < 0 or hi_v >= hi:
+                raise ValueError(f"{where}: {name} must lie in [0, {hi}); got values in [{lo_v}, {hi_v}]")
+
     def discriminator_logits(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:
         """Replaced-token logits for every position, (B, T)."""
         if self.discriminator_head is None:
             raise ValueError("an objective='mlm' model has no discriminator head")
+        self._check_inputs("discriminator_logits", input_ids, token_type_ids, attention_mask)
         return self.discriminator_head(self.discriminator_hidden(input_ids, token_type_ids, attention_mask))
 
     def generator_logits(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:
         """MLM logits at every position, (B, T, V). For inspection and parity checks only:
         the training path evaluates the head at the masked positions alone."""
+        self._check_inputs("generator_logits", input_ids, token_type_ids, attention_mask)
         h = self.generator(self.embeddings(input_ids, token_type_ids), attention_mask)
         return self._mlm_logits(self.generator_head(h))
 
@@ -244,6 +279,8 @@ class Electra(nn.Module):
         if masked_positions is None or masked_ids is None or masked_weights is None:
             raise ValueError("Electra.forward needs masked_positions, masked_ids and masked_weights "
                              "(the masking format of electra_fast.masking)")
+        self._check_inputs("forward", input_ids, token_type_ids, attention_mask, masked_positions=masked_positions,
+                           masked_ids=masked_ids, masked_weights=masked_weights, original_ids=original_ids)
         cfg = self.config
         if seed is None:  # a device tensor: no host sync, and torch.compile never recompiles for it
             seed = torch.randint(0, 2**31 - 1, (1,), device=masked_ids.device)

@@ -40,6 +40,7 @@ import json
 import math
 import re
 import string
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,15 @@ import torch
 import torch.nn.functional as F
 
 from .config import ElectraConfig
-from .finetune import SQUAD_FILES, Hyper, SequenceClassifier, _seed_all, make_batch, make_optimizer
+from .finetune import (
+    SQUAD_FILES,
+    Hyper,
+    SequenceClassifier,
+    _seed_all,
+    check_finite,
+    make_batch,
+    make_optimizer,
+)
 from .glue import DataError
 from .tokenizer import ElectraTokenizer
 
@@ -457,6 +466,7 @@ def finetune_squad(model: SpanExtractor, train: Features, dev: tuple[list[QAExam
     history, best, best_value = [], None, -math.inf
     t0 = time.time()
     title = "SQuAD 2.0" if opts.version2 else "SQuAD 1.1"
+    progress = progress and sys.stderr.isatty()  # no \r frames in a log file
     bar = tqdm(total=total, desc=f"fine-tuning {title}", unit="step", disable=not progress, dynamic_ncols=True)
     say = bar.write if progress else log
     try:
@@ -479,6 +489,7 @@ def finetune_squad(model: SpanExtractor, train: Features, dev: tuple[list[QAExam
                 bar.update(1)
                 if n_batches % 10 == 0:
                     bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / n_batches:.4f}")
+            check_finite(model, loss_sum.item() / max(1, n_batches), epoch, best and best["epoch"])
             metrics, preds, odds = evaluate(model, dev_ex, dev_feats, opts, pad_id, device, hp.eval_batch_size)
             record = {"epoch": epoch, "train_loss": loss_sum.item() / max(1, n_batches), "dev": metrics}
             value = -math.inf if math.isnan(record["train_loss"]) else metrics[metric]

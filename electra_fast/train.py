@@ -33,12 +33,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import AsyncCheckpointer, CheckpointError, load_latest
+from .checkpoint import AsyncCheckpointer, CheckpointError, list_checkpoints, load_latest
+from .cli import ArgumentParser, HelpFormatter
 from .config import PRESETS, ElectraConfig
 
 
 class TrainError(Exception):
     """A problem the user can fix (bad flag, bad data); printed as one line, no traceback."""
+
+
+class RunFinished(Exception):
+    """``--resume`` of a run that has reached its last step: said in one line, exit status 0."""
+
+
+# what a training run writes into its folder (``--overwrite`` deletes these, nothing else)
+RUN_FILES = ("ckpt-*.pt", ".ckpt-*.tmp", "metrics.jsonl", "config.json", "vocab", "data")
 
 
 def say(*a, rank: int = 0) -> None:
@@ -47,13 +56,19 @@ def say(*a, rank: int = 0) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
+def _preset_values(field_name: str) -> str:
+    """'tiny 2400, small 1000000, ...': a config field's value in each preset."""
+    return ", ".join(f"{name} {PRESETS[name].get(field_name, getattr(ElectraConfig, field_name))}"
+                     for name in PRESETS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m electra_fast.train",
         description="ELECTRA pre-training (replaced-token detection). With no arguments: the tiny preset on "
                     "the embedded default corpus. A preset carries the official hyper-parameters; any flag "
                     "overrides it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model size and schedule")
     p.add_argument("--data", nargs="+", metavar="PATH",
                    help="a folder made by `python -m electra_fast.prepare` (used as it is), or text files / folders "
@@ -70,13 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset>)")
     p.add_argument("--objective", default="electra", choices=["electra", "mlm"],
                    help="electra (replaced-token detection) or mlm (the paper's BERT baseline, same network size)")
-    p.add_argument("--steps", type=int, help="optimizer steps")
-    p.add_argument("--warmup", type=int, help="warmup steps")
-    p.add_argument("--batch-size", type=int, help="sequences per optimizer step (all ranks and micro-batches)")
+    p.add_argument("--steps", type=int, help=f"optimizer steps (default by preset: {_preset_values('train_steps')})")
+    p.add_argument("--warmup", type=int, help=f"warmup steps (default: {_preset_values('warmup_steps')})")
+    p.add_argument("--batch-size", type=int, help="sequences per optimizer step (all ranks and micro-batches; "
+                   f"default: {_preset_values('batch_size')})")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--seq-len", type=int, help="maximum sequence length")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--mask-prob", type=float, help="masking probability (0.15; 0.25 for large)")
+    p.add_argument("--seq-len", type=int, help=f"maximum sequence length (default: {_preset_values('max_seq_length')})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {_preset_values('learning_rate')})")
+    p.add_argument("--mask-prob", type=float, help=f"masking probability (default: {_preset_values('mask_prob')})")
     p.add_argument("--whole-word", action=argparse.BooleanOptionalAction, default=None,
                    help="mask whole words (all their WordPiece pieces together); default: on for tiny, "
                         "off for the official presets")
@@ -84,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tie-encoders", action=argparse.BooleanOptionalAction, default=None,
                    help="generator and discriminator share their whole encoder (the paper's 'tie all weights'; "
                         "on in the tiny preset, needs equal sizes)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="random seed (initialisation, data order, masking)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="compile the whole step (forward, backward, clipping, AdamW) with torch.compile, "
@@ -99,10 +115,87 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="metrics JSONL / progress update interval")
     p.add_argument("--max-bad-steps", type=int, default=5,
                    help="consecutive non-finite steps (skipped) before the run stops")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest good checkpoint")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest good checkpoint, with "
+                   "its own settings; only --steps, --save-every(-minutes), --log-every, --eval-every, "
+                   "--eval-batches, --keep, --max-bad-steps, --prefetch, --workers, --device, --compile, "
+                   "--no-progress and --data (the same content moved elsewhere) may be given with it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in --out even if it holds a run or other files (the old run's "
+                        "checkpoints, metrics, vocabulary and shards are deleted; other files are kept)")
     p.add_argument("--workers", type=int, help="processes for tokenising large corpora (default: all cores)")
-    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no live progress bar (also off when stderr is not a terminal: plain lines instead)")
     return p
+
+
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The dests of the flags written on the command line (not left at their defaults)."""
+    p = build_parser()
+    for a in p._actions:
+        a.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+# flags that may change when a run is resumed: they do not change what the run computes
+RESUME_SAFE = {"resume", "steps", "save_every", "save_every_minutes", "log_every", "eval_every", "eval_batches",
+               "keep", "max_bad_steps", "prefetch", "workers", "device", "compile", "no_progress", "data"}
+
+_INT_RANGES = {  # dest: (lowest, highest or None): every integer flag
+    "vocab_size": (16, 2**31 - 1), "steps": (1, None), "warmup": (0, None), "batch_size": (1, None),
+    "grad_accum": (1, None), "seq_len": (8, None), "seed": (0, 2**32 - 1), "save_every": (1, None),
+    "prefetch": (1, 1024), "keep": (1, None), "eval_every": (0, None), "eval_batches": (1, None),
+    "log_every": (1, None), "max_bad_steps": (1, None), "workers": (1, 4096),
+}
+
+
+def _range_text(lo, hi) -> str:
+    return f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+
+def validate_args(args, given: set[str]) -> None:
+    """Every flag's type, range, finiteness and combination, before any file is read or written.
+
+    Raises TrainError naming the flag and what it accepts."""
+    for dest, (lo, hi) in _INT_RANGES.items():
+        v = getattr(args, dest)
+        if v is not None and (v < lo or (hi is not None and v > hi)):
+            raise TrainError(f"--{dest.replace('_', '-')} must be {_range_text(lo, hi)}, got {v}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise TrainError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.mask_prob is not None and not 0 < args.mask_prob < 1:
+        raise TrainError(f"--mask-prob must be in (0, 1), got {args.mask_prob}")
+    if not (math.isfinite(args.save_every_minutes) and args.save_every_minutes > 0):
+        raise TrainError(f"--save-every-minutes must be a finite number > 0, got {args.save_every_minutes}")
+    if args.resume:
+        extra = sorted(given - RESUME_SAFE - {"out"})
+        if extra:
+            flag = extra[0].replace("_", "-")
+            raise TrainError(f"--{flag} cannot change when resuming: --resume {args.resume} continues the run with "
+                             f"its own settings; drop --{flag}, or start a new run in another --out folder")
+        if args.out and Path(args.out).absolute() != Path(args.resume).absolute():
+            raise TrainError(f"--out {args.out} with --resume {args.resume}: a resumed run stays in its own folder; "
+                             "drop --out")
+        return
+    if args.objective == "mlm" and args.gdes:
+        raise TrainError("--gdes shares the generator's embeddings with the discriminator; --objective mlm has no "
+                         "discriminator: drop one of them")
+    if args.vocab and args.vocab_size is not None:
+        raise TrainError("--vocab-size sizes a vocabulary trained on the corpus; --vocab gives one: drop one of them")
+    out = Path(args.out or f"runs/{args.preset}")
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out}: is a file, not a folder")
+    for d in args.data or ():
+        if Path(d).is_dir() and Path(d).resolve() in (out.resolve(), *out.resolve().parents):
+            raise TrainError(f"--out {out} is inside the --data folder {d}: the run's shards would be read as text "
+                             "by the next run; put the run folder elsewhere")
+    base = ElectraConfig.preset(args.preset)
+    seq = args.seq_len or base.max_seq_length
+    if seq > base.max_position_embeddings:
+        raise TrainError(f"--seq-len {seq} exceeds the {args.preset} model's {base.max_position_embeddings} "
+                         f"position embeddings: use a --seq-len in [8, {base.max_position_embeddings}]")
+    batch = args.batch_size or base.batch_size
+    if batch % args.grad_accum:
+        raise TrainError(f"--batch-size {batch} is not divisible by --grad-accum {args.grad_accum}")
 
 
 def resolve_config(args, saved: dict | None) -> ElectraConfig:
@@ -173,6 +266,8 @@ def _tuplify(x):
 # tiny: the generator samples each piece of a masked word on its own, which gives the CPU demo's
 # discriminator replacements it learns to detect within its budget (benchmarks/RESULTS.md).
 WHOLE_WORD_PRESETS = ("tiny",)
+
+PLAIN_LINE_SECONDS = 30.0  # without a live bar (stderr not a terminal, --no-progress): a line this often
 
 # flags that define a run: a resumed run takes them from its checkpoint, not the command line
 RUN_ARGS = ("preset", "data", "errors", "text_field", "skip_unreadable", "vocab", "objective", "whole_word",
@@ -357,6 +452,8 @@ class Run:
     last_save_time: float = 0.0
     last_saved_step: int = -1
     time_save_due: bool = False  # set at log steps by --save-every-minutes
+    last_line_time: float = 0.0  # of the last plain progress line (no live bar)
+    data_fingerprint: str | None = None  # of the --data files' content: --resume accepts the corpus moved
     old_handlers: dict = field(default_factory=dict)
 
     @property
@@ -398,11 +495,13 @@ def _amp_dtype(device: torch.device, rank: int) -> torch.dtype | None:
 def setup(args) -> Run:
     """Arguments -> run folder, data, model, optimizer, step function, prefetching loader, resumed state."""
     t_start = time.time()
+    if not sys.stderr.isatty():  # a log file: no \r frames of live bars, plain lines (maybe_log)
+        args.no_progress = True
     if args.data:  # absolute, so that --resume works from any folder
         args.data = [str(Path(p).expanduser().absolute()) for p in args.data]
     rank, world, device = _setup_distributed(args.device)
     out_dir = Path(args.resume or args.out or f"runs/{args.preset}")
-    resume_state = None
+    resume_state, fingerprint, own_checkpoints = None, None, []
     if args.resume:
         if not Path(args.resume).is_dir():
             raise TrainError(f"--resume {args.resume}: no such run folder")
@@ -410,25 +509,46 @@ def setup(args) -> Run:
         if "exp_avg" not in resume_state.get("optimizer", {}):
             raise TrainError(f"{ck_path} was written by an older electra_fast (torch.optim state) and cannot be "
                              "resumed by this version; start a new run")
-        say(f"resuming from {ck_path} (step {resume_state['step']})", rank=rank)
-        for k, v in resume_state.get("run_args", {}).items():  # the run's data, seed, objective, ...
+        fingerprint = resume_state.get("data_fingerprint")
+        saved_args = dict(resume_state.get("run_args", {}))
+        if args.data and args.data != saved_args.get("data"):  # the same corpus moved: same content
+            if saved_args.get("data") is None or _data_fingerprint(args.data) != fingerprint:
+                raise TrainError(f"--data {' '.join(args.data)} is not the corpus this run was trained on "
+                                 f"({' '.join(saved_args.get('data') or ['the embedded corpus'])}); drop --data, or "
+                                 "start a new run in another --out folder")
+            saved_args["data"] = args.data
+        for k, v in saved_args.items():  # the run's data, seed, objective, ...
             setattr(args, k, v)
+        if args.steps is not None and args.steps < resume_state["step"]:
+            raise TrainError(f"--steps {args.steps} is below step {resume_state['step']} of the run's newest "
+                             f"checkpoint {ck_path}; give --steps >= {resume_state['step']}")
+        if resume_state["step"] >= (args.steps or resume_state["config"]["train_steps"]):
+            raise RunFinished(f"the run in {out_dir} is finished: step {resume_state['step']} of "
+                              f"{resume_state['config']['train_steps']}; final checkpoint {ck_path} (resume with a "
+                              "larger --steps to train on)")
+        say(f"resuming from {ck_path} (step {resume_state['step']})", rank=rank)
+        own_checkpoints = list_checkpoints(out_dir)  # the folder is the run's: so are its checkpoints
+    elif args.data:
+        fingerprint = _data_fingerprint(args.data)
     if args.whole_word is None:
         args.whole_word = args.preset in WHOLE_WORD_PRESETS
     cfg = resolve_config(args, resume_state["config"] if resume_state else None)
     if cfg.batch_size % (world * args.grad_accum):
         raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by ranks x --grad-accum "
                          f"({world} x {args.grad_accum})")
-    for flag in ("save_every", "log_every", "prefetch"):
-        if getattr(args, flag) <= 0:
-            raise TrainError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if not args.save_every_minutes > 0:
-        raise TrainError(f"--save-every-minutes must be positive, got {args.save_every_minutes}")
 
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(out_dir, os.W_OK):
+        if out_dir.is_dir() and not os.access(out_dir, os.W_OK):
             raise TrainError(f"--out {out_dir}: folder is not writable")
+        if resume_state is None:
+            from .runfolder import claim
+
+            claim(out_dir, "training", "--out", args.overwrite, RUN_FILES, work=("ckpt-*.pt",),
+                  hint=f"continue it with --resume {out_dir}")
+        elif not (out_dir / "run.json").exists():  # a run from before run.json
+            from .runfolder import write_marker
+
+            write_marker(out_dir, {"run_id": "unknown", "kind": "training"})
     tok, data_dir = _prepare_data(args, cfg, out_dir, rank, world, resume_state is not None)
     if resume_state is not None and resume_state.get("vocab_hash") not in (None, tok.vocab_hash()):
         raise TrainError(f"{out_dir}/vocab does not match the checkpoint's vocabulary (hash differs)")
@@ -445,8 +565,15 @@ def setup(args) -> Run:
     mask_kw = dict(mask_prob=cfg.mask_prob, max_predictions=cfg.max_predictions, whole_word=args.whole_word,
                    # BERT's 80/10/10 for the MLM baseline; ELECTRA's 85/15 (pretrain_helpers.mask) otherwise
                    mask_replace_prob=0.8 if mlm else 0.85, random_replace_prob=0.1 if mlm else 0.0)
-    loader = PretrainingLoader(data_dir, "train", micro, tokenizer=tok, seed=args.seed, rank=rank,
-                               world_size=world, **mask_kw)
+    try:
+        loader = PretrainingLoader(data_dir, "train", micro, tokenizer=tok, seed=args.seed, rank=rank,
+                                   world_size=world, **mask_kw)
+    except ValueError as e:
+        if "fewer than one batch" not in str(e):
+            raise
+        n = str(e).split(" examples")[0].rsplit(" ", 1)[-1]
+        raise TrainError(f"the corpus gives {n} training examples of <= {cfg.max_seq_length} tokens, fewer than "
+                         f"one batch ({micro} per micro-batch): lower --batch-size or give more text") from None
 
     torch.manual_seed(args.seed)  # identical init on every rank
     model = Electra(cfg, objective=args.objective).to(device)
@@ -482,8 +609,8 @@ def setup(args) -> Run:
     batches = Prefetcher(loader, depth=args.prefetch, pin_memory=device.type == "cuda")
     run = Run(args=args, cfg=cfg, out_dir=out_dir, rank=rank, world=world, device=device, amp_dtype=amp_dtype,
               tokenizer=tok, loader=loader, batches=batches, micro=micro, model=model, optimizer=optimizer,
-              train_step=train_step, checkpointer=AsyncCheckpointer(out_dir, keep=args.keep), step=step,
-              t_start=t_start)
+              train_step=train_step, checkpointer=AsyncCheckpointer(out_dir, keep=args.keep, owned=own_checkpoints),
+              step=step, t_start=t_start, data_fingerprint=fingerprint)
     if rank == 0:
         _truncate_metrics(run.metrics_path, step)
         (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
@@ -511,7 +638,7 @@ def maybe_log(run: Run) -> None:
     run.checkpointer.poll()  # a failed background write stops the run here, not hundreds of steps later
     if st["stop_at"]:
         raise TrainError(f"{args.max_bad_steps} consecutive non-finite steps ending at step {st['stop_at']}; "
-                         f"stopping (last good checkpoint: {run.checkpointer.last or 'none'}). Lower --lr?")
+                         f"stopping (last good checkpoint: {run.checkpointer.wait() or 'none'}). Lower --lr?")
     if st["skipped_window"]:
         more = (f" ({st['skipped_window']} steps skipped since step {step - step % args.log_every or 0})"
                 if st["skipped_window"] > 1 else "")
@@ -524,6 +651,10 @@ def maybe_log(run: Run) -> None:
            **means, "tokens_per_s": tokens_per_s, "skipped_steps": st["skipped"], "time": round(now - run.t_start, 3)}
     if run.rank == 0:
         _append_jsonl(run.metrics_path, rec)
+        if run.progress is None and (now - run.last_line_time >= PLAIN_LINE_SECONDS or step == run.cfg.train_steps):
+            run.last_line_time = now
+            say(f"step {step}/{run.cfg.train_steps} loss={means['loss']:.4f} tokens/s={tokens_per_s:.0f} "
+                f"skipped={st['skipped']}")
         if run.progress is not None:
             post = {"loss": f"{means['loss']:.3f}", "tok/s": f"{tokens_per_s:.0f}"}
             key = "disc_accuracy" if "disc_accuracy" in means else "mlm_accuracy"
@@ -556,7 +687,10 @@ def maybe_save(run: Run, force: bool = False) -> None:
     if run.rank != 0:
         return
     args = run.args
-    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
+    if not _params_finite(run.model):
+        raise TrainError(f"parameters became non-finite by step {step}; not saved (last finite checkpoint: "
+                         f"{run.checkpointer.wait() or 'none'}). Lower --lr?")
+    state = {"data_fingerprint": run.data_fingerprint, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
              "config": run.cfg.to_dict(), "objective": args.objective, "vocab_hash": run.tokenizer.vocab_hash(),
              "run_args": {k: getattr(args, k) for k in RUN_ARGS}, "loader": loaders, "rng": rngs,
              "stats": stats, "world_size": run.world}
@@ -573,7 +707,11 @@ def _evaluate(run: Run, most_frequent: bool = False) -> dict:
 
 
 def train(args) -> int:
-    run = setup(args)
+    try:
+        run = setup(args)
+    except RunFinished as e:
+        say(str(e))
+        return 0
     try:
         return _loop(run)
     finally:
@@ -594,7 +732,7 @@ def _loop(run: Run) -> int:
         run.progress = tqdm(total=cfg.train_steps, initial=run.step, desc="pre-training", unit="step",
                             dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
     run.model.train()
-    run.window_t0 = run.last_save_time = time.time()
+    run.window_t0 = run.last_save_time = run.last_line_time = time.time()
     seeds_on = run.device
     while run.step < cfg.train_steps:
         micro = [next(run.batches) for _ in range(args.grad_accum)]
@@ -626,6 +764,9 @@ def _loop(run: Run) -> int:
 
 def _finish(run: Run) -> int:
     """Final held-out evaluation, the summary line, and (with several ranks) the parameter check."""
+    if not _params_finite(run.model):
+        raise TrainError(f"parameters are non-finite after step {run.step}; last finite checkpoint: "
+                         f"{run.checkpointer.wait() or 'none'}. Lower --lr?")
     res = _evaluate(run, most_frequent=True)
     _log_eval(run.metrics_path, run.step, res, run.rank)
     last = run.checkpointer.wait()
@@ -655,9 +796,12 @@ def _finish(run: Run) -> int:
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .runfolder import RunFolderError
+
     try:
+        validate_args(args, given_flags(argv))
         return train(args)
-    except (TrainError, CheckpointError) as e:
+    except (TrainError, CheckpointError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # data / tokenizer errors are ValueError subclasses with one-line messages
@@ -712,6 +856,26 @@ def _prepare_data(args, cfg, out_dir: Path, rank: int, world: int, resumed: bool
             data_dir = Path(args.data[0])
         tok = load_tokenizer(out_dir / "vocab")
     return tok, data_dir
+
+
+def _params_finite(model: torch.nn.Module) -> bool:
+    """One host read: every parameter finite (checked before a checkpoint is written and at the end)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
+def _data_fingerprint(paths: list[str]) -> str:
+    """sha256 of the corpus files' content, in reading order (not their paths: a moved corpus matches)."""
+    import hashlib
+
+    from .corpus import corpus_files
+
+    h = hashlib.sha256()
+    for f in corpus_files(paths):
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _param_digest(model: torch.nn.Module) -> str:

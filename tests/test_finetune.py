@@ -503,3 +503,18 @@ def test_seq_len_beyond_the_runs_pretraining_length_gets_a_note(capsys):
     _hyper(args, cfg, trained_len=64)
     _hyper(args, cfg, trained_len=None)
     assert capsys.readouterr().err == ""
+
+
+def test_diverging_finetune_fails_and_never_saves_a_nan_model_as_best(tmp_path, run_dir, capsys):
+    """--lr 1e30 made every weight NaN and still saved them as best/ with exit 0."""
+    data = tmp_path / "sst2"
+    make_sst2(data, random.Random(3), n=(64, 16))
+    out = tmp_path / "out"
+    rc = main(["--checkpoint", str(run_dir), "--task", "sst2", "--data-dir", str(data), "--out", str(out),
+               "--seq-len", "32", "--no-progress", "--lr", "1e30", "--epochs", "2", "--batch-size", "16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: non-finite") and "lower --lr" in err[-1], err
+    assert not (out / "results.json").exists()
+    if (out / "best").exists():  # an earlier finite epoch may be kept, never a non-finite one
+        model, _ = load_classifier(out / "best")
+        assert all(torch.isfinite(p).all() for p in model.parameters())

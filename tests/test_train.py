@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import SMALL, _corpus, _vocab
+from train_helpers import RESUME, SMALL, SMALL_VOCAB, _corpus, _vocab
 
 from electra_fast.checkpoint import list_checkpoints, load_checkpoint
 from electra_fast.evaluate import roc_auc
@@ -59,7 +59,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
     # run must carry the window's device-side sums in its checkpoint to log what the
     # uninterrupted run logs
     common = ["--data", str(data), "--vocab", str(_vocab(data, tmp_path / "vocab")), "--steps", str(steps),
-              "--save-every", str(every), *SMALL, "--log-every", "3"]
+              "--save-every", str(every), *SMALL_VOCAB, "--log-every", "3"]
     ref = _cli(*common, "--out", str(tmp_path / "ref"))
     _, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err
@@ -78,7 +78,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        proc = _cli("--resume", str(run), *SMALL, "--log-every", "3")
+        proc = _cli("--resume", str(run), *RESUME, "--log-every", "3")
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     got = {r["step"]: _logged_values(r) for r in _steps_logged(run)}
@@ -146,7 +146,7 @@ def test_bad_inputs_get_one_clear_error_line(tmp_path, capsys):
     vocab.write_text("[PAD]\n[UNK]\nhello\nworld\n")
     assert "[MASK]" in _one_error_line(capsys, ["--data", str(_corpus(tmp_path / "c")), "--vocab", str(vocab), *out])
     assert "position embeddings" in _one_error_line(capsys, ["--seq-len", "4096", *out])
-    assert "--batch-size must be positive" in _one_error_line(capsys, ["--batch-size", "0", *out])
+    assert "--batch-size must be an integer >= 1, got 0" in _one_error_line(capsys, ["--batch-size", "0", *out])
 
 
 def test_schedule_is_warmup_times_linear_decay():

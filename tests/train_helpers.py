@@ -21,6 +21,8 @@ def _corpus(folder: Path, n_docs=40, seed=None) -> Path:
 
 SMALL = ["--vocab-size", "120", "--seq-len", "32", "--batch-size", "4", "--no-progress", "--log-every", "1",
          "--eval-batches", "2"]
+SMALL_VOCAB = SMALL[2:]  # with --vocab (a given vocabulary has its own size: --vocab-size is refused with it)
+RESUME = ["--no-progress", "--log-every", "1", "--eval-batches", "2"]  # what --resume accepts of SMALL
 
 
 def _vocab(corpus: Path, out: Path) -> Path:
