@@ -32,6 +32,10 @@ COMMANDS = {
     "torchrun --nproc_per_node 8 -m electra_fast.train --preset base --data corpus/": "needs 8 GPUs "
     "(tests/test_train.py::test_torchrun_two_ranks_gloo_keep_identical_parameters runs 2 CPU ranks)",
     "python -m electra_fast.train --resume runs/small": [],  # the tiny run is finished: it says so
+    "python -m electra_fast.prepare --data owt/ --out prepared/owt-128 --seq-len 128 --vocab-size 30522":
+        ["--vocab-size", "200"],
+    "python -m electra_fast.train --preset small --data prepared/owt-128 --out runs/owt-small --device cuda":
+        ["--steps", "2", "--batch-size", "4", "--eval-batches", "1"],
     "python -m electra_fast.finetune --checkpoint runs/small --task sst2 --data-dir glue/SST-2 --out runs/sst2": TINY_FT,
     "python -m electra_fast.finetune --checkpoint runs/small --task tsv --data-dir mydata --text-cols title,body "
     "--label-col label": TINY_FT,
@@ -57,8 +61,9 @@ def shell_commands() -> list[str]:
 
 
 def _inputs(cwd: Path) -> None:
-    """What the README's commands read: a corpus, GLUE SST-2, a user TSV, SQuAD 1.1."""
+    """What the README's commands read: two corpora, GLUE SST-2, a user TSV, SQuAD 1.1."""
     _corpus(cwd / "corpus", seed=21)
+    _corpus(cwd / "owt", n_docs=80, seed=22)
     rng = random.Random(0)
     words = "the cat sat on a mat dogs ran in park good bad".split()
     sst = cwd / "glue" / "SST-2"
@@ -80,12 +85,13 @@ def _inputs(cwd: Path) -> None:
 
 
 def _run_cli(cmd: str, extra: list[str], capsys) -> str:
-    from electra_fast import bench, export, finetune, train
+    from electra_fast import bench, export, finetune, prepare, train
 
     argv = shlex.split(cmd)
     assert argv[:2] == ["python", "-m"], cmd
     mains = {"electra_fast.train": train.main, "electra_fast.finetune": finetune.main,
-             "electra_fast.export": export.main, "electra_fast.bench": bench.main}
+             "electra_fast.export": export.main, "electra_fast.bench": bench.main,
+             "electra_fast.prepare": prepare.main}
     args = argv[3:]
     args = ["cpu" if a == "cuda" and i and args[i - 1] == "--device" else a for i, a in enumerate(args)]
     try:
