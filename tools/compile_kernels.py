@@ -66,34 +66,25 @@ def _triton_backend():
 
 
 def record_step(preset: str, mode: str) -> list:
-    """The launches of one training step (forward + backward) of ``Electra`` at ``preset`` in ``mode``,
-    plus ``rtd_loss_from_logits`` at the preset's (batch, sequence) logits; shapes only."""
+    """The launches of one training step (forward + backward) of ``Electra`` at ``preset`` in ``mode``
+    (``electra_fast.proxies.step_launches``), plus ``rtd_loss_from_logits`` at the preset's (batch,
+    sequence) logits, which the library exports but the model does not call; shapes only."""
     import torch
     from electra_fast.kernels.launches import record_launches
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from electra_fast import ops
     from electra_fast.config import ElectraConfig
-    from electra_fast.model import Electra
+    from electra_fast.proxies import step_launches
 
+    launches = step_launches(preset, mode)
     cfg = ElectraConfig.preset(preset)
-    B, T, P = cfg.batch_size, cfg.max_seq_length, cfg.max_predictions
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext())
-    with _triton_backend(), FakeTensorMode():
-        model = Electra(cfg).train()
-        ids = torch.zeros(B, T, dtype=torch.int64)
-        slots = torch.zeros(B, P, dtype=torch.int64)
-        batch = dict(input_ids=ids, token_type_ids=ids, attention_mask=torch.ones(B, T, dtype=torch.bool),
-                     masked_positions=slots, masked_ids=slots, masked_weights=torch.ones(B, P),
-                     original_ids=ids)
-        with record_launches() as launches:
-            with autocast:
-                out = model(**batch)
-            out.loss.backward()
-            logits = torch.zeros(B, T, dtype=torch.bfloat16 if mode == "bf16" else torch.float32,
-                                 requires_grad=True)
-            ops.rtd_loss_from_logits(logits, ids.bool(), ids.bool()).backward()
-    return launches
+    with _triton_backend(), FakeTensorMode(), record_launches() as extra:
+        logits = torch.zeros(cfg.batch_size, cfg.max_seq_length, requires_grad=True,
+                             dtype=torch.bfloat16 if mode == "bf16" else torch.float32)
+        labels = torch.zeros(cfg.batch_size, cfg.max_seq_length, dtype=torch.bool)
+        ops.rtd_loss_from_logits(logits, labels, labels).backward()
+    return [*launches, *extra]
 
 
 def collect_variants(presets=PRESETS, modes=MODES) -> list[dict]:
