@@ -47,7 +47,7 @@ class RunFinished(Exception):
 
 
 # what a training run writes into its folder (``--overwrite`` deletes these, nothing else)
-RUN_FILES = ("ckpt-*.pt", ".ckpt-*.tmp", "metrics.jsonl", "config.json", "vocab", "data")
+RUN_FILES = ("ckpt-*.pt", ".ckpt-*.tmp", "metrics.jsonl", "config.json", "vocab", "data", "tb")
 
 
 def say(*a, rank: int = 0) -> None:
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new run in --out even if it holds a run or other files (the old run's "
                         "checkpoints, metrics, vocabulary and shards are deleted; other files are kept)")
     p.add_argument("--workers", type=int, help="processes for tokenising large corpora (default: all cores)")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write the metrics.jsonl scalars to <run>/tb/ for TensorBoard, at log and eval "
+                        "steps only; default: on when tensorboard is installed (pip install -e \".[tb]\")")
     p.add_argument("--no-progress", action="store_true",
                    help="no live progress bar (also off when stderr is not a terminal: plain lines instead)")
     return p
@@ -138,7 +141,8 @@ def given_flags(argv: list[str] | None) -> set[str]:
 
 # flags that may change when a run is resumed: they do not change what the run computes
 RESUME_SAFE = {"resume", "steps", "save_every", "save_every_minutes", "log_every", "eval_every", "eval_batches",
-               "keep", "max_bad_steps", "prefetch", "workers", "device", "compile", "no_progress", "data"}
+               "keep", "max_bad_steps", "prefetch", "workers", "device", "compile", "no_progress", "data",
+               "tensorboard"}
 
 _INT_RANGES = {  # dest: (lowest, highest or None): every integer flag
     "vocab_size": (16, 2**31 - 1), "steps": (1, None), "warmup": (0, None), "batch_size": (1, None),
@@ -166,6 +170,11 @@ def validate_args(args, given: set[str]) -> None:
         raise TrainError(f"--mask-prob must be in (0, 1), got {args.mask_prob}")
     if not (math.isfinite(args.save_every_minutes) and args.save_every_minutes > 0):
         raise TrainError(f"--save-every-minutes must be a finite number > 0, got {args.save_every_minutes}")
+    if args.tensorboard is None:
+        args.tensorboard = _tensorboard_available()
+    elif args.tensorboard and not _tensorboard_available():
+        raise TrainError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                         "(or pip install -e \".[tb]\"), or pass --no-tensorboard")
     if args.resume:
         extra = sorted(given - RESUME_SAFE - {"out"})
         if extra:
@@ -196,6 +205,12 @@ def validate_args(args, given: set[str]) -> None:
     batch = args.batch_size or base.batch_size
     if batch % args.grad_accum:
         raise TrainError(f"--batch-size {batch} is not divisible by --grad-accum {args.grad_accum}")
+
+
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def resolve_config(args, saved: dict | None) -> ElectraConfig:
@@ -454,6 +469,7 @@ class Run:
     time_save_due: bool = False  # set at log steps by --save-every-minutes
     last_line_time: float = 0.0  # of the last plain progress line (no live bar)
     data_fingerprint: str | None = None  # of the --data files' content: --resume accepts the corpus moved
+    tb: object = None  # a torch.utils.tensorboard SummaryWriter on rank 0 with --tensorboard, else None
     old_handlers: dict = field(default_factory=dict)
 
     @property
@@ -468,6 +484,9 @@ class Run:
             signal.signal(s, h)
         if self.progress is not None:
             self.progress.close()
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
         self.batches.close()
 
 
@@ -614,6 +633,11 @@ def setup(args) -> Run:
     if rank == 0:
         _truncate_metrics(run.metrics_path, step)
         (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+        if args.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: a resumed run drops the events logged after its checkpoint, as metrics.jsonl does
+            run.tb = SummaryWriter(str(out_dir / "tb"), purge_step=step + 1 if step else None)
     n_params = sum(p.numel() for p in model.parameters())
     mode = ("compiled + CUDA graphs" if train_step.cuda_graphs else "compiled") if train_step.compiled else "eager"
     say(f"electra_fast: preset={args.preset} objective={args.objective} params={n_params / 1e6:.2f}M "
@@ -651,6 +675,7 @@ def maybe_log(run: Run) -> None:
            **means, "tokens_per_s": tokens_per_s, "skipped_steps": st["skipped"], "time": round(now - run.t_start, 3)}
     if run.rank == 0:
         _append_jsonl(run.metrics_path, rec)
+        _tb_scalars(run.tb, "train", rec, step)
         if run.progress is None and (now - run.last_line_time >= PLAIN_LINE_SECONDS or step == run.cfg.train_steps):
             run.last_line_time = now
             say(f"step {step}/{run.cfg.train_steps} loss={means['loss']:.4f} tokens/s={tokens_per_s:.0f} "
@@ -670,7 +695,7 @@ def maybe_log(run: Run) -> None:
 def maybe_eval(run: Run) -> None:
     every = run.args.eval_every
     if every and run.step % every == 0 and run.step < run.cfg.train_steps:
-        _log_eval(run.metrics_path, run.step, _evaluate(run), run.rank)
+        _log_eval(run, run.step, _evaluate(run))
 
 
 def maybe_save(run: Run, force: bool = False) -> None:
@@ -768,7 +793,7 @@ def _finish(run: Run) -> int:
         raise TrainError(f"parameters are non-finite after step {run.step}; last finite checkpoint: "
                          f"{run.checkpointer.wait() or 'none'}. Lower --lr?")
     res = _evaluate(run, most_frequent=True)
-    _log_eval(run.metrics_path, run.step, res, run.rank)
+    _log_eval(run, run.step, res)
     last = run.checkpointer.wait()
     skipped = int(run.train_step.stats.skipped)
     parts = [f"done: {run.step} steps in {time.time() - run.t_start:.0f} s",
@@ -911,9 +936,21 @@ def _append_jsonl(path: Path, rec: dict) -> None:
         f.write(json.dumps(_json_safe(rec), allow_nan=False) + "\n")
 
 
-def _log_eval(path: Path, step: int, res: dict, rank: int) -> None:
-    if rank == 0:
-        _append_jsonl(path, {"step": step, "eval": _json_safe(res)})
+def _log_eval(run: Run, step: int, res: dict) -> None:
+    if run.rank == 0:
+        _append_jsonl(run.metrics_path, {"step": step, "eval": _json_safe(res)})
+        _tb_scalars(run.tb, "eval", res, step)
+
+
+def _tb_scalars(tb, group: str, rec: dict, step: int) -> None:
+    """The numbers of a metrics.jsonl record as TensorBoard scalars ``group/name`` (host values
+    already read for the record: no device access)."""
+    if tb is None:
+        return
+    for k, v in rec.items():
+        if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+            tb.add_scalar(f"{group}/{k}", v, step)
+    tb.flush()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
