@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="undecodable bytes in the corpus: stop with an error, or replace them with U+FFFD")
     p.add_argument("--vocab", metavar="PATH", help="vocab.txt or tokenizer.json (or a folder with one); "
                                                     "default: train a WordPiece vocabulary on the corpus")
+    p.add_argument("--init-from", nargs="+", metavar="DIR",
+                   help="continue pre-training a published model: a HuggingFace ELECTRA discriminator folder and "
+                        "optionally its generator folder (DISC [GEN]), a folder holding discriminator/ and "
+                        "generator/ (as export writes), or one of our run folders (its newest checkpoint). The model "
+                        "sizes and the vocabulary come from it; the optimizer and schedule start fresh")
     p.add_argument("--vocab-size", type=int, help="size of the trained vocabulary (tiny: 4096, else 30522)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset>)")
     p.add_argument("--objective", default="electra", choices=["electra", "mlm"],
@@ -176,6 +181,9 @@ def validate_args(args, given: set[str]) -> None:
         raise TrainError("--tensorboard needs the tensorboard package: pip install tensorboard "
                          "(or pip install -e \".[tb]\"), or pass --no-tensorboard")
     if args.resume:
+        if args.init_from:
+            raise TrainError(f"--init-from starts a new run from a model's weights; --resume {args.resume} continues "
+                             "a run from its own checkpoint: drop one of them")
         extra = sorted(given - RESUME_SAFE - {"out"})
         if extra:
             flag = extra[0].replace("_", "-")
@@ -190,6 +198,8 @@ def validate_args(args, given: set[str]) -> None:
                          "discriminator: drop one of them")
     if args.vocab and args.vocab_size is not None:
         raise TrainError("--vocab-size sizes a vocabulary trained on the corpus; --vocab gives one: drop one of them")
+    if args.init_from:
+        _validate_init_from(args)
     out = Path(args.out or f"runs/{args.preset}")
     if out.exists() and not out.is_dir():
         raise TrainError(f"--out {out}: is a file, not a folder")
@@ -199,12 +209,25 @@ def validate_args(args, given: set[str]) -> None:
                              "by the next run; put the run folder elsewhere")
     base = ElectraConfig.preset(args.preset)
     seq = args.seq_len or base.max_seq_length
-    if seq > base.max_position_embeddings:
+    if seq > base.max_position_embeddings and not args.init_from:  # --init-from: checked against its model
         raise TrainError(f"--seq-len {seq} exceeds the {args.preset} model's {base.max_position_embeddings} "
                          f"position embeddings: use a --seq-len in [8, {base.max_position_embeddings}]")
     batch = args.batch_size or base.batch_size
     if batch % args.grad_accum:
         raise TrainError(f"--batch-size {batch} is not divisible by --grad-accum {args.grad_accum}")
+
+
+def _validate_init_from(args) -> None:
+    if len(args.init_from) > 2:
+        raise TrainError(f"--init-from takes one folder, or a discriminator and a generator folder; got "
+                         f"{len(args.init_from)}")
+    for d in args.init_from:
+        if not Path(d).is_dir():
+            raise TrainError(f"--init-from {d}: no such folder")
+    for flag, dest in (("--vocab-size", "vocab_size"), ("--gdes", "gdes"), ("--tie-encoders", "tie_encoders")):
+        if getattr(args, dest) not in (None, False):
+            what = "vocabulary" if dest == "vocab_size" else "model's structure"
+            raise TrainError(f"{flag} with --init-from: the {what} comes from {args.init_from[0]}; drop {flag}")
 
 
 def _tensorboard_available() -> bool:
@@ -236,7 +259,7 @@ def resolve_config(args, saved: dict | None) -> ElectraConfig:
         raise TrainError(f"--warmup must be >= 0, got {over['warmup_steps']}")
     base = ElectraConfig.preset(args.preset)
     seq = over.get("max_seq_length", base.max_seq_length)
-    if seq > base.max_position_embeddings:
+    if seq > base.max_position_embeddings and not args.init_from:
         raise TrainError(f"--seq-len {seq} exceeds the {args.preset} model's {base.max_position_embeddings} "
                          "position embeddings")
     if seq < 8:
@@ -552,6 +575,25 @@ def setup(args) -> Run:
     if args.whole_word is None:
         args.whole_word = args.preset in WHOLE_WORD_PRESETS
     cfg = resolve_config(args, resume_state["config"] if resume_state else None)
+    init = None
+    if args.init_from and resume_state is None:
+        from .init_from import load_init
+
+        try:
+            init = load_init(args.init_from, args.preset, objective=args.objective, log=lambda m: say(m, rank=rank))
+        except ValueError as e:
+            raise TrainError(str(e).strip().splitlines()[0]) from None
+        cfg = init.config_for(cfg)
+        if cfg.max_seq_length > cfg.max_position_embeddings:
+            raise TrainError(f"--seq-len {cfg.max_seq_length} exceeds the {cfg.max_position_embeddings} position "
+                             f"embeddings of {init.source}: use a --seq-len in [8, {cfg.max_position_embeddings}]")
+        if args.vocab:
+            from .tokenizer import load_tokenizer
+
+            if load_tokenizer(args.vocab).vocab_hash() != init.tokenizer.vocab_hash():
+                raise TrainError(f"--vocab {args.vocab} is not the vocabulary of {init.source}: a model continues "
+                                 "with its own vocabulary; drop --vocab")
+        args.vocab = str(init.vocab_path)
     if cfg.batch_size % (world * args.grad_accum):
         raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by ranks x --grad-accum "
                          f"({world} x {args.grad_accum})")
@@ -564,6 +606,8 @@ def setup(args) -> Run:
 
             claim(out_dir, "training", "--out", args.overwrite, RUN_FILES, work=("ckpt-*.pt",),
                   hint=f"continue it with --resume {out_dir}")
+            if init is not None:  # the corpus is tokenised with the model's vocabulary (prepare_for_run reads it)
+                init.tokenizer.save(out_dir / "vocab")
         elif not (out_dir / "run.json").exists():  # a run from before run.json
             from .runfolder import write_marker
 
@@ -599,6 +643,8 @@ def setup(args) -> Run:
     optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                       betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     step = 0
+    if init is not None:
+        init.load_into(model)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
