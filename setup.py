@@ -53,6 +53,8 @@ setup(
         # corpora in zstd (.zst) and Parquet / Arrow (HuggingFace datasets); plain, gzip, bzip2, xz
         # and JSON lines need nothing beyond the standard library
         "corpora": ["zstandard>=0.20", "pyarrow>=12"],
+        "tb": ["tensorboard>=2.10"],  # train --tensorboard (on by default when installed)
+        "plot": ["matplotlib>=3.5"],  # python -m electra_fast.plot
         "test": [
             "zstandard>=0.20",
             "pyarrow>=12",
@@ -62,6 +64,8 @@ setup(
             "hypothesis>=6",
             "scipy>=1.10",
             "ruff",
+            "tensorboard>=2.10",
+            "matplotlib>=3.5",
         ],
     },
     entry_points={

@@ -47,7 +47,7 @@ class RunFinished(Exception):
 
 
 # what a training run writes into its folder (``--overwrite`` deletes these, nothing else)
-RUN_FILES = ("ckpt-*.pt", ".ckpt-*.tmp", "metrics.jsonl", "config.json", "vocab", "data")
+RUN_FILES = ("ckpt-*.pt", ".ckpt-*.tmp", "metrics.jsonl", "config.json", "vocab", "data", "tb")
 
 
 def say(*a, rank: int = 0) -> None:
@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="undecodable bytes in the corpus: stop with an error, or replace them with U+FFFD")
     p.add_argument("--vocab", metavar="PATH", help="vocab.txt or tokenizer.json (or a folder with one); "
                                                     "default: train a WordPiece vocabulary on the corpus")
+    p.add_argument("--init-from", nargs="+", metavar="DIR",
+                   help="continue pre-training a published model: a HuggingFace ELECTRA discriminator folder and "
+                        "optionally its generator folder (DISC [GEN]), a folder holding discriminator/ and "
+                        "generator/ (as export writes), or one of our run folders (its newest checkpoint). The model "
+                        "sizes and the vocabulary come from it; the optimizer and schedule start fresh")
     p.add_argument("--vocab-size", type=int, help="size of the trained vocabulary (tiny: 4096, else 30522)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset>)")
     p.add_argument("--objective", default="electra", choices=["electra", "mlm"],
@@ -123,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new run in --out even if it holds a run or other files (the old run's "
                         "checkpoints, metrics, vocabulary and shards are deleted; other files are kept)")
     p.add_argument("--workers", type=int, help="processes for tokenising large corpora (default: all cores)")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write the metrics.jsonl scalars to <run>/tb/ for TensorBoard, at log and eval "
+                        "steps only; default: on when tensorboard is installed (pip install -e \".[tb]\")")
     p.add_argument("--no-progress", action="store_true",
                    help="no live progress bar (also off when stderr is not a terminal: plain lines instead)")
     return p
@@ -138,7 +146,8 @@ def given_flags(argv: list[str] | None) -> set[str]:
 
 # flags that may change when a run is resumed: they do not change what the run computes
 RESUME_SAFE = {"resume", "steps", "save_every", "save_every_minutes", "log_every", "eval_every", "eval_batches",
-               "keep", "max_bad_steps", "prefetch", "workers", "device", "compile", "no_progress", "data"}
+               "keep", "max_bad_steps", "prefetch", "workers", "device", "compile", "no_progress", "data",
+               "tensorboard"}
 
 _INT_RANGES = {  # dest: (lowest, highest or None): every integer flag
     "vocab_size": (16, 2**31 - 1), "steps": (1, None), "warmup": (0, None), "batch_size": (1, None),
@@ -166,7 +175,15 @@ def validate_args(args, given: set[str]) -> None:
         raise TrainError(f"--mask-prob must be in (0, 1), got {args.mask_prob}")
     if not (math.isfinite(args.save_every_minutes) and args.save_every_minutes > 0):
         raise TrainError(f"--save-every-minutes must be a finite number > 0, got {args.save_every_minutes}")
+    if args.tensorboard is None:
+        args.tensorboard = _tensorboard_available()
+    elif args.tensorboard and not _tensorboard_available():
+        raise TrainError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                         "(or pip install -e \".[tb]\"), or pass --no-tensorboard")
     if args.resume:
+        if args.init_from:
+            raise TrainError(f"--init-from starts a new run from a model's weights; --resume {args.resume} continues "
+                             "a run from its own checkpoint: drop one of them")
         extra = sorted(given - RESUME_SAFE - {"out"})
         if extra:
             flag = extra[0].replace("_", "-")
@@ -181,6 +198,8 @@ def validate_args(args, given: set[str]) -> None:
                          "discriminator: drop one of them")
     if args.vocab and args.vocab_size is not None:
         raise TrainError("--vocab-size sizes a vocabulary trained on the corpus; --vocab gives one: drop one of them")
+    if args.init_from:
+        _validate_init_from(args)
     out = Path(args.out or f"runs/{args.preset}")
     if out.exists() and not out.is_dir():
         raise TrainError(f"--out {out}: is a file, not a folder")
@@ -190,12 +209,31 @@ def validate_args(args, given: set[str]) -> None:
                              "by the next run; put the run folder elsewhere")
     base = ElectraConfig.preset(args.preset)
     seq = args.seq_len or base.max_seq_length
-    if seq > base.max_position_embeddings:
+    if seq > base.max_position_embeddings and not args.init_from:  # --init-from: checked against its model
         raise TrainError(f"--seq-len {seq} exceeds the {args.preset} model's {base.max_position_embeddings} "
                          f"position embeddings: use a --seq-len in [8, {base.max_position_embeddings}]")
     batch = args.batch_size or base.batch_size
     if batch % args.grad_accum:
         raise TrainError(f"--batch-size {batch} is not divisible by --grad-accum {args.grad_accum}")
+
+
+def _validate_init_from(args) -> None:
+    if len(args.init_from) > 2:
+        raise TrainError(f"--init-from takes one folder, or a discriminator and a generator folder; got "
+                         f"{len(args.init_from)}")
+    for d in args.init_from:
+        if not Path(d).is_dir():
+            raise TrainError(f"--init-from {d}: no such folder")
+    for flag, dest in (("--vocab-size", "vocab_size"), ("--gdes", "gdes"), ("--tie-encoders", "tie_encoders")):
+        if getattr(args, dest) not in (None, False):
+            what = "vocabulary" if dest == "vocab_size" else "model's structure"
+            raise TrainError(f"{flag} with --init-from: the {what} comes from {args.init_from[0]}; drop {flag}")
+
+
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def resolve_config(args, saved: dict | None) -> ElectraConfig:
@@ -221,7 +259,7 @@ def resolve_config(args, saved: dict | None) -> ElectraConfig:
         raise TrainError(f"--warmup must be >= 0, got {over['warmup_steps']}")
     base = ElectraConfig.preset(args.preset)
     seq = over.get("max_seq_length", base.max_seq_length)
-    if seq > base.max_position_embeddings:
+    if seq > base.max_position_embeddings and not args.init_from:
         raise TrainError(f"--seq-len {seq} exceeds the {args.preset} model's {base.max_position_embeddings} "
                          "position embeddings")
     if seq < 8:
@@ -454,6 +492,7 @@ class Run:
     time_save_due: bool = False  # set at log steps by --save-every-minutes
     last_line_time: float = 0.0  # of the last plain progress line (no live bar)
     data_fingerprint: str | None = None  # of the --data files' content: --resume accepts the corpus moved
+    tb: object = None  # a torch.utils.tensorboard SummaryWriter on rank 0 with --tensorboard, else None
     old_handlers: dict = field(default_factory=dict)
 
     @property
@@ -468,6 +507,9 @@ class Run:
             signal.signal(s, h)
         if self.progress is not None:
             self.progress.close()
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
         self.batches.close()
 
 
@@ -533,6 +575,25 @@ def setup(args) -> Run:
     if args.whole_word is None:
         args.whole_word = args.preset in WHOLE_WORD_PRESETS
     cfg = resolve_config(args, resume_state["config"] if resume_state else None)
+    init = None
+    if args.init_from and resume_state is None:
+        from .init_from import load_init
+
+        try:
+            init = load_init(args.init_from, args.preset, objective=args.objective, log=lambda m: say(m, rank=rank))
+        except ValueError as e:
+            raise TrainError(str(e).strip().splitlines()[0]) from None
+        cfg = init.config_for(cfg)
+        if cfg.max_seq_length > cfg.max_position_embeddings:
+            raise TrainError(f"--seq-len {cfg.max_seq_length} exceeds the {cfg.max_position_embeddings} position "
+                             f"embeddings of {init.source}: use a --seq-len in [8, {cfg.max_position_embeddings}]")
+        if args.vocab:
+            from .tokenizer import load_tokenizer
+
+            if load_tokenizer(args.vocab).vocab_hash() != init.tokenizer.vocab_hash():
+                raise TrainError(f"--vocab {args.vocab} is not the vocabulary of {init.source}: a model continues "
+                                 "with its own vocabulary; drop --vocab")
+        args.vocab = str(init.vocab_path)
     if cfg.batch_size % (world * args.grad_accum):
         raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by ranks x --grad-accum "
                          f"({world} x {args.grad_accum})")
@@ -545,6 +606,8 @@ def setup(args) -> Run:
 
             claim(out_dir, "training", "--out", args.overwrite, RUN_FILES, work=("ckpt-*.pt",),
                   hint=f"continue it with --resume {out_dir}")
+            if init is not None:  # the corpus is tokenised with the model's vocabulary (prepare_for_run reads it)
+                init.tokenizer.save(out_dir / "vocab")
         elif not (out_dir / "run.json").exists():  # a run from before run.json
             from .runfolder import write_marker
 
@@ -580,6 +643,8 @@ def setup(args) -> Run:
     optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                       betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     step = 0
+    if init is not None:
+        init.load_into(model)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -614,6 +679,11 @@ def setup(args) -> Run:
     if rank == 0:
         _truncate_metrics(run.metrics_path, step)
         (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+        if args.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: a resumed run drops the events logged after its checkpoint, as metrics.jsonl does
+            run.tb = SummaryWriter(str(out_dir / "tb"), purge_step=step + 1 if step else None)
     n_params = sum(p.numel() for p in model.parameters())
     mode = ("compiled + CUDA graphs" if train_step.cuda_graphs else "compiled") if train_step.compiled else "eager"
     say(f"electra_fast: preset={args.preset} objective={args.objective} params={n_params / 1e6:.2f}M "
@@ -651,6 +721,7 @@ def maybe_log(run: Run) -> None:
            **means, "tokens_per_s": tokens_per_s, "skipped_steps": st["skipped"], "time": round(now - run.t_start, 3)}
     if run.rank == 0:
         _append_jsonl(run.metrics_path, rec)
+        _tb_scalars(run.tb, "train", rec, step)
         if run.progress is None and (now - run.last_line_time >= PLAIN_LINE_SECONDS or step == run.cfg.train_steps):
             run.last_line_time = now
             say(f"step {step}/{run.cfg.train_steps} loss={means['loss']:.4f} tokens/s={tokens_per_s:.0f} "
@@ -670,7 +741,7 @@ def maybe_log(run: Run) -> None:
 def maybe_eval(run: Run) -> None:
     every = run.args.eval_every
     if every and run.step % every == 0 and run.step < run.cfg.train_steps:
-        _log_eval(run.metrics_path, run.step, _evaluate(run), run.rank)
+        _log_eval(run, run.step, _evaluate(run))
 
 
 def maybe_save(run: Run, force: bool = False) -> None:
@@ -768,7 +839,7 @@ def _finish(run: Run) -> int:
         raise TrainError(f"parameters are non-finite after step {run.step}; last finite checkpoint: "
                          f"{run.checkpointer.wait() or 'none'}. Lower --lr?")
     res = _evaluate(run, most_frequent=True)
-    _log_eval(run.metrics_path, run.step, res, run.rank)
+    _log_eval(run, run.step, res)
     last = run.checkpointer.wait()
     skipped = int(run.train_step.stats.skipped)
     parts = [f"done: {run.step} steps in {time.time() - run.t_start:.0f} s",
@@ -911,9 +982,21 @@ def _append_jsonl(path: Path, rec: dict) -> None:
         f.write(json.dumps(_json_safe(rec), allow_nan=False) + "\n")
 
 
-def _log_eval(path: Path, step: int, res: dict, rank: int) -> None:
-    if rank == 0:
-        _append_jsonl(path, {"step": step, "eval": _json_safe(res)})
+def _log_eval(run: Run, step: int, res: dict) -> None:
+    if run.rank == 0:
+        _append_jsonl(run.metrics_path, {"step": step, "eval": _json_safe(res)})
+        _tb_scalars(run.tb, "eval", res, step)
+
+
+def _tb_scalars(tb, group: str, rec: dict, step: int) -> None:
+    """The numbers of a metrics.jsonl record as TensorBoard scalars ``group/name`` (host values
+    already read for the record: no device access)."""
+    if tb is None:
+        return
+    for k, v in rec.items():
+        if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+            tb.add_scalar(f"{group}/{k}", v, step)
+    tb.flush()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

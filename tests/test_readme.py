@@ -43,6 +43,10 @@ COMMANDS = {
                                                                             "--probe-dev", "16"],
     "python -m electra_fast.finetune --checkpoint runs/small --task squad --data-dir squad --out runs/squad": TINY_FT,
     "python -m electra_fast.export --checkpoint runs/small --out runs/hf": [],
+    "tensorboard --logdir runs": "starts a server (tests/test_watch.py reads the event files back)",
+    "python -m electra_fast.plot runs/small runs/owt-small --out curves.png --x tokens": [],
+    "python -m electra_fast.train --init-from runs/hf --data corpus/ --out runs/domain --lr 1e-4 --steps 10000 "
+    "--warmup 1000": ["--steps", "2", "--warmup", "0", "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1"],
     "pytest benchmarks/": "benchmarks are timed runs, not tests",
     "pytest benchmarks/ --benchmark-json out.json": "benchmarks are timed runs, not tests",
     "python -m electra_fast.bench": "a GPU benchmark (tests/test_bench_cli.py runs its CPU path)",
@@ -85,13 +89,13 @@ def _inputs(cwd: Path) -> None:
 
 
 def _run_cli(cmd: str, extra: list[str], capsys) -> str:
-    from electra_fast import bench, export, finetune, prepare, train
+    from electra_fast import bench, export, finetune, plot, prepare, train
 
     argv = shlex.split(cmd)
     assert argv[:2] == ["python", "-m"], cmd
     mains = {"electra_fast.train": train.main, "electra_fast.finetune": finetune.main,
              "electra_fast.export": export.main, "electra_fast.bench": bench.main,
-             "electra_fast.prepare": prepare.main}
+             "electra_fast.prepare": prepare.main, "electra_fast.plot": plot.main}
     args = argv[3:]
     args = ["cpu" if a == "cuda" and i and args[i - 1] == "--device" else a for i, a in enumerate(args)]
     try:
@@ -118,6 +122,9 @@ def test_readme_runs_as_written(tmp_path, monkeypatch, capsys):
             said[cmd] = _run_cli(cmd, extra, capsys)
     assert "finished: step 2 of 2" in said["python -m electra_fast.train --resume runs/small"]
     assert (tmp_path / "runs" / "hf" / "discriminator" / "vocab.txt").is_file()
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert (tmp_path / "runs" / "domain" / "vocab" / "vocab.txt").read_text() == \
+        (tmp_path / "runs" / "hf" / "discriminator" / "vocab.txt").read_text()
     namespace: dict = {}
     for code in blocks("python"):
         exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - the README's own code
