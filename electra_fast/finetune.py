@@ -361,6 +361,27 @@ def make_optimizer(model: SequenceClassifier, hp: Hyper, n_train: int):
     return opt, sched, total, warmup
 
 
+def train_epoch(model: nn.Module, batch_loss, order: np.ndarray, hp: Hyper, opt, sched, bar, epoch: int) -> float:
+    """One epoch over the rows in ``order``, ``hp.batch_size`` at a time: ``batch_loss(rows)`` ->
+    backward -> clipping -> AdamW -> schedule. Returns the mean training loss (the tasks differ only
+    in ``batch_loss``)."""
+    model.train()
+    loss_sum, n_batches = torch.zeros(()), 0
+    for b in range(0, len(order), hp.batch_size):
+        loss = batch_loss(order[b:b + hp.batch_size])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach().cpu()
+        n_batches += 1
+        bar.update(1)
+        if n_batches % 10 == 0:
+            bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / n_batches:.4f}")
+    return loss_sum.item() / max(1, n_batches)
+
+
 def check_finite(model: nn.Module, train_loss: float, epoch: int, best_epoch: int | None) -> None:
     """Non-finite training is a failure: raise FinetuneError (before anything of the epoch is saved)."""
     params_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
@@ -393,25 +414,13 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
     say = bar.write if progress else log  # above the live bar, not through it
     try:
         for epoch in range(1, hp.epochs + 1):
-            model.train()
-            order = rng.permutation(len(train))
-            loss_sum, n_batches = torch.zeros(()), 0
-            for s in range(0, len(order), hp.batch_size):
-                rows = order[s:s + hp.batch_size]
+            def batch_loss(rows):
                 out = model(*make_batch(train, rows, pad_id, device))
                 y = targets[rows].to(device)
-                loss = F.mse_loss(out.float(), y) if task.regression else F.cross_entropy(out.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach().cpu()
-                n_batches += 1
-                bar.update(1)
-                if n_batches % 10 == 0:
-                    bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / n_batches:.4f}")
-            record = {"epoch": epoch, "train_loss": loss_sum.item() / max(1, n_batches), "dev": {}}
+                return F.mse_loss(out.float(), y) if task.regression else F.cross_entropy(out.float(), y)
+
+            train_loss = train_epoch(model, batch_loss, rng.permutation(len(train)), hp, opt, sched, bar, epoch)
+            record = {"epoch": epoch, "train_loss": train_loss, "dev": {}}
             check_finite(model, record["train_loss"], epoch, best and best["epoch"])
             preds = {}
             for name, data in devs.items():

@@ -58,6 +58,7 @@ from .finetune import (
     check_finite,
     make_batch,
     make_optimizer,
+    train_epoch,
 )
 from .glue import DataError
 from .tokenizer import ElectraTokenizer
@@ -471,27 +472,15 @@ def finetune_squad(model: SpanExtractor, train: Features, dev: tuple[list[QAExam
     say = bar.write if progress else log
     try:
         for epoch in range(1, hp.epochs + 1):
-            model.train()
-            order = rng.permutation(len(train))
-            loss_sum, n_batches = torch.zeros(()), 0
-            for b in range(0, len(order), hp.batch_size):
-                rows = order[b:b + hp.batch_size]
+            def batch_loss(rows):
                 ids, types, mask = make_batch(train, rows, pad_id, device)
                 s, e = model(ids, types, mask)
-                loss = span_loss(s, e, mask, start_t[rows].to(device), end_t[rows].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach().cpu()
-                n_batches += 1
-                bar.update(1)
-                if n_batches % 10 == 0:
-                    bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / n_batches:.4f}")
-            check_finite(model, loss_sum.item() / max(1, n_batches), epoch, best and best["epoch"])
+                return span_loss(s, e, mask, start_t[rows].to(device), end_t[rows].to(device))
+
+            train_loss = train_epoch(model, batch_loss, rng.permutation(len(train)), hp, opt, sched, bar, epoch)
+            check_finite(model, train_loss, epoch, best and best["epoch"])
             metrics, preds, odds = evaluate(model, dev_ex, dev_feats, opts, pad_id, device, hp.eval_batch_size)
-            record = {"epoch": epoch, "train_loss": loss_sum.item() / max(1, n_batches), "dev": metrics}
+            record = {"epoch": epoch, "train_loss": train_loss, "dev": metrics}
             value = -math.inf if math.isnan(record["train_loss"]) else metrics[metric]
             improved = best is None or value > best_value
             history.append(record)
