@@ -4,7 +4,7 @@
     pytest benchmarks/test_bench_ops.py -k cpu                   # the CPU-sized reference suite
     pytest benchmarks/test_bench_ops.py --benchmark-json out.json
 
-GPU suites, at ELECTRA-Small and Base shapes (DESIGN.md §1), forward + backward where the op
+GPU suites, at ELECTRA-Small and Base shapes (docs/ARCHITECTURE.md, section 1), forward + backward where the op
 has a gradient, bf16 activations:
 - generator head: M = batch x max_predictions masked rows (128 x 19, 256 x 79), E = 128 / 768,
   V = 30522. Eager = full [M, V] logits + F.cross_entropy + Gumbel-max on the full logits.

@@ -1,4 +1,4 @@
-// Dynamic masking of a whole [B, T] batch (DESIGN.md section 1 "Mask"; issue 4).
+// Dynamic masking of a whole [B, T] batch (docs/ARCHITECTURE.md section 1, "Mask"; issue 4).
 //
 // Rules (google-research/electra pretrain_helpers.mask): per row choose
 // n = max(1, min(N, round(L * p))) positions uniformly among the non-special, non-pad positions

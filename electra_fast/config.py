@@ -38,7 +38,7 @@ class ElectraConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    # --- objective (DESIGN.md section 1) ---
+    # --- objective (docs/ARCHITECTURE.md, section 1) ---
     mask_prob: float = 0.15
     disc_weight: float = 50.0
     temperature: float = 1.0

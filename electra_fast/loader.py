@@ -186,7 +186,7 @@ class PretrainingLoader:
 
     Iterating never ends: epoch after epoch, each a fresh block-shuffled order of the split derived
     from (seed, epoch) (see the module docstring); rank r of w takes ``order[r::w]`` cut to
-    ``len // w`` so every rank has the same number of batches. Every batch is masked when it is produced (DESIGN.md: masking is dynamic)
+    ``len // w`` so every rank has the same number of batches. Every batch is masked when it is produced (masking is dynamic: docs/ARCHITECTURE.md, section 1)
     with a seed derived from (seed, epoch, batch index, rank), so an interrupted run restored with
     ``load_state_dict(state_dict())`` yields exactly the batches an uninterrupted one would.
 

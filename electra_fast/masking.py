@@ -4,7 +4,7 @@
     out = mask_batch(ids, vocab_size=30522, mask_token_id=103, special_ids=[0, 100, 101, 102, 103], seed=step)
     out.input_ids, out.masked_positions, out.masked_ids, out.masked_weights
 
-Rules (google-research/electra ``pretrain_helpers.mask``; DESIGN.md section 1 "Mask"):
+Rules (google-research/electra ``pretrain_helpers.mask``; docs/ARCHITECTURE.md section 1, "Mask"):
 
 - per sequence, ``n = max(1, min(N, round(L * mask_prob)))`` positions are chosen uniformly among
   the candidate positions, where L is the number of real (non-pad) tokens, ``round`` is round half

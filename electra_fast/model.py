@@ -1,6 +1,6 @@
 """ELECTRA in one file: shared embeddings, a small generator, a discriminator, the RTD objective.
 
-Data flows one way (DESIGN.md section 1):
+Data flows one way (docs/ARCHITECTURE.md, sections 1-2):
     masked ids -> generator -> LM head at the masked rows only -> Gumbel-max samples
     -> corrupted ids -> discriminator -> per-token replaced/original logit
     loss = mlm_loss + 50 * disc_loss

@@ -2,7 +2,7 @@
 
     from electra_fast.ops import generator_loss_and_sample, replace_tokens, rtd_loss, rtd_loss_from_logits
 
-They follow the data flow of one pre-training step (DESIGN.md §1):
+They follow the data flow of one pre-training step (docs/ARCHITECTURE.md, section 2):
 
 1. ``generator_loss_and_sample(hidden, weight, bias, targets, seed=...)``: the generator's tied LM
    head at the masked rows, MLM cross-entropy and Gumbel-max samples, without materialising the

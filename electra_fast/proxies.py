@@ -2,7 +2,7 @@
 
     python -m electra_fast.bench --proxies [--no-compile] [--json PATH]
 
-ELECTRA-Small is launch bound (DESIGN.md section 2): its step time on a GPU follows the number of
+ELECTRA-Small is launch bound (docs/ARCHITECTURE.md, section 3): its step time on a GPU follows the number of
 kernels it launches more than its FLOPs. Both can be counted without a GPU:
 
 FLOPs per step: ``torch.utils.flop_counter`` over forward + backward (matmuls and attention, the

@@ -1,6 +1,6 @@
 """Replaced-token corruption: write the generator's samples into the original ids, one pass.
 
-ELECTRA step 4 (DESIGN.md §1): the discriminator reads the original ids with the sampled
+ELECTRA step 4 (docs/ARCHITECTURE.md, section 1): the discriminator reads the original ids with the sampled
 tokens written at the masked positions; its label is 1 where the token differs from the
 original, so a sample that happens to equal the original is labelled *original*.
 

@@ -1,6 +1,6 @@
 """Replaced-token-detection loss: the discriminator's H -> 1 projection fused with sigmoid BCE.
 
-ELECTRA step 5 (DESIGN.md §1): logit = hidden @ weight + bias per token, loss = sigmoid binary
+ELECTRA step 5 (docs/ARCHITECTURE.md, section 1): logit = hidden @ weight + bias per token, loss = sigmoid binary
 cross-entropy against is_replaced, averaged over the real tokens.
 
     loss = rtd_loss(hidden, weight, bias, labels, mask)        # hidden (..., H)
@@ -63,7 +63,7 @@ def _rtd_fwd_kernel(
     for h0 in range(0, H, BLOCK_H):
         cols = h0 + tl.arange(0, BLOCK_H)
         in_h = cols < H
-        # loads, then fp32: bf16 arithmetic is wrong in the interpreter (DESIGN.md §3)
+        # loads, then fp32: bf16 arithmetic is wrong in the interpreter (docs/ARCHITECTURE.md, section 4)
         x = tl.load(h_ptr + row_off[:, None] + cols[None, :], mask=in_m[:, None] & in_h[None, :], other=0.0)
         w = tl.load(w_ptr + cols, mask=in_h, other=0.0)
         acc += tl.sum(x.to(tl.float32) * w.to(tl.float32)[None, :], axis=1)

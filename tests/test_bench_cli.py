@@ -121,7 +121,7 @@ def test_fused_step_launches_each_triton_kernel_once(tmp_path):
                      timeout=600, env={"TRITON_INTERPRET": "1"})
     assert res.returncode == 0, res.stderr
     fused = json.loads(path.read_text())["kernels"]["fused"]
-    # DESIGN.md section 2: head forward (vocabulary splits + their combine), two head backward passes
+    # docs/ARCHITECTURE.md section 3: head forward (vocabulary splits + their combine), two head backward passes
     # (dh, dW), replace_tokens, RTD fwd + bwd
     assert fused["triton_by_kernel"] == {k: 1 for k in (
         "_generator_head_fwd_kernel", "_generator_head_combine_kernel", "_generator_head_bwd_dh_kernel",

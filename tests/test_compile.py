@@ -1,4 +1,4 @@
-"""torch.compile(fullgraph=True) traces a whole ELECTRA pre-training step (DESIGN.md §2, "The whole step").
+"""torch.compile(fullgraph=True) traces a whole ELECTRA pre-training step (docs/ARCHITECTURE.md, section 3, "The whole step compiled").
 
 fullgraph=True raises on any graph break, so a passing compile is the check that CUDA graphs can
 capture the step; the compiled step must then give the eager step's loss, samples and gradients.

@@ -381,7 +381,7 @@ def test_batch_contents(seed):
     pos, w = batch["masked_positions"].numpy(), batch["masked_weights"].numpy()
     for b in range(B):
         chosen = pos[b][w[b] == 1]
-        n = max(1, min(P, round(lengths[b] * 0.25)))  # DESIGN.md 1. Mask
+        n = max(1, min(P, round(lengths[b] * 0.25)))  # docs/ARCHITECTURE.md 1. Mask
         assert len(chosen) == len(set(chosen)) == n
         assert np.array_equal(batch["masked_ids"][b].numpy()[w[b] == 1], orig[b, chosen])
         assert not np.isin(orig[b, chosen], ds.special_ids).any()

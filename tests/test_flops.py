@@ -1,5 +1,5 @@
 """FLOPs of one small-preset training step: the LM head at the masked rows only must make our
-step at least 15% cheaper than HF's (full-sequence generator logits). DESIGN.md section 2."""
+step at least 15% cheaper than HF's (full-sequence generator logits). docs/ARCHITECTURE.md, section 3."""
 
 import pytest
 import torch

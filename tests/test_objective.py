@@ -1,4 +1,4 @@
-"""The pre-training objective, checked against independent computations (DESIGN.md section 1).
+"""The pre-training objective, checked against independent computations (docs/ARCHITECTURE.md, section 1).
 
 Everything here recomputes the quantity from first principles (full-sequence logits, plain
 cross-entropy / BCE in float64) instead of trusting the model's own fused path.
