@@ -395,16 +395,33 @@ class TrainStep:
     the device and the metrics accumulate in ``stats`` (see StepStats).
     """
 
-    def __init__(self, fn, stats: StepStats, compiled: bool, cuda_graphs: bool):
+    def __init__(self, fn, stats: StepStats, compiled: bool, cuda_graphs: bool, eager=None, params=()):
         self._fn, self.stats, self.compiled, self.cuda_graphs = fn, stats, compiled, cuda_graphs
+        self._eager, self._params, self._first = eager, list(params), True
 
     def __call__(self, batches: list[dict], seeds: torch.Tensor) -> None:
         from .ops import value_checks
 
-        if self.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
         with value_checks(False):  # the loader guarantees id ranges; no range check reads on the host
-            self._fn(batches, seeds)
+            if not self._first:
+                if self.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                return self._fn(batches, seeds)
+            self._first = False
+            if not self.compiled:
+                return self._fn(batches, seeds)
+            try:  # the first call compiles: a torch that cannot compile this step must not end the run
+                if self.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                return self._fn(batches, seeds)
+            except Exception as e:  # noqa: BLE001 - reported in one line, then the eager step runs
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                say(f"warning: compiling the training step failed ({type(e).__name__}: {first}); "
+                    "training eagerly instead (--no-compile skips the attempt)")
+                for p in self._params:  # whatever the failed attempt left behind
+                    p.grad = None
+                self._fn, self.compiled, self.cuda_graphs = self._eager, False, False
+                return self._fn(batches, seeds)
 
 
 def make_train_step(model: torch.nn.Module, optimizer, cfg: ElectraConfig, *, objective: str = "electra",
@@ -449,7 +466,7 @@ def make_train_step(model: torch.nn.Module, optimizer, cfg: ElectraConfig, *, ob
         return TrainStep(train_step, stats, compiled=False, cuda_graphs=False)
     import torch._dynamo as dynamo
 
-    if not hasattr(dynamo.config, "trace_autograd_ops"):
+    if not _can_compile_step():
         raise TrainError(f"compiling the whole step needs torch >= 2.11 (this is {torch.__version__}); "
                          "pass --no-compile")
     dynamo.config.trace_autograd_ops = True  # trace loss.backward() into the compiled region
@@ -458,7 +475,7 @@ def make_train_step(model: torch.nn.Module, optimizer, cfg: ElectraConfig, *, ob
         for t in (*optimizer.tensors(), *stats.tensors().values()):
             dynamo.mark_static_address(t)
     compiled = torch.compile(train_step, fullgraph=True, mode="reduce-overhead" if cuda_graphs else None)
-    return TrainStep(compiled, stats, compiled=True, cuda_graphs=cuda_graphs)
+    return TrainStep(compiled, stats, compiled=True, cuda_graphs=cuda_graphs, eager=train_step, params=params)
 
 
 # ---------------------------------------------------------------------------- setup
@@ -658,6 +675,10 @@ def setup(args) -> Run:
 
     amp_dtype = _amp_dtype(device, rank)
     compile = args.compile if args.compile is not None else device.type == "cuda"
+    if compile and args.compile is None and not _can_compile_step():
+        say(f"note: torch {torch.__version__} cannot trace backward into a compiled step (needs >= 2.11); "
+            "the step runs eagerly", rank=rank)
+        compile = False
     forward = None
     if world > 1:  # DDP reduces the gradients in backward; the step runs eagerly around it
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -691,6 +712,12 @@ def setup(args) -> Run:
         f"device={device} precision={'bf16 autocast' if amp_dtype else 'fp32'} step={mode} ranks={world} "
         f"out={out_dir}", rank=rank)
     return run
+
+
+def _can_compile_step() -> bool:
+    import torch._dynamo as dynamo
+
+    return hasattr(dynamo.config, "trace_autograd_ops")
 
 
 def _mine(per_rank, rank: int):

@@ -85,6 +85,35 @@ def test_compiled_step_is_one_graph_and_matches_eager_for_5_steps():
         torch.testing.assert_close(q, p, rtol=1e-4, atol=2e-5, msg=name)
 
 
+def test_a_step_that_fails_to_compile_falls_back_to_eager_with_one_warning(monkeypatch, capsys):
+    """A torch that cannot compile the step (an error at the first call) must not end the run: one
+    warning line, then the eager step, whose result equals a plain eager step's."""
+    cfg = _cfg()
+    b = _batches(cfg, 1, 9)[0]
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("Unsupported: something dynamo cannot trace\nlong details")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model, opt = _setup(cfg, 4)
+    step = make_train_step(model, opt, cfg, compile=True)
+    step([b], torch.tensor([3]))
+    step([b], torch.tensor([4]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: compiling the training step failed (RuntimeError: "
+                                               "Unsupported: something dynamo cannot trace)")
+    assert not step.compiled
+    ref_model, ref_opt = _setup(cfg, 4)
+    ref = make_train_step(ref_model, ref_opt, cfg)
+    ref([b], torch.tensor([3]))
+    ref([b], torch.tensor([4]))
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, q)
+    assert step.stats.read()["good"] == 2
+
+
 def test_non_finite_step_is_skipped_on_the_device_and_counted():
     """A NaN loss skips the update (parameters and optimizer state unchanged), and the counters
     say which step it was; a run of max_bad_steps such steps records where it was reached."""
