@@ -18,7 +18,9 @@ layer (the official run_finetuning.py is off by one and gives the top layer lr*d
 ``--checkpoint`` is one of our training run folders (its newest readable ckpt-*.pt and its
 vocab/) or a HuggingFace ELECTRA discriminator folder on disk (config.json, model.safetensors
 or pytorch_model.bin, vocab.txt). Writes ``results.json``, the dev predictions and the best
-epoch's model (``best/``, read back by ``load_classifier``) into ``--out``.
+epoch's model (``best/``, read back by ``load_classifier`` and ``predict.py``) into ``--out``.
+``--predict-test`` also writes GLUE's submission files for the task's test.tsv; ``--seeds 1,2,3``
+runs once per seed into ``--out/seed-S`` and reports the median, min and max (``run_seeds``).
 
 ``--task probe`` needs no data: line pairs from documents of the embedded corpus that the run
 held out of pre-training, fine-tuned twice with the same recipe, once from the checkpoint and
