@@ -18,7 +18,9 @@ layer (the official run_finetuning.py is off by one and gives the top layer lr*d
 ``--checkpoint`` is one of our training run folders (its newest readable ckpt-*.pt and its
 vocab/) or a HuggingFace ELECTRA discriminator folder on disk (config.json, model.safetensors
 or pytorch_model.bin, vocab.txt). Writes ``results.json``, the dev predictions and the best
-epoch's model (``best/``, read back by ``load_classifier``) into ``--out``.
+epoch's model (``best/``, read back by ``load_classifier`` and ``predict.py``) into ``--out``.
+``--predict-test`` also writes GLUE's submission files for the task's test.tsv; ``--seeds 1,2,3``
+runs once per seed into ``--out/seed-S`` and reports the median, min and max (``run_seeds``).
 
 ``--task probe`` needs no data: line pairs from documents of the embedded corpus that the run
 held out of pre-training, fine-tuned twice with the same recipe, once from the checkpoint and
@@ -46,7 +48,18 @@ import torch.nn.functional as F
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest
 from .cli import ArgumentParser, HelpFormatter
 from .config import ElectraConfig
-from .glue import GLUE_TASKS, DataError, Examples, Task, compute_metrics, label_set_of, read_split, user_task
+from .glue import (
+    GLUE_TASKS,
+    DataError,
+    Examples,
+    Task,
+    compute_metrics,
+    label_set_of,
+    read_split,
+    read_test,
+    submission_names,
+    user_task,
+)
 from .hf import HFFormatError, load_hf
 from .model import Electra, Embeddings, Encoder
 from .runfolder import RunFolderError, claim
@@ -225,7 +238,7 @@ class Encoded:
 
     ids: list[list[int]]
     types: list[list[int]]
-    targets: np.ndarray  # (N,) int64 class index, or float32 for regression
+    targets: np.ndarray | None  # (N,) int64 class index, float32 for regression; None: unlabeled
     examples: Examples
 
     def __len__(self) -> int:
@@ -256,7 +269,9 @@ def encode(tok: ElectraTokenizer, ex: Examples, task: Task, seq_len: int) -> Enc
             ka, kb = _pair_lengths(len(x), len(b[i]), seq_len - 3)
             ids.append([tok.cls_id, *x[:ka], tok.sep_id, *b[i][:kb], tok.sep_id])
             types.append([0] * (ka + 2) + [1] * (kb + 1))
-    if task.regression:
+    if any(v is None for v in ex.labels):  # a test split or new text
+        targets = None
+    elif task.regression:
         targets = np.array([float(v) for v in ex.labels], dtype=np.float32)
     else:
         index = {label: i for i, label in enumerate(task.labels)}
@@ -295,19 +310,28 @@ class Hyper:
 
 
 @torch.no_grad()
-def predict(model: SequenceClassifier, data: Encoded, pad_id: int, device, batch_size: int = 128) -> np.ndarray:
-    """Class indices (or scores for regression) for every example, in order."""
+def predict_outputs(model: SequenceClassifier, data: Encoded, pad_id: int, device, batch_size: int = 128,
+                    bar=None) -> np.ndarray:
+    """The model's outputs for every example, in order: (N, K) logits, or (N,) scores for
+    regression. ``bar``: a tqdm bar advanced by examples."""
     model.eval()
     out = []
     order = np.argsort([len(x) for x in data.ids], kind="stable")  # similar lengths: less padding
     for s in range(0, len(order), batch_size):
         rows = order[s:s + batch_size]
-        logits = model(*make_batch(data, rows, pad_id, device)).float().cpu()
-        out.append(logits.numpy() if model.num_outputs == 1 else logits.argmax(-1).numpy())
+        out.append(model(*make_batch(data, rows, pad_id, device)).float().cpu().numpy())
+        if bar is not None:
+            bar.update(len(rows))
     pred = np.concatenate(out)
     result = np.empty_like(pred)
     result[order] = pred
     return result
+
+
+def predict(model: SequenceClassifier, data: Encoded, pad_id: int, device, batch_size: int = 128) -> np.ndarray:
+    """Class indices (or scores for regression) for every example, in order."""
+    out = predict_outputs(model, data, pad_id, device, batch_size)
+    return out if model.num_outputs == 1 else out.argmax(-1)
 
 
 def write_predictions(path: Path, task: Task, data: Encoded, pred: np.ndarray) -> None:
@@ -440,6 +464,7 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
                 save_classifier(model, out_dir / "best", {
                     "task": task.name, "labels": list(task.labels) if task.labels else None,
                     "regression": task.regression, "seq_len": hp.seq_len, "epoch": epoch,
+                    "text_cols": list(task.test_text_cols or task.text_cols),
                     "dev": record["dev"], **(meta or {})}, tokenizer)
     finally:
         bar.close()
@@ -456,8 +481,9 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
 
 
 # ============================================================================ GLUE / TSV runs
-def load_task_data(args) -> tuple[Task, Examples, dict[str, Examples]]:
-    """The task definition and its train / dev examples from ``--data-dir``."""
+def load_task_data(args) -> tuple[Task, Examples, dict[str, Examples], dict[str, Examples]]:
+    """The task definition and its train / dev (and with --predict-test, test) examples from
+    ``--data-dir``."""
     if args.data_dir is None:
         files = " and ".join(SQUAD_FILES[args.task]) if args.task in SQUAD_FILES else "train.tsv and dev.tsv"
         raise FinetuneError(f"--task {args.task} needs --data-dir (a folder with {files})")
@@ -490,12 +516,23 @@ def load_task_data(args) -> tuple[Task, Examples, dict[str, Examples]]:
         task = GLUE_TASKS[args.task]
         train = read_split(d / task.train_file, task)
     devs = {Path(f).stem: read_split(d / f, task) for f in task.dev_files}
-    return task, train, devs
+    tests = {f: read_test(d / f, task) for f in task.test_files} if args.predict_test else {}
+    return task, train, devs, tests
 
 
-def run_task(args, data: tuple[Task, Examples, dict[str, Examples]], pre: Pretrained, hp: Hyper, out: Path,
-             device) -> dict:
-    task, train_ex, dev_ex = data
+def write_submission(path: Path, task: Task, ex: Examples, out: np.ndarray) -> None:
+    """GLUE's submission layout: ``index<TAB>prediction`` in the test file's order; label names as
+    GLUE's train files spell them, STS-B scores clipped to GLUE's [0, 5]."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("index\tprediction\n")
+        for index, o in zip(ex.index, out):
+            shown = f"{min(5.0, max(0.0, float(o))):.3f}" if task.regression else task.labels[int(np.argmax(o))]
+            f.write(f"{index}\t{shown}\n")
+
+
+def run_task(args, data: tuple[Task, Examples, dict[str, Examples], dict[str, Examples]], pre: Pretrained,
+             hp: Hyper, out: Path, device) -> dict:
+    task, train_ex, dev_ex, test_ex = data
     tok = pre.tokenizer
     train = encode(tok, train_ex, task, hp.seq_len)
     devs = {k: encode(tok, v, task, hp.seq_len) for k, v in dev_ex.items()}
@@ -509,6 +546,14 @@ def run_task(args, data: tuple[Task, Examples, dict[str, Examples]], pre: Pretra
     best = res["best"]
     print(f"{task.title} best dev {task.metric} = {best['value']:.4f} (epoch {best['epoch']}); "
           f"results in {out / 'results.json'}")
+    if test_ex:  # --predict-test: the best epoch's model, as dev reports it
+        model, _ = load_classifier(out / "best")
+        model.to(device)
+        for name, ex in test_ex.items():
+            outputs = predict_outputs(model, encode(tok, ex, task, hp.seq_len), tok.pad_id, device, hp.eval_batch_size)
+            path = out / submission_names(task)[name]
+            write_submission(path, task, ex, outputs)
+            print(f"{task.title} test predictions ({len(ex)} rows of {name}): {path}")
     return res
 
 
@@ -671,6 +716,40 @@ def run_probe(args, pre: Pretrained, hp: Hyper, out: Path, device) -> dict:
     return results
 
 
+# ============================================================================ several seeds
+def run_one(args, data, pre: Pretrained, hp: Hyper, out: Path, device) -> dict:
+    if args.task in SQUAD_FILES:
+        from .squad import run_squad
+
+        return run_squad(args, data, pre, hp, out, device)
+    return run_task(args, data, pre, hp, out, device)
+
+
+def run_seeds(args, data, pre: Pretrained, hp: Hyper, out: Path, device) -> dict:
+    """The paper's protocol: one fine-tuning run per seed (--out/seed-S each), then each seed's best
+    dev metric, their median, min and max in --out/results.json and one summary line."""
+    per_seed = {}
+    for seed in args.seed_list:
+        print(f"=== seed {seed}")
+        res = run_one(args, data, pre, dataclasses.replace(hp, seed=seed), out / f"seed-{seed}", device)
+        per_seed[seed] = res
+    values = [r["best"]["value"] for r in per_seed.values()]
+    first = next(iter(per_seed.values()))
+    metric, title = first["metric"], (data[0].title if args.task not in SQUAD_FILES else args.task)
+    median = float(np.median(values))
+    line = (f"{title} dev {metric} over {len(values)} seeds: median {median:.4f} (min {min(values):.4f}, "
+            f"max {max(values):.4f}); " + ", ".join(f"seed {s} {r['best']['value']:.4f}" for s, r in per_seed.items()))
+    results = {"task": first["task"], "metric": metric, "seeds": list(per_seed),
+               "values": {str(s): r["best"]["value"] for s, r in per_seed.items()},
+               "median": median, "min": min(values), "max": max(values), "spread": max(values) - min(values),
+               "summary": line, "runs": {str(s): f"seed-{s}" for s in per_seed},
+               "hyperparameters": {k: v for k, v in first["hyperparameters"].items() if k != "seed"},
+               "checkpoint": pre.source}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(line)
+    return results
+
+
 # ============================================================================ CLI
 SQUAD_FILES = {"squad": ("train-v1.1.json", "dev-v1.1.json"), "squad_v2": ("train-v2.0.json", "dev-v2.0.json")}
 TASKS = (*GLUE_TASKS, "tsv", *SQUAD_FILES, "probe")
@@ -697,6 +776,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, help="maximum tokens per example (default 128; probe 64; squad 384, "
                    "or the run's pre-training length if shorter)")
     p.add_argument("--seed", type=int, default=42, help="random seed (head initialisation, batch order)")
+    p.add_argument("--seeds", metavar="S1,S2,...", help="fine-tune once per seed (instead of --seed), each into "
+                   "--out/seed-S; results.json reports every seed's dev metric, their median, min and max "
+                   "(the paper reports the median of 10)")
+    p.add_argument("--predict-test", action="store_true",
+                   help="GLUE tasks: after training, predict data-dir/test.tsv (MNLI: test_matched.tsv, "
+                        "test_mismatched.tsv) with the best epoch and write GLUE's submission files "
+                        "(SST-2.tsv, MNLI-m.tsv, ...: index<TAB>prediction) into --out")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout in the encoder and before the head")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on LayerNorm, biases)")
     p.add_argument("--warmup-fraction", type=float, default=0.1, help="share of the steps with linear warmup")
@@ -782,13 +868,32 @@ def validate_args(args) -> None:
                                 + f", got {v}")
     if args.seed >= 2**32:
         raise FinetuneError(f"--seed must be an integer in [0, {2**32 - 1}], got {args.seed}")
+    if args.seeds is not None:
+        args.seed_list = parse_seeds(args.seeds)
+        if args.task == "probe":
+            raise FinetuneError("--seeds applies to GLUE, --task tsv and SQuAD (the probe has its own fixed runs)")
+    if args.predict_test and args.task not in GLUE_TASKS:
+        raise FinetuneError(f"--predict-test writes GLUE submission files; it applies to the GLUE tasks "
+                            f"({', '.join(GLUE_TASKS)}), not --task {args.task}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds "1,2,3" -> [1, 2, 3]: distinct integers in [0, 2^32)."""
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or any(not 0 <= x < 2**32 for x in seeds) or len(set(seeds)) != len(seeds):
+        raise FinetuneError(f"--seeds must be distinct comma-separated integers in [0, {2**32 - 1}], got {text!r}")
+    return seeds
 
 
 # what a fine-tuning run writes into --out (--overwrite deletes these, nothing else); WORK: what
 # shows it got somewhere (without them, the folder of a run that stopped early is reused)
 FINETUNE_FILES = ("results.json", "*_predictions.tsv", "predictions.json", "null_odds.json", "best", "hf",
-                  "pretrained", "random")
-FINETUNE_WORK = ("results.json", "best", "pretrained", "random")
+                  "pretrained", "random", "seed-*",
+                  *sorted({n for t in GLUE_TASKS.values() for n in submission_names(t).values()}))
+FINETUNE_WORK = ("results.json", "best", "pretrained", "random", "seed-*")
 
 
 def _device(flag: str | None) -> torch.device:
@@ -831,12 +936,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{pre.model.config.num_layers} layers; device {device}")
         if args.task == "probe":
             run_probe(args, pre, hp, out, device)
-        elif args.task in SQUAD_FILES:
-            from .squad import run_squad
-
-            run_squad(args, data, pre, hp, out, device)
+        elif args.seeds is not None:
+            run_seeds(args, data, pre, hp, out, device)
         else:
-            run_task(args, data, pre, hp, out, device)
+            run_one(args, data, pre, hp, out, device)
     except USER_ERRORS as e:
         msg = str(e).strip().splitlines()
         print(f"error: {msg[0] if msg else type(e).__name__}", file=sys.stderr)

@@ -14,6 +14,7 @@ They are plain numpy; the tests check them against scipy / hand-computed values.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ class Task:
     delimiter: str = "\t"
     quoting: int = csv.QUOTE_NONE
     display: str = ""
+    # GLUE's unlabeled test files (headered, an index column) and the submission file of each
+    test_files: tuple[str, ...] = ("test.tsv",)
+    submissions: tuple[str, ...] = ()  # default: "<display>.tsv"
+    test_text_cols: tuple[str, ...] = ()  # default: text_cols (CoLA's test.tsv has a header: "sentence")
 
     @property
     def num_outputs(self) -> int:
@@ -69,16 +74,19 @@ _BINARY = ("0", "1")
 #   RTE    index(0) sentence1(1) sentence2(2) label(3)          (WNLI the same)
 #   MNLI   index ... sentence1(8) sentence2(9) label1 ... gold_label(last)
 #   STS-B  index genre filename year old_index source1 source2 sentence1(7) sentence2(8) score(last)
+# test.tsv (no label; the submission is "index<TAB>prediction" in this index order): the same text
+# columns after an "index" column (QQP: "id"); CoLA's test.tsv has a header: index sentence
 GLUE_TASKS: dict[str, Task] = {
     "sst2": Task("sst2", ("sentence",), "label", _BINARY, display="SST-2"),
-    "cola": Task("cola", (3,), 1, _BINARY, metric="mcc", header=False, display="CoLA"),
+    "cola": Task("cola", (3,), 1, _BINARY, metric="mcc", header=False, display="CoLA", test_text_cols=("sentence",)),
     "mrpc": Task("mrpc", ("#1 String", "#2 String"), "Quality", _BINARY, metric="f1", display="MRPC"),
     "qqp": Task("qqp", ("question1", "question2"), "is_duplicate", _BINARY, metric="f1", display="QQP"),
     "qnli": Task("qnli", ("question", "sentence"), "label", _ENTAIL, display="QNLI"),
     "rte": Task("rte", ("sentence1", "sentence2"), "label", _ENTAIL, display="RTE"),
     "wnli": Task("wnli", ("sentence1", "sentence2"), "label", _BINARY, display="WNLI"),
     "mnli": Task("mnli", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"),
-                 dev_files=("dev_matched.tsv", "dev_mismatched.tsv"), display="MNLI"),
+                 dev_files=("dev_matched.tsv", "dev_mismatched.tsv"), display="MNLI",
+                 test_files=("test_matched.tsv", "test_mismatched.tsv"), submissions=("MNLI-m.tsv", "MNLI-mm.tsv")),
     "stsb": Task("stsb", ("sentence1", "sentence2"), "score", None, regression=True, metric="spearman",
                  display="STS-B"),
 }
@@ -91,8 +99,9 @@ class Examples:
     path: Path
     text_a: list[str]
     text_b: list[str] | None
-    labels: list[str]
+    labels: list[str | None]  # None: an unlabeled split (GLUE test.tsv, new text)
     lines: list[int]  # line number of each example in its file (error messages)
+    index: list[str] | None = None  # GLUE test.tsv's index column (the submission's first column)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -178,6 +187,40 @@ def read_split(path: str | Path, task: Task) -> Examples:
     if not out.labels:
         raise DataError(f"{path}: no examples (the split is empty)")
     return out
+
+
+def read_test(path: str | Path, task: Task) -> Examples:
+    """An unlabeled GLUE test split: a header row, the index column ("index"; QQP's "id") and the
+    task's text columns by name. Labels are None."""
+    path = Path(path)
+    rows = _rows(path, dataclasses.replace(task, quoting=csv.QUOTE_NONE, delimiter="\t"))
+    first = next(rows, None)
+    if first is None:
+        raise DataError(f"{path} is empty: no header row and no examples")
+    header = first[1]
+    names = [h.strip().lower() for h in header]
+    index_col = "id" if "id" in names and "index" not in names else "index"
+    index_idx = resolve_column(index_col, header, path, "index")
+    text_idx = [resolve_column(c, header, path, "text") for c in (task.test_text_cols or task.text_cols)]
+    need = max(text_idx + [index_idx]) + 1
+    out = Examples(path, [], [] if len(text_idx) > 1 else None, [], [], index=[])
+    for lineno, row in rows:
+        if len(row) < need:
+            raise DataError(f"{path}:{lineno}: the row has {len(row)} fields; expected at least {need}")
+        out.text_a.append(row[text_idx[0]])
+        if out.text_b is not None:
+            out.text_b.append(row[text_idx[1]])
+        out.labels.append(None)
+        out.lines.append(lineno)
+        out.index.append(row[index_idx].strip())
+    if not out.labels:
+        raise DataError(f"{path}: no examples (the split is empty)")
+    return out
+
+
+def submission_names(task: Task) -> dict[str, str]:
+    """test file -> the GLUE submission file its predictions go to (SST-2.tsv, MNLI-m.tsv, ...)."""
+    return dict(zip(task.test_files, task.submissions or (f"{task.title}.tsv",)))
 
 
 def user_task(text_cols: list[str], label_col: str, regression: bool, delimiter: str, train_path: Path,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from train_helpers import RESUME, SMALL, _corpus
 
-from electra_fast import Electra, ElectraConfig, bench, export, finetune, train
+from electra_fast import Electra, ElectraConfig, bench, export, finetune, predict, train
 from electra_fast.checkpoint import save_checkpoint
 from electra_fast.tokenizer import load_tokenizer
 
@@ -116,6 +116,31 @@ def _cases(w: Path) -> dict[str, tuple]:
                                            ["config.json", "not valid JSON"]),
         "finetune HF broken weights": (finetune.main, [*ft[2:], "--checkpoint", str(w / "hf_broken_weights")],
                                        ["model.safetensors", "unreadable"]),
+        "finetune --seeds abc": (finetune.main, [*ft, "--seeds", "abc"], ["--seeds", "distinct", "integers"]),
+        "finetune --seeds 1,1": (finetune.main, [*ft, "--seeds", "1,1"], ["--seeds", "distinct"]),
+        "finetune --seeds -1,2": (finetune.main, [*ft, "--seeds=-1,2"], ["--seeds", "[0, 4294967295]"]),
+        "finetune --seeds ''": (finetune.main, [*ft, "--seeds", ""], ["--seeds"]),
+        "finetune --seeds with --task probe": (finetune.main, [*ft[:2], "--task", "probe", "--seeds", "1,2"],
+                                               ["--seeds", "probe"]),
+        "finetune --predict-test --task tsv": (finetune.main, [*ft[:2], "--task", "tsv", "--predict-test",
+                                                               "--data-dir", str(w / "glue")], ["--predict-test", "GLUE"]),
+        "finetune --predict-test without test.tsv": (finetune.main, [*ft, "--predict-test"],
+                                                     ["test.tsv", "no such file"]),
+        "predict --batch-size 0": (predict.main, ["--model", str(w / "ft_done"), "--text", "x", "--batch-size", "0"],
+                                   ["--batch-size", ">= 1"]),
+        "predict --text ''": (predict.main, ["--model", str(w / "ft_done"), "--text", " "], ["--text", "empty"]),
+        "predict --text and --input": (predict.main, ["--model", str(w / "ft_done"), "--text", "x", "--input",
+                                                      str(w / "glue" / "dev.tsv")], ["--input", "--text"]),
+        "predict --text-b with --input": (predict.main, ["--model", str(w / "ft_done"), "--input",
+                                                         str(w / "glue" / "dev.tsv"), "--text-b", "y"], ["--text-b"]),
+        "predict --out a folder": (predict.main, ["--model", str(w / "ft_done"), "--text", "x", "--out", str(user)],
+                                   ["--out", "is a folder"]),
+        "predict --model a training run": (predict.main, ["--model", str(run), "--text", "x"],
+                                           ["--model", "pre-training run"]),
+        "predict --model an export": (predict.main, ["--model", str(w / "hf"), "--text", "x"],
+                                      ["--model", "not a fine-tuning output"]),
+        "predict --input .txt with no column": (predict.main, ["--model", str(w / "ft_done"), "--input",
+                                                               str(w / "a_file")], ["--input", ".tsv"]),
         "export --out a user's folder": (export.main, ["--checkpoint", str(run), "--out", str(user)],
                                          ["not empty", "--overwrite"]),
         "export --out an export": (export.main, ["--checkpoint", str(run), "--out", str(w / "hf")],
@@ -188,7 +213,7 @@ def test_public_api_names_the_argument_for_wrong_types_and_values(world):
 
 
 def test_help_shows_real_defaults_and_never_default_none(capsys):
-    for fn in (train.main, finetune.main, export.main, bench.main):
+    for fn in (train.main, finetune.main, export.main, bench.main, predict.main):
         with pytest.raises(SystemExit):
             fn(["--help"])
         out = capsys.readouterr().out

@@ -42,6 +42,12 @@ COMMANDS = {
     "python -m electra_fast.finetune --checkpoint runs/tiny --task probe": [*TINY_FT, "--probe-train", "32",
                                                                             "--probe-dev", "16"],
     "python -m electra_fast.finetune --checkpoint runs/small --task squad --data-dir squad --out runs/squad": TINY_FT,
+    'python -m electra_fast.predict --model runs/sst2 --text "a good film"': [],
+    "python -m electra_fast.predict --model runs/sst2 --input glue/SST-2/dev.tsv --out preds.tsv": [],
+    "python -m electra_fast.finetune --checkpoint runs/small --task sst2 --data-dir glue/SST-2 --out runs/sst2-test "
+    "--predict-test": TINY_FT,
+    "python -m electra_fast.finetune --checkpoint runs/small --task sst2 --data-dir glue/SST-2 --out runs/sst2-seeds "
+    "--seeds 1,2,3,4,5": TINY_FT,
     "python -m electra_fast.export --checkpoint runs/small --out runs/hf": [],
     "tensorboard --logdir runs": "starts a server (tests/test_watch.py reads the event files back)",
     "python -m electra_fast.plot runs/small runs/owt-small --out curves.png --x tokens": [],
@@ -77,6 +83,8 @@ def _inputs(cwd: Path) -> None:
     for split, n in (("train", 24), ("dev", 8)):
         rows = [(" ".join(rng.choice(words) for _ in range(5)), rng.randint(0, 1)) for _ in range(n)]
         (sst / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+        if split == "dev":  # GLUE's test.tsv: an index column, no label
+            (sst / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, (s, _) in enumerate(rows)))
         (my / f"{split}.tsv").write_text("title\tbody\tlabel\n" + "".join(f"{s[:5]}\t{s}\t{y}\n" for s, y in rows))
         data = []
         for i in range(n):
@@ -89,13 +97,14 @@ def _inputs(cwd: Path) -> None:
 
 
 def _run_cli(cmd: str, extra: list[str], capsys) -> str:
-    from electra_fast import bench, export, finetune, plot, prepare, train
+    from electra_fast import bench, export, finetune, plot, predict, prepare, train
 
     argv = shlex.split(cmd)
     assert argv[:2] == ["python", "-m"], cmd
     mains = {"electra_fast.train": train.main, "electra_fast.finetune": finetune.main,
              "electra_fast.export": export.main, "electra_fast.bench": bench.main,
-             "electra_fast.prepare": prepare.main, "electra_fast.plot": plot.main}
+             "electra_fast.prepare": prepare.main, "electra_fast.plot": plot.main,
+             "electra_fast.predict": predict.main}
     args = argv[3:]
     args = ["cpu" if a == "cuda" and i and args[i - 1] == "--device" else a for i, a in enumerate(args)]
     try:
@@ -123,6 +132,12 @@ def test_readme_runs_as_written(tmp_path, monkeypatch, capsys):
     assert "finished: step 2 of 2" in said["python -m electra_fast.train --resume runs/small"]
     assert (tmp_path / "runs" / "hf" / "discriminator" / "vocab.txt").is_file()
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert said['python -m electra_fast.predict --model runs/sst2 --text "a good film"'].startswith(
+        "line\tprediction\tp(0)\tp(1)\n1\t")
+    assert len((tmp_path / "preds.tsv").read_text().splitlines()) == 1 + 8
+    assert (tmp_path / "runs" / "sst2-test" / "SST-2.tsv").read_text().splitlines()[:2][0] == "index\tprediction"
+    seeds = json.loads((tmp_path / "runs" / "sst2-seeds" / "results.json").read_text())
+    assert seeds["seeds"] == [1, 2, 3, 4, 5] and (tmp_path / "runs" / "sst2-seeds" / "seed-5" / "best").is_dir()
     assert (tmp_path / "runs" / "domain" / "vocab" / "vocab.txt").read_text() == \
         (tmp_path / "runs" / "hf" / "discriminator" / "vocab.txt").read_text()
     namespace: dict = {}
