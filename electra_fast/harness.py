@@ -48,8 +48,8 @@ def _preset_shape(preset: str, batch_size: int | None = None, seq_len: int | Non
 # with HF's full-sequence logits without accumulation; 32 x 512 = 16k tokens already fill a GPU
 # for a compute-bound model.
 BASE_BENCH_BATCH = 32
-# Tiny timed at batch 32 over its 128 positions (max_position_embeddings), not its training shape
-# 128 x 32: the same 4k tokens per step, at the length small is timed at (benchmarks/RESULTS.md).
+# Tiny is timed at batch 32 over its 128 positions (max_position_embeddings), not its training
+# shape 128 x 32 (the same 4k tokens per step): the shape benchmarks/RESULTS.md records.
 TINY_BENCH_BATCH = 32
 # (batch, seq) per preset on one GPU: small at its preset (official) shape.
 GPU_SHAPES = {
