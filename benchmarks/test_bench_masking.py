@@ -3,8 +3,9 @@
     pytest benchmarks/test_bench_masking.py
     pytest benchmarks/test_bench_masking.py --benchmark-columns=mean,median,ops -k 128x128
 
-Shapes: (B, T) = (128, 128) (ELECTRA-Small batch), (32, 512), and (256, 512) (ELECTRA-Base batch,
-large enough for the C++ path to use several threads). Inputs look like packed pre-training data:
+Shapes, from the presets (``ElectraConfig.preset``): (B, T) = (128, 128) (the Small preset's batch),
+(32, 512) (Base's length at the step benchmark's batch, ``harness.GPU_SHAPES``), and (256, 512) (the
+Base preset's batch, large enough for the C++ path to use several threads). Inputs look like packed pre-training data:
 [CLS] A [SEP] B [SEP], 95% of rows full length, the rest shorter with padding.
 Implementations:
 - cpp-1t: the C++ extension on one thread; cpp-all: threads=None (all cores; small batches still
@@ -24,12 +25,17 @@ import numpy as np
 import pytest
 import torch
 
+from electra_fast import ElectraConfig
+from electra_fast.harness import GPU_SHAPES
 from electra_fast.masking import mask_batch
 
-V = 30522  # BERT uncased WordPiece
-PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
+SMALL, BASE = ElectraConfig.preset("small"), ElectraConfig.preset("base")
+V = SMALL.vocab_size  # BERT uncased WordPiece
+MASK_PROB = SMALL.mask_prob
+PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103  # BERT uncased vocab.txt
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)
-SHAPES = {"128x128": (128, 128), "32x512": (32, 512), "256x512": (256, 512)}
+SHAPES = {f"{b}x{t}": (b, t) for b, t in ((SMALL.batch_size, SMALL.max_seq_length), GPU_SHAPES["base"],
+                                          (BASE.batch_size, BASE.max_seq_length))}
 
 
 def packed_batch(B: int, T: int, seed: int = 0) -> np.ndarray:
@@ -73,11 +79,12 @@ def test_masking_throughput(benchmark, shape, impl):
         torch.set_num_threads(1)  # one core, like cpp-1t (data-loader workers run one thread each)
         t_ids, t_specials = torch.from_numpy(ids.astype(np.int64)), torch.tensor(SPECIALS)
         g = torch.Generator().manual_seed(0)
-        fn = lambda: torch_bernoulli_mask(t_ids, t_specials, 0.15, g)
+        fn = lambda: torch_bernoulli_mask(t_ids, t_specials, MASK_PROB, g)
     else:
         backend = "numpy" if impl == "numpy" else "cpp"
         threads = None if impl == "cpp-all" else 1
-        kw = dict(vocab_size=V, mask_token_id=MASK, special_ids=SPECIALS, backend=backend, threads=threads)
+        kw = dict(vocab_size=V, mask_token_id=MASK, special_ids=SPECIALS, mask_prob=MASK_PROB, backend=backend,
+                  threads=threads)
         if impl == "cpp-1t-wwm":
             kw["word_starts"] = np.random.default_rng(1).random((B, T)) < 0.7
         step = iter(range(1 << 62))  # a new seed every call, as in training

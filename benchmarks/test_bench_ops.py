@@ -4,12 +4,15 @@
     pytest benchmarks/test_bench_ops.py -k cpu                   # the CPU-sized reference suite
     pytest benchmarks/test_bench_ops.py --benchmark-json out.json
 
-GPU suites, at ELECTRA-Small and Base shapes (docs/ARCHITECTURE.md, section 1), forward + backward where the op
-has a gradient, bf16 activations:
-- generator head: M = batch x max_predictions masked rows (128 x 19, 256 x 79), E = 128 / 768,
-  V = 30522. Eager = full [M, V] logits + F.cross_entropy + Gumbel-max on the full logits.
-- replace_tokens: (B, T, P) = (128, 128, 19) / (256, 512, 79). Eager = the scatter reference.
-- rtd_loss: (B, T, H) = (128, 128, 256) / (256, 512, 768). Eager = linear + BCE-with-logits.
+GPU suites, at the shapes of one training step of the Small and Base presets (read from
+``ElectraConfig.preset``; docs/ARCHITECTURE.md, section 1), forward + backward where the op has a
+gradient, bf16 activations:
+- generator head: M = batch x max_predictions masked rows (128 x 19, 256 x 79), E = the embedding
+  size (128 / 768), V = 30522. Eager = full [M, V] logits + F.cross_entropy + Gumbel-max on the full logits.
+- replace_tokens: (B, T, P) = (batch, max_seq_length, max_predictions): (128, 128, 19) / (256, 512, 79).
+  Eager = the scatter reference.
+- rtd_loss: (B, T, H) = (batch, max_seq_length, hidden_size): (128, 128, 256) / (256, 512, 768).
+  Eager = linear + BCE-with-logits.
 "fused" is the Triton op, "eager" the plain PyTorch baseline, "compiled" torch.compile of the
 op's reference (of the eager baseline for the generator head).
 Peak memory above the inputs (MiB) and the GPU name go to extra_info. Results: RESULTS.md.
@@ -23,11 +26,22 @@ import torch.nn.functional as F
 from electra_fast.kernels import replace_tokens as rt
 from electra_fast.kernels import rtd_loss as rl
 
+from electra_fast import ElectraConfig
+
 IGNORE = -100
-V = 30522
-GEN_SHAPES = {"small": dict(M=128 * 19, E=128), "base": dict(M=256 * 79, E=768)}
-REPLACE_SHAPES = {"small": dict(B=128, T=128, P=19), "base": dict(B=256, T=512, P=79)}
-RTD_SHAPES = {"small": dict(B=128, T=128, H=256), "base": dict(B=256, T=512, H=768)}
+PRESETS = {name: ElectraConfig.preset(name) for name in ("small", "base")}
+GEN_SHAPES = {k: dict(M=c.batch_size * c.max_predictions, E=c.embedding_size, vocab=c.vocab_size)
+              for k, c in PRESETS.items()}
+REPLACE_SHAPES = {k: dict(B=c.batch_size, T=c.max_seq_length, P=c.max_predictions) for k, c in PRESETS.items()}
+RTD_SHAPES = {k: dict(B=c.batch_size, T=c.max_seq_length, H=c.hidden_size) for k, c in PRESETS.items()}
+# The CPU suite: Small's length and masked slots per row (T = 128, P = 19), at a deliberately reduced
+# batch (16), width (64) and vocabulary (2000) so that the reference path runs in milliseconds on one
+# CPU thread; it tracks the CPU fallback, not a training step.
+_SMALL = PRESETS["small"]
+CPU_BATCH, CPU_WIDTH, CPU_VOCAB = 16, 64, 2000
+CPU_GEN_SHAPE = dict(M=CPU_BATCH * _SMALL.max_predictions, E=CPU_WIDTH, vocab=CPU_VOCAB)
+CPU_REPLACE_SHAPE = dict(B=CPU_BATCH, T=_SMALL.max_seq_length, P=_SMALL.max_predictions)
+CPU_RTD_SHAPE = dict(B=CPU_BATCH, T=_SMALL.max_seq_length, H=CPU_WIDTH)
 IMPLS = ["fused", "eager", "compiled"]
 
 
@@ -58,7 +72,7 @@ def rtd_loss_eager(hidden, weight, bias, labels, mask):
 
 
 # ----------------------------------------------------------------------------- inputs
-def generator_inputs(M, E, device, dtype, vocab=V):
+def generator_inputs(M, E, device, dtype, vocab):
     hidden = torch.randn(M, E, device=device, dtype=dtype, requires_grad=True)
     weight = (torch.randn(vocab, E, device=device) * E**-0.5).to(dtype).requires_grad_()
     bias = torch.zeros(weight.shape[0], device=device, dtype=dtype, requires_grad=True)
@@ -178,7 +192,7 @@ def test_cpu_generator_head(benchmark, impl):
     from electra_fast.ops import generator_loss_and_sample
 
     benchmark.group = "cpu-generator_head"
-    inputs = generator_inputs(M=16 * 19, E=64, device="cpu", dtype=torch.float32, vocab=2000)
+    inputs = generator_inputs(**CPU_GEN_SHAPE, device="cpu", dtype=torch.float32)
     ref = lambda h, w, b, t: generator_loss_and_sample(h, w, b, t, seed=1234, backend="reference")
     eager = lambda h, w, b, t: generator_head_eager(h, w, b, t, 1234)
     run_benchmark(benchmark, ref if impl == "reference" else eager, inputs, backward=True, device="cpu")
@@ -187,7 +201,7 @@ def test_cpu_generator_head(benchmark, impl):
 @pytest.mark.parametrize("impl", ["reference", "eager"])
 def test_cpu_replace_tokens(benchmark, impl):
     benchmark.group = "cpu-replace_tokens"
-    inputs = replace_inputs(B=16, T=128, P=19, device="cpu")
+    inputs = replace_inputs(**CPU_REPLACE_SHAPE, device="cpu")
     ref = lambda *a: rt.replace_tokens(*a, backend="reference")
     run_benchmark(benchmark, ref if impl == "reference" else replace_tokens_eager, inputs, backward=False,
                   device="cpu")
@@ -196,6 +210,6 @@ def test_cpu_replace_tokens(benchmark, impl):
 @pytest.mark.parametrize("impl", ["reference", "eager"])
 def test_cpu_rtd_loss(benchmark, impl):
     benchmark.group = "cpu-rtd_loss"
-    inputs = rtd_inputs(B=16, T=128, H=64, device="cpu", dtype=torch.float32)
+    inputs = rtd_inputs(**CPU_RTD_SHAPE, device="cpu", dtype=torch.float32)
     ref = lambda *a: rl.rtd_loss(*a, backend="reference")
     run_benchmark(benchmark, ref if impl == "reference" else rtd_loss_eager, inputs, backward=True, device="cpu")

@@ -4,7 +4,7 @@
     pytest benchmarks/test_bench_step.py -k gpu --benchmark-json step.json
     python -m electra_fast.bench                               # the same steps as one table, with MFU
 
-Implementations (``electra_fast.bench.IMPLS``), same synthetic masked batch and initial weights:
+Implementations (``electra_fast.harness.IMPLS``), same synthetic masked batch and initial weights:
 - ours: the training step exactly as ``python -m electra_fast.train`` runs it on a GPU
   (``train.make_train_step``: fused ops, forward + backward + clipping + AdamW compiled as one
   region, CUDA graphs on CUDA; compilation happens in the untimed warm-up);
@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from electra_fast import ElectraConfig
-from electra_fast.bench import (
+from electra_fast.harness import (
     COMPILED_IMPLS,
     CPU_COMPILE_SKIP,
     CPU_SHAPE,

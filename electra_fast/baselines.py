@@ -91,14 +91,3 @@ def random_masked_batch(cfg: ElectraConfig, batch_size: int, seq_len: int | None
             "attention_mask": torch.ones(batch_size, T, dtype=torch.long, device=device),
             "masked_positions": t(m.masked_positions), "masked_ids": t(m.masked_ids),
             "masked_weights": t(m.masked_weights), "original_ids": t(ids.astype(np.int64))}
-
-
-def step_flops(model: nn.Module, batch: dict) -> int:
-    """FLOPs of one forward + backward (torch.utils.flop_counter: matmuls and attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        out = model(**batch)
-        loss = out if isinstance(out, torch.Tensor) else out.loss
-        loss.backward()
-    return counter.get_total_flops()

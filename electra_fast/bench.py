@@ -3,15 +3,9 @@
 On a CUDA GPU it first runs the GPU op tests (the op test files' CUDA cases and the ops at the
 real shapes of a Small and a Base step: bf16, V = 30522, M = the masked rows), then times one
 pre-training step (forward + backward + clipping + AdamW) at the small, tiny and base presets for
-four implementations on the same batch and precision (bf16 autocast):
-
-    ours         the step exactly as ``python -m electra_fast.train`` runs it on a GPU
-                 (``train.make_train_step``: fused Triton ops, one torch.compile region, CUDA graphs)
-    ours-eager   the same step with --no-compile
-    hf-eager     electra_fast.baselines.HFElectra: HF ElectraForMaskedLM (full-sequence logits) +
-                 ElectraForPreTraining, sampling in torch, torch.optim.AdamW (fused)
-    hf-compiled  torch.compile of the HF pair: what a savvy user would run instead
-
+four implementations on the same batch and precision (bf16 autocast): ``ours`` (the step exactly
+as ``python -m electra_fast.train`` runs it on a GPU), ``ours-eager``, ``hf-eager`` and
+``hf-compiled`` (``electra_fast.harness`` describes each),
 and prints one table: tokens/s (real tokens only), step ms, peak memory, MFU, speed-up vs
 hf-eager and vs hf-compiled, with the card's name and the torch / triton versions (``--json PATH``
 saves it). Without a GPU it says so and runs the CPU variants (tiny preset, batch 8 x 128, fp32,
@@ -19,253 +13,59 @@ one thread; the compiled rows with --cpu-compile) into the same table. ``--proxi
 CPU-side proxies instead (``electra_fast.proxies``).
 
 MFU = model FLOPs per token x tokens/s / the card's peak dense bf16 FLOP/s, with
-``model_flops_per_token``: 6 x (multiply-adds per token of every weight matmul, the attention
+``ElectraConfig.flops_per_token``: 6 x (multiply-adds per token of every weight matmul, the attention
 score and value products, and the LM head at the masked rows only). It is the same number for
 every implementation of a preset, so HF's full-sequence logits count as waste, not as work.
 
-The same step harness (``build_step``) backs ``benchmarks/test_bench_step.py``.
+The steps and their shapes come from the step harness (``electra_fast.harness``), which also backs
+``benchmarks/test_bench_step.py`` and the proxies; this module is the command and its table.
 """
 
 from __future__ import annotations
 
-import datetime
 import gc
 import json
 import math
-import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from . import proxies
 from .cli import ArgumentParser
-from .config import PRESETS, ElectraConfig, max_predictions
+from .config import FLOPS_PER_TOKEN_FORMULA, PRESETS, ElectraConfig
+from .harness import (
+    COMPILED_IMPLS,
+    CPU_COMPILE_SKIP,
+    CPU_SHAPE,
+    GPU_SHAPES,
+    IMPL_LABELS,
+    IMPLS,
+    build_step,
+    environment,
+    time_step,
+    torch_threads,
+)
 
-IMPLS = ("ours", "ours-eager", "hf-eager", "hf-compiled")
-IMPL_LABELS = {k: k for k in IMPLS}
-COMPILED_IMPLS = ("ours", "hf-compiled")
-# (batch, seq) per preset on one GPU: the official batch for small (and our tiny); base at its
-# official length but batch 32 instead of 256 (256 x 512 does not fit an 80 GB card with HF's
-# full-sequence logits without accumulation; 32 x 512 = 16k tokens already fill a GPU for a compute-bound model).
-GPU_SHAPES = {"tiny": (32, 128), "small": (128, 128), "base": (32, 512)}
-CPU_SHAPE = ("tiny", 8, 128)
 # the op tests (their CUDA cases), then the ops at the real shapes of a Small and a Base step
 GPU_OP_TESTS = ("tests/test_generator_head.py", "tests/test_rtd_loss.py", "tests/test_replace_tokens.py",
                 "tests/test_gpu_shapes.py")
-CPU_COMPILE_SKIP = ("torch.compile on a 2-core CPU compiles for 45-120 s per model (fwd+bwd, inductor C++; "
-                    "cold cache, quiet to loaded machine), more than all other CPU benchmarks together; "
-                    "--cpu-compile (ELECTRA_FAST_BENCH_CPU_COMPILE=1 under pytest) runs it")
 # Peak dense bf16 tensor-core FLOP/s (vendor data sheets), matched in order on the device name.
 PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
                    ("A100", 312e12))
-GUMBEL_SEED = 1234  # fixed: timing does not depend on the draws, and no per-step recompiles
-BACKEND_ENV = "ELECTRA_FAST_BACKEND"  # read by the ops at call time (electra_fast.kernels.*)
 REPO = Path(__file__).resolve().parents[1]
 
 
-# ----------------------------------------------------------------------------- FLOPs and peaks
-def model_flops_per_token(cfg: ElectraConfig, seq_len: int | None = None) -> float:
-    """Training FLOPs per token of one ELECTRA step (forward + backward), analytic.
-
-    6 x multiply-adds per token (2 FLOPs each, forward + 2x for backward) of:
-      discriminator  L  x (4 H^2 + 2 H F + 2 T H)    qkv+out, FFN, QK^T and AV
-      generator      Lg x (4 Hg^2 + 2 Hg Fg + 2 T Hg)
-      E -> H and E -> Hg projections (when E differs), discriminator head H^2 + H
-      LM head        P / T x (Hg E + E V)            at the P masked positions only
-    with T the sequence length and P = max_predictions(mask_prob, T).
-    """
-    T = seq_len or cfg.max_seq_length
-    H, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-    G, FG, LG = cfg.generator_hidden_size, cfg.generator_intermediate_size, cfg.generator_num_layers
-    E, V = cfg.embedding_size, cfg.vocab_size
-    P = max_predictions(cfg.mask_prob, T)
-    macs = L * (4 * H * H + 2 * H * F + 2 * T * H) + LG * (4 * G * G + 2 * G * FG + 2 * T * G)
-    macs += (E * H if E != H else 0) + (E * G if E != G else 0) + H * H + H
-    macs += P / T * (G * E + E * V)
-    return 6.0 * macs
-
-
+# ----------------------------------------------------------------------------- peaks
 def peak_flops(device_name: str) -> float | None:
     """Peak dense bf16 FLOP/s of a known card (H100 SXM / PCIe / NVL, H200, A100), else None."""
     for key, flops in PEAK_BF16_FLOPS:
         if key.lower() in device_name.lower():
             return flops
     return None
-
-
-# ----------------------------------------------------------------------------- one training step
-@contextmanager
-def env_var(name: str, value: str | None) -> Iterator[None]:
-    """Set (or, with None, unset) an environment variable for the block; restore it afterwards."""
-    old = os.environ.get(name)
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-def backend_env(backend: str | None):
-    """ELECTRA_FAST_BACKEND for the block: "triton", "reference", or None (default dispatch:
-    Triton on CUDA, the reference on the CPU). The kernel proxies use it to count both paths."""
-    return env_var(BACKEND_ENV, backend)
-
-
-@dataclass
-class Step:
-    """One pre-training step of one implementation: ``step()`` runs forward + backward + clipping + AdamW."""
-
-    impl: str
-    cfg: ElectraConfig
-    batch_size: int
-    seq_len: int
-    device: torch.device
-    model: torch.nn.Module
-    optimizer: object
-    run: Callable[[], None]
-    tokens: int  # real (non-padding) tokens per step
-
-    def __call__(self) -> None:
-        return self.run()
-
-
-def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | None = None,
-               device: str | torch.device = "cpu", *, compile_model: bool = False, seed: int = 0) -> Step:
-    """Model, synthetic masked batch and optimizer for ``impl`` (one of IMPLS), ready to step.
-
-    ``ours`` / ``ours-eager`` are the training step exactly as ``electra_fast.train`` builds it
-    (``make_train_step``: the same optimizer, clipping, device-side guard and metrics, bf16
-    autocast on CUDA; ``ours`` compiled as one region with CUDA graphs, as ``train`` runs by
-    default on a GPU). The HF rows run the same batch with torch.optim.AdamW (fused on CUDA),
-    clipping and the same autocast; ``hf-compiled`` wraps the HF pair in torch.compile.
-    (Fused AdamW on the CPU too, so the kernel proxies count the step a GPU runs.)
-    ``compile_model`` (``ours-eager`` only) compiles the model alone (forward + backward graphs;
-    the kernel proxies count those).
-    """
-    from .baselines import HFElectra, random_masked_batch
-    from .model import Electra
-    from .optim import AdamW, param_groups
-    from .train import device_batch, make_train_step
-
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
-    device = torch.device(device)
-    T = seq_len or cfg.max_seq_length
-    torch.manual_seed(seed)
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    cpu_batch = random_masked_batch(cfg, batch_size, T, seed=seed)
-    cpu_batch["attention_mask"] = cpu_batch["attention_mask"].bool()
-    tokens = int(cpu_batch["attention_mask"].sum())
-    if impl.startswith("ours"):
-        model = Electra(cfg).to(device).train()
-        optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                          betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-        step = make_train_step(model, optimizer, cfg, amp_dtype=amp, compile=impl == "ours",
-                               forward=torch.compile(model) if compile_model else None)
-        batch = device_batch(cpu_batch, tokens != cpu_batch["attention_mask"].numel(), device)
-        seeds = torch.full((1,), GUMBEL_SEED, dtype=torch.int64, device=device)
-
-        def run() -> None:
-            step([batch], seeds)
-
-        return Step(impl, cfg, batch_size, T, device, model, optimizer, run, tokens)
-
-    model = HFElectra(cfg).to(device).train()
-    groups = [{"params": ps, "weight_decay": wd} for ps, wd in param_groups(model, cfg.weight_decay)]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  eps=cfg.adam_eps, fused=True)
-    fwd = torch.compile(model) if impl == "hf-compiled" else model
-    batch = {k: v.to(device) for k, v in cpu_batch.items()}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
-
-    def run() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = fwd(**batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-
-    return Step(impl, cfg, batch_size, T, device, model, optimizer, run, tokens)
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """torch.set_num_threads(n) for the block (None: leave as is)."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def time_step(step: Step, warmup: int, iters: int) -> dict:
-    """Warm up (compilation, optimizer state), then time ``iters`` steps.
-
-    CUDA: CUDA events around the ``iters`` steps after a synchronize, mean ms per step; peak
-    memory = torch.cuda.max_memory_allocated over the timed steps (stats reset after warm-up;
-    weights, gradients and optimizer state included). CPU: perf_counter per step, the median
-    (robust to other load on the machine); no peak memory.
-    """
-    for _ in range(warmup):
-        step()
-    if step.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            step()
-        end.record()
-        torch.cuda.synchronize()
-        ms = start.elapsed_time(end) / iters
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        ms, peak = statistics.median(times) * 1e3, None
-    return {"step_ms": ms, "tokens_per_s": step.tokens / (ms / 1e3), "peak_mem_mib": peak}
-
-
-# ----------------------------------------------------------------------------- environment
-def environment() -> dict:
-    """Machine, card and library versions for a results record."""
-    import triton
-
-    info = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "date": datetime.date.today().isoformat()}
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        info["transformers"] = None
-    if torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    else:
-        info["device"] = "cpu (no CUDA GPU)"
-    return info
 
 
 def run_gpu_tests(timeout_s: float = 240) -> dict:
@@ -294,7 +94,7 @@ def run_benchmarks(cases: list[tuple[str, int, int]], impls: tuple[str, ...], de
     peak = peak_flops(torch.cuda.get_device_name()) if device.type == "cuda" else None
     for preset, B, T in cases:
         cfg = ElectraConfig.preset(preset)
-        flops_tok = model_flops_per_token(cfg, T)
+        flops_tok = cfg.flops_per_token(T)
         for impl in impls:
             row = {"config": f"{preset} {B}x{T}", "preset": preset, "batch_size": B, "seq_len": T,
                    "impl": impl, "implementation": IMPL_LABELS[impl], "tokens_per_s": None, "step_ms": None,
@@ -353,9 +153,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-FORMULA = ("MFU = model FLOPs/token x tokens/s / peak dense bf16 FLOP/s; model FLOPs/token = 6 x [L(4H^2+2HF+2TH)"
-           " + Lg(4Hg^2+2HgFg+2THg) + EH + EHg + H^2 + H + P/T (Hg E + E V)] (matmul multiply-adds of fwd, "
-           "x3 for fwd+bwd, LM head at the P masked rows; the same for every row of a config)")
+FORMULA = "MFU = model FLOPs/token x tokens/s / peak dense bf16 FLOP/s; " + FLOPS_PER_TOKEN_FORMULA
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,8 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--budget must be a finite number of seconds > 0, got {args.budget}")
 
     if args.proxies:
-        from . import proxies
-
         records = proxies.cost_table()
         print(proxies.format_cost_table(records) + "\n", flush=True)
         if args.cost_json:

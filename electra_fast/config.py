@@ -69,6 +69,30 @@ class ElectraConfig:
         """Masked positions per sequence: int((p + 0.005) * max_len), 19 at length 128."""
         return max_predictions(self.mask_prob, self.max_seq_length)
 
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token of one ELECTRA step (forward + backward), analytic: the model
+        FLOPs behind MFU (``FLOPS_PER_TOKEN_FORMULA``), checked against torch's FLOP counter in
+        tests/test_flops.py.
+
+        6 x multiply-adds per token (2 FLOPs each, forward + 2x for backward) of:
+          discriminator  L  x (4 H^2 + 2 H F + 2 T H)    qkv+out, FFN, QK^T and AV
+          generator      Lg x (4 Hg^2 + 2 Hg Fg + 2 T Hg)
+          E -> H and E -> Hg projections (when E differs), discriminator head H^2 + H
+          LM head        P / T x (Hg E + E V)            at the P masked positions only
+        with T the sequence length (default ``max_seq_length``) and P = max_predictions(mask_prob, T).
+        The same number for every implementation of a config: work beyond it (HF's full-sequence
+        logits) counts as waste, not as work. With ``tie_encoders`` the one encoder runs twice.
+        """
+        T = seq_len or self.max_seq_length
+        H, F, L = self.hidden_size, self.intermediate_size, self.num_layers
+        G, FG, LG = self.generator_hidden_size, self.generator_intermediate_size, self.generator_num_layers
+        E, V = self.embedding_size, self.vocab_size
+        P = max_predictions(self.mask_prob, T)
+        macs = L * (4 * H * H + 2 * H * F + 2 * T * H) + LG * (4 * G * G + 2 * G * FG + 2 * T * G)
+        macs += (E * H if E != H else 0) + (E * G if E != G else 0) + H * H + H
+        macs += P / T * (G * E + E * V)
+        return 6.0 * macs
+
     # ---------------------------------------------------------------- presets
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ElectraConfig:
@@ -165,6 +189,12 @@ class ElectraConfig:
         p = Path(path_or_text)
         text = p.read_text(encoding="utf-8") if not str(path_or_text).lstrip().startswith("{") else str(path_or_text)
         return cls.from_dict(json.loads(text))
+
+
+FLOPS_PER_TOKEN_FORMULA = (
+    "model FLOPs/token = 6 x [L(4H^2+2HF+2TH) + Lg(4Hg^2+2HgFg+2THg) + EH + EHg + H^2 + H + P/T (Hg E + E V)] "
+    "(matmul multiply-adds of fwd, x3 for fwd+bwd, LM head at the P masked rows; the same for every "
+    "implementation of a config)")
 
 
 def max_predictions(mask_prob: float, seq_len: int) -> int:

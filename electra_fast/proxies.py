@@ -11,7 +11,7 @@ kernel; the optimizer has no matmuls), ours on the reference ops against ``HFEle
 counter cannot see inside Triton kernels; the fused generator head does the same matmuls plus a
 recomputation of the logit tiles in each of its two backward kernels (4 M E V FLOPs, reported
 separately). FLOPs per sequence do not depend on the batch: counted at a small batch and scaled
-to the preset's batch. Ours matches ``bench.model_flops_per_token`` (the MFU formula).
+to the preset's batch. Ours matches ``ElectraConfig.flops_per_token`` (the MFU formula).
 
 Kernels per step: one steady-state step (forward + backward + AdamW with ``fused=True`` as on a
 GPU; its state already exists), counted two ways at once:
@@ -74,8 +74,8 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .bench import backend_env, build_step, env_var, environment, model_flops_per_token
 from .config import ElectraConfig
+from .harness import backend_env, build_step, env_var, environment
 
 # aten ops that never launch a kernel: views and metadata, and allocations without a fill.
 NO_KERNEL_OPS = frozenset({
@@ -273,13 +273,24 @@ def step_kernels(impl: str, preset: str = "small", batch_size: int = 2) -> Kerne
     return kc
 
 
+def count_flops(model: torch.nn.Module, batch: dict) -> int:
+    """FLOPs of one forward + backward (torch.utils.flop_counter: matmuls and attention; run it
+    under SDPA's math backend on the CPU, see ``step_flops``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = model(**batch)
+        loss = out if isinstance(out, torch.Tensor) else out.loss
+        loss.backward()
+    return counter.get_total_flops()
+
+
 def step_flops(preset: str = "small", batch_size: int = 2) -> dict:
     """FLOPs of one step (forward + backward), ours (reference ops) and HF, counted at ``batch_size``
     and scaled to the preset's batch (FLOPs per sequence do not depend on the batch)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from .baselines import HFElectra, random_masked_batch
-    from .baselines import step_flops as count
     from .model import Electra
 
     cfg = proxy_config(preset)
@@ -290,13 +301,13 @@ def step_flops(preset: str = "small", batch_size: int = 2) -> dict:
     # leave attention out; the math path's batched matmuls are the same FLOPs, and counted.
     with sdpa_kernel([SDPBackend.MATH]):
         with backend_env("reference"):
-            ours = count(Electra(cfg), batch)
-        hf = count(HFElectra(cfg), batch)
+            ours = count_flops(Electra(cfg), batch)
+        hf = count_flops(HFElectra(cfg), batch)
     scale = B_full / batch_size
     M = B_full * cfg.max_predictions
     return {"counted_batch": batch_size, "batch": B_full, "seq_len": T, "scale": scale,
             "ours": ours * scale, "hf": hf * scale, "ours_over_hf": ours / hf,
-            "model_flops_analytic": model_flops_per_token(cfg, T) * B_full * T,
+            "model_flops_analytic": cfg.flops_per_token(T) * B_full * T,
             "fused_head_recompute": 4 * M * cfg.embedding_size * cfg.vocab_size}
 
 

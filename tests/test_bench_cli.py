@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from electra_fast import ElectraConfig, proxies
-from electra_fast.bench import model_flops_per_token
 
 pytest.importorskip("transformers")
 
@@ -136,14 +135,14 @@ def test_small_preset_flops_match_the_mfu_formula_and_stay_below_hf():
     assert fl["scale"] == 64 and fl["batch"] == 128
     # counted FLOPs of our step = the analytic count bench uses for MFU (only the H -> 1 products,
     # which flop_counter does not count, differ)
-    want = model_flops_per_token(cfg, 128) * 128 * 128
+    want = cfg.flops_per_token(128) * 128 * 128
     assert fl["model_flops_analytic"] == want
     assert abs(fl["ours"] - want) / want < 1e-3
     assert fl["ours"] <= 0.85 * fl["hf"]
 
 
 def test_step_kernel_counts_are_positive_for_ours_and_hf():
-    """Counted on the training step as train builds it (bench.build_step("ours-eager"))."""
+    """Counted on the training step as train builds it (harness.build_step("ours-eager"))."""
     ours = proxies.step_kernels("reference", "tiny", batch_size=2)
     hf = proxies.step_kernels("hf", "tiny", batch_size=2)
     for kc in (ours, hf):
