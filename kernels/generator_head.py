@@ -17,6 +17,8 @@ The noise is keyed by (seed, row, vocab index) through Triton's counter-based Ph
 index v's (a tile holds four interleaved words, so each 10-round call serves four logits), never
 keyed by program id, tile or split, so samples do not depend on the block sizes, the splits or the
 grid. Ties go to the lowest vocabulary index, like torch.argmax, in every split and in the combine.
+The reference ports the same generator to int64 torch ops (``_reference_uniform``): its uniforms are
+the kernel's bit for bit, so from equal fp32 logits it draws the kernel's samples.
 
 The cost of each launch (FLOPs and HBM bytes its grid and tiles imply, ``_cost``) is attached to
 its plan; ``python -m electra_fast.bench --proxies`` reports it (``electra_fast.proxies``).
