@@ -17,6 +17,8 @@ The noise is keyed by (seed, row, vocab index) through Triton's counter-based Ph
 index v's (a tile holds four interleaved words, so each 10-round call serves four logits), never
 keyed by program id, tile or split, so samples do not depend on the block sizes, the splits or the
 grid. Ties go to the lowest vocabulary index, like torch.argmax, in every split and in the combine.
+The reference ports the same generator to int64 torch ops (``_reference_uniform``): its uniforms are
+the kernel's bit for bit, so from equal fp32 logits it draws the kernel's samples.
 
 The cost of each launch (FLOPs and HBM bytes its grid and tiles imply, ``_cost``) is attached to
 its plan; ``python -m electra_fast.bench --proxies`` reports it (``electra_fast.proxies``).
@@ -38,7 +40,7 @@ import triton.language as tl
 from .dispatch import autocast_operands, interpreting, is_fake, select_backend, values_readable
 from .launches import KernelPlan, hbm_bytes, record_extern, record_reference, recording
 
-# u from tl.rand / torch.rand is clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
+# Philox uniforms (kernel and reference) are clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
 U_EPS = 1e-7
 _U_EPS_TL = tl.constexpr(U_EPS)  # the same value, readable inside @triton.jit functions
 
@@ -72,7 +74,24 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _word_update(acc, cols, V, tgt, u_bits, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
+def _philox_uniforms(seed, g, rows):
+    """Uniforms in [U_EPS, 1 - U_EPS] of vocabulary indices 4 g + j (j = 0, 1, 2, 3) at ``rows``: the four
+    words of ``tl.philox(seed, g, row, 0, 0)``, each through ``tl.uint_to_uniform_float`` and clamped.
+    ``g`` and ``rows`` are uint32 tensors of one shape. The reference's ``_reference_uniform`` is the same
+    function in plain torch, bit for bit."""
+    zero = g * 0
+    r0, r1, r2, r3 = tl.philox(seed, g, rows, zero, zero)
+    return _clamped_uniform(r0), _clamped_uniform(r1), _clamped_uniform(r2), _clamped_uniform(r3)
+
+
+@triton.jit
+def _clamped_uniform(bits):
+    u = tl.uint_to_uniform_float(bits)
+    return tl.minimum(tl.maximum(u, _U_EPS_TL), 1.0 - _U_EPS_TL)
+
+
+@triton.jit
+def _word_update(acc, cols, V, tgt, u, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
                  RETURN_ARGMAX: tl.constexpr):
     """Fold one word's columns (``cols``: every fourth vocabulary index) into a row block's running state:
     sum of exp(logit - m_new), target logit, Gumbel-max and argmax (first index on ties, like torch)."""
@@ -80,8 +99,6 @@ def _word_update(acc, cols, V, tgt, u_bits, inv_temperature, m_new, s_i, tgt_log
     logits = tl.where(col_ok[None, :], acc, float("-inf"))
     s_i += tl.sum(tl.exp(logits - m_new[:, None]), 1)
     tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], logits, 0.0), 1)
-    u = tl.uint_to_uniform_float(u_bits)
-    u = tl.minimum(tl.maximum(u, _U_EPS_TL), 1.0 - _U_EPS_TL)
     score = tl.where(col_ok[None, :], logits * inv_temperature - tl.log(-tl.log(u)), float("-inf"))
     tile_best, tile_pos = tl.max(score, 1, return_indices=True)
     tile_idx = tile_pos * 4 + tl.min(cols, 0)  # cols = 4 g + word: position -> vocabulary index
@@ -122,7 +139,7 @@ def _generator_head_fwd_kernel(
     tgt = tl.load(TARGETS + rows, mask=row_ok, other=ignore_index)
     seed = tl.load(SEED)
     zero = tl.zeros((BLOCK_M, Q), tl.uint32)
-    row_ctr = zero + rows.to(tl.uint32)[:, None]
+    row_ctr = zero + rows.to(tl.uint32)[:, None]  # Philox counter word 1: the row
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of the logits
     s_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum of exp(logit - m_i)
@@ -162,7 +179,7 @@ def _generator_head_fwd_kernel(
             amax_idx = tl.where(m_new > m_i, 2**31 - 1, amax_idx)  # a new maximum: its index comes below
         s_i = s_i * tl.exp(m_i - m_new)
         m_i = m_new
-        r0, r1, r2, r3 = tl.philox(seed, zero + g.to(tl.uint32)[None, :], row_ctr, zero, zero)
+        r0, r1, r2, r3 = _philox_uniforms(seed, zero + g.to(tl.uint32)[None, :], row_ctr)
         s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
             a0, c0, V, tgt, r0, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
             RETURN_ARGMAX)
@@ -613,9 +630,9 @@ def generator_loss_and_sample_reference(
 ):
     """Same contract as :func:`generator_loss_and_sample_triton`, materialising [M, V] fp32 logits.
 
-    Differentiable by plain autograd. The Gumbel noise is a hash of (seed, row * V + v) in plain
-    torch ops (:func:`_reference_uniform`), so samples follow the same distribution as the Triton
-    path but not the same draws; a tensor seed is never read back to the host, and
+    Differentiable by plain autograd. The Gumbel noise is the kernel's Philox noise ported to plain
+    torch ops (:func:`_reference_uniform`): the uniforms equal the Triton path's bit for bit, so from
+    equal fp32 logits both draw equal samples; a tensor seed is never read back to the host, and
     ``torch.compile(fullgraph=True)`` traces the whole function. Under autocast it rounds hidden and
     weight to the autocast dtype like the Triton path, then computes in fp32.
     """
@@ -633,10 +650,12 @@ def generator_loss_and_sample_reference(
     with torch.no_grad():
         M, V = logits.shape
         seed = _seed_tensor(seed, hidden.device)
-        # Row chunks bound the int64 hash temporaries: cache-sized in eager; large when traced, where
-        # the compiler fuses the hash and a Python loop would unroll into the graph.
-        step = max(1, (1 << 24 if torch.compiler.is_compiling() else 1 << 16) // V)
-        samples = [torch.argmax(logits[r0:r0 + step] / temperature
+        # Row chunks bound the noise temporaries: a memory budget in eager; large when traced, where the
+        # compiler fuses the Philox rounds and a Python loop would unroll into the graph.
+        budget = 1 << 24 if torch.compiler.is_compiling() else _EAGER_CHUNK_BYTES // _NOISE_BYTES_PER_LOGIT
+        step = max(1, budget // V)
+        inv_temperature = 1.0 / temperature  # the kernel's multiplier: same fp32 scores
+        samples = [torch.argmax(logits[r0:r0 + step] * inv_temperature
                                 - torch.log(-torch.log(_reference_uniform(seed, r0, min(M, r0 + step), V))), dim=-1)
                    for r0 in range(0, M, step)]
         samples = torch.cat(samples) if samples else targets.new_empty(0)
@@ -652,38 +671,55 @@ def _autocast_operands(hidden, weight):
 
 
 _M32 = 0xFFFFFFFF
+# Philox-4x32-10 as tl.philox runs it (triton/language/random.py, unchanged from Triton 3.6 through 3.9):
+# Weyl key increments, round multipliers, 10 rounds; and tl.uint_to_uniform_float's scale for 32-bit words
+# (the largest with (2**31 - 1) * scale < 1 in fp32), stored as its fp32 value so fp32 and fp64 products agree.
+_PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+_PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+_PHILOX_ROUNDS = 10
+_UNIFORM_SCALE = float(torch.tensor(4.6566127342e-10, dtype=torch.float32))
+# Bytes of eager temporaries per logit while sampling: the Philox state and products (int64, four
+# logits per counter), uniforms, noise and scores (fp32). Row chunks keep them near the budget.
+_NOISE_BYTES_PER_LOGIT = 48
+_EAGER_CHUNK_BYTES = 256 << 20
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """Integer hash of uint32 values held in int64, in place: xorshift-multiply rounds (the shape of
-    lowbias32, C. Wellons' hash-prospector). Both multipliers are < 2**31, so no product overflows int64."""
-    x ^= x >> 16
-    x *= 0x7FEB352D
-    x &= _M32
-    x ^= x >> 15
-    x *= 0x5BD1E995
-    x &= _M32
-    x ^= x >> 16
-    return x
+def _mul32(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of a * x for a uint32 constant ``a`` and uint32 values ``x`` held in int64:
+    x is split in 16-bit halves so that no partial product overflows int64."""
+    p_hi, p_lo = (x >> 16) * a, (x & 0xFFFF) * a  # < 2**48 each
+    return (p_hi + (p_lo >> 16)) >> 16, (((p_hi & 0xFFFF) << 16) + p_lo) & _M32
+
+
+def _philox(seed: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor) -> list[torch.Tensor]:
+    """``tl.philox(seed, c0, c1, 0, 0)`` in int64 torch ops: the four 32-bit output words (as int64 in
+    [0, 2**32)) for counters (c0, c1, 0, 0) and key (low, high 32 bits of the (1,) int64 seed). c0 and c1
+    broadcast against each other."""
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    c2 = c3 = torch.zeros((), dtype=torch.int64, device=seed.device)
+    for _ in range(_PHILOX_ROUNDS):
+        hi_b, lo_b = _mul32(_PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mul32(_PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _PHILOX_KEY_A) & _M32, (k1 + _PHILOX_KEY_B) & _M32
+    return [c0, c1, c2, c3]
 
 
 def _reference_uniform(seed: torch.Tensor, r0: int, r1: int, V: int) -> torch.Tensor:
-    """Uniforms in [U_EPS, 1 - U_EPS], fp32 [r1 - r0, V], for rows r0..r1 of the reference's noise.
+    """Uniforms in [U_EPS, 1 - U_EPS], fp32 [r1 - r0, V], for rows r0..r1: bit for bit the kernel's
+    (``_philox_uniforms``). Vocabulary index v of row r is word v % 4 of Philox counter (v // 4, r) under
+    the (1,) int64 seed, so the draws do not depend on the chunking and need no host read of the seed."""
+    g = torch.arange((V + 3) // 4, device=seed.device)[None, :]
+    rows = (torch.arange(r0, r1, device=seed.device) & _M32)[:, None]  # the kernel's uint32 row counter
+    words = torch.stack(torch.broadcast_tensors(*_philox(seed, g, rows)), dim=-1)
+    return _clamped_uniform_reference(words.reshape(r1 - r0, -1)[:, :V])
 
-    Counter-based like tl.rand (a different function): element (row, v) is a hash of the seed
-    (a (1,) int64 tensor) and the counter row * V + v, so the draws do not depend on the chunking
-    and need neither a generator object nor a host read of the seed.
-    """
-    k1 = _mix32((seed & _M32) ^ 0x9E3779B9)  # (1,) keys from the seed's low and high words
-    k2 = _mix32(((seed >> 32) & _M32) ^ k1)
-    n = torch.arange(r0, r1, device=seed.device)[:, None] * V + torch.arange(V, device=seed.device)
-    x = n
-    if r1 * V > _M32:  # counters past 2**32 also hash their high word; _mix32(0) = 0 keeps the rest
-        x = (n & _M32) ^ _mix32(n >> 32)
-    x = _mix32(x ^ k1)
-    x ^= k2
-    x = _mix32(x)
-    return ((x >> 8).to(torch.float32) * 2.0**-24).clamp_(U_EPS, 1.0 - U_EPS)  # top 24 bits: exact in fp32
+
+def _clamped_uniform_reference(words: torch.Tensor) -> torch.Tensor:
+    """The kernel's ``_clamped_uniform`` of 32-bit words held in int64: ``tl.uint_to_uniform_float`` (the
+    word as int32, negatives folded by ~x, times the scale, in fp32), clamped into [U_EPS, 1 - U_EPS]."""
+    words = torch.where(words > 0x7FFFFFFF, words ^ _M32, words)
+    return (words.to(torch.float32) * _UNIFORM_SCALE).clamp_(U_EPS, 1.0 - U_EPS)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 Both backends run here: the reference (plain PyTorch) and the Triton kernels, on the CPU through
 the Triton interpreter (TRITON_INTERPRET=1 must be set before triton is imported) or on CUDA
 when a GPU is present and the interpreter is switched off (TRITON_INTERPRET=0).
-Inputs are fresh random numbers each run.
+Inputs are fresh random numbers each run; the sampling tests put their seed in the failure message.
+The reference draws the kernel's Philox uniforms bit for bit, so its samples are compared exactly.
 """
 
 import os
+import secrets
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -14,8 +16,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from electra_fast.kernels import generator_head as gh  # noqa: E402
-from electra_fast.kernels.dispatch import interpreting
+from electra_fast.kernels.dispatch import interpreting  # noqa: E402
+from electra_fast.kernels.generator_head import _clamped_uniform, _philox_uniforms  # noqa: E402
 from scipy import stats  # noqa: E402
 
 IGNORE = -100
@@ -179,6 +184,120 @@ def test_split_edge_cases(backend):
     assert loss.item() == 0.0 and torch.equal(samples, targets)
 
 
+@triton.jit
+def _uniforms_kernel(SEED, OUT, row0, R, V, BLOCK_M: tl.constexpr, Q: tl.constexpr):
+    """OUT[r, v] = the forward kernel's uniform of vocabulary index v at row row0 + r (its own helper)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    g = tl.program_id(1) * Q + tl.arange(0, Q)
+    zero = tl.zeros((BLOCK_M, Q), tl.uint32)
+    words = _philox_uniforms(tl.load(SEED), zero + g.to(tl.uint32)[None, :],
+                             zero + (row0 + rows).to(tl.uint32)[:, None])
+    at = OUT + rows.to(tl.int64)[:, None] * V + 4 * g[None, :]
+    ok = (rows < R)[:, None]
+    tl.store(at, words[0], mask=ok & (4 * g < V)[None, :])
+    tl.store(at + 1, words[1], mask=ok & (4 * g + 1 < V)[None, :])
+    tl.store(at + 2, words[2], mask=ok & (4 * g + 2 < V)[None, :])
+    tl.store(at + 3, words[3], mask=ok & (4 * g + 3 < V)[None, :])
+
+
+@triton.jit
+def _convert_kernel(WORDS, OUT, N, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(OUT + i, _clamped_uniform(tl.load(WORDS + i, mask=i < N, other=0)), mask=i < N)
+
+
+def fresh_seed() -> int:
+    """A new seed each run; tests put it in their failure messages and seed the inputs' RNG with it."""
+    seed = secrets.randbits(63)
+    torch.manual_seed(seed)
+    return seed
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")
+@pytest.mark.parametrize("row0, rows, V, block_m, q", [
+    (0, 37, 333, 16, 16),  # V neither a multiple of 4 nor of the tile
+    (0, 5, 1001, 32, 64),
+    (65530, 40, 30, 16, 4),  # rows across 2**16
+    (2**31 - 45, 45, 127, 64, 8),  # the largest int32 rows
+])
+def test_reference_uniforms_equal_the_kernels_bit_for_bit(row0, rows, V, block_m, q):
+    """The reference's Philox port gives the forward kernel's uniforms, bit for bit, for every (row, v)."""
+    seeds = [fresh_seed(), secrets.randbits(32), 2**63 - 1]  # random, high word zero, every bit set
+    for seed in seeds:
+        s = torch.tensor([seed], device=DEVICE)
+        got = torch.full((rows, V), -1.0, device=DEVICE)
+        _uniforms_kernel[(triton.cdiv(rows, block_m), triton.cdiv(V, 4 * q))](s, got, row0, rows, V,
+                                                                              BLOCK_M=block_m, Q=q)
+        want = gh._reference_uniform(s, row0, row0 + rows, V)
+        assert want.dtype == torch.float32 and want.shape == (rows, V)
+        differ = int((got.view(torch.int32) != want.view(torch.int32)).sum())
+        assert differ == 0, f"seed {seed}: {differ} of {rows * V} uniforms differ"
+        assert float(want.min()) >= gh.U_EPS and float(want.max()) <= 1.0 - gh.U_EPS
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")
+def test_uniform_conversion_matches_triton_at_the_edges():
+    """tl.uint_to_uniform_float and the clamp, bit for bit, on the extreme words and on random ones."""
+    seed = fresh_seed()
+    edges = torch.tensor([0, 1, 2, 127, 128, 2**31 - 2, 2**31 - 1, 2**31, 2**31 + 1, 2**32 - 2, 2**32 - 1])
+    words = torch.cat([edges, torch.randint(0, 2**32, (4096,))]).to(DEVICE)
+    got = torch.empty(words.shape, device=DEVICE)
+    _convert_kernel[(triton.cdiv(len(words), 1024),)](words.to(torch.uint32), got, len(words), BLOCK=1024)
+    want = gh._clamped_uniform_reference(words)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32)), f"seed {seed}"
+    # 0 and 2**32 - 1 (-1 as int32, folded to 0) hit the low clamp, 2**31 - 1 and 2**31 the high one.
+    lo, hi = float(np.float32(gh.U_EPS)), float(np.float32(1 - gh.U_EPS))
+    assert want[[0, 10]].tolist() == [lo, lo] and want[[6, 7]].tolist() == [hi, hi]
+
+
+@pytest.mark.parametrize("V, block_m, block_v, splits, temperature", [
+    (555, 16, 64, None, 1.0),
+    (333, 32, 128, 3, 0.5),
+    (129, 64, 256, None, 2.0),
+    (1001, 64, 64, 7, 1.0),
+])
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_reference_samples_equal_triton(backend, V, block_m, block_v, splits, temperature):
+    """fp32 inputs: reference and Triton draw the same samples (and argmax), at every block size and split."""
+    seed = fresh_seed()
+    hidden, weight, bias, targets = make_inputs(61, 48, V)
+    kwargs = dict(seed=seed, temperature=temperature, return_argmax=True)
+    _, want, want_argmax = gh.generator_loss_and_sample_reference(hidden, weight, bias, targets, **kwargs)
+    _, got, got_argmax = run(backend, hidden, weight, bias, targets, block_m=block_m, block_v=block_v,
+                             vocab_splits=splits, **kwargs)
+    differ = (got != want).nonzero()[:, 0].tolist()
+    assert not differ, f"seed {seed}: rows {differ} of 61 sample differently"
+    assert torch.equal(got_argmax, want_argmax), f"seed {seed}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_reference_samples_equal_triton_past_2_16_rows(backend):
+    """66,000 rows of equal (zero) logits: the sample is the argmax of the noise alone, so every row checks
+    the kernel's row counter and word layout against the reference (V = 7: the last counter is partial)."""
+    seed = fresh_seed()
+    M, E, V = 66_000, 16, 7
+    hidden, weight, bias = torch.zeros(M, E, device=DEVICE), torch.zeros(V, E, device=DEVICE), None
+    targets = torch.randint(0, V, (M,), device=DEVICE)
+    want = gh.generator_loss_and_sample_reference(hidden, weight, bias, targets, seed=seed)[1]
+    got = run(backend, hidden, weight, bias, targets, seed=seed, block_m=8192)[1]
+    differ = (got != want).nonzero()[:, 0].tolist()
+    assert not differ, f"seed {seed}: {len(differ)} rows differ, first {differ[:5]}"
+    assert len(torch.unique(want)) == V
+
+
+def test_reference_samples_do_not_depend_on_its_row_chunks(monkeypatch):
+    """The eager reference samples in row chunks sized by a memory budget; the draws do not depend on them."""
+    # At ELECTRA's vocabulary the budget gives chunks of well over a hundred rows, not 2.
+    assert gh._EAGER_CHUNK_BYTES // gh._NOISE_BYTES_PER_LOGIT // 30522 >= 100
+    seed = fresh_seed()
+    hidden, weight, bias, targets = make_inputs(50, 16, 30)
+    whole = gh.generator_loss_and_sample_reference(hidden, weight, bias, targets, seed=seed)[1]
+    monkeypatch.setattr(gh, "_EAGER_CHUNK_BYTES", 7 * 30 * gh._NOISE_BYTES_PER_LOGIT)  # 7-row chunks
+    chunked = gh.generator_loss_and_sample_reference(hidden, weight, bias, targets, seed=seed)[1]
+    assert torch.equal(chunked, whole), f"seed {seed}"
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sample_frequencies_follow_softmax(backend, temperature):
@@ -205,7 +324,7 @@ def test_sample_frequencies_follow_softmax(backend, temperature):
     obs_bins[-1] += o_acc
     assert len(exp_bins) >= 3
     p_value = stats.chisquare(obs_bins, exp_bins).pvalue
-    assert p_value > 1e-3, f"samples do not follow softmax(logits / {temperature}): p = {p_value:.2g}"
+    assert p_value > 1e-3, f"seed {seed}: samples do not follow softmax(logits / {temperature}): p = {p_value:.2g}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
