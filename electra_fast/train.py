@@ -587,8 +587,6 @@ def setup(args) -> Run:
                               "larger --steps to train on)")
         say(f"resuming from {ck_path} (step {resume_state['step']})", rank=rank)
         own_checkpoints = list_checkpoints(out_dir)  # the folder is the run's: so are its checkpoints
-    elif args.data:
-        fingerprint = _data_fingerprint(args.data)
     if args.whole_word is None:
         args.whole_word = args.preset in WHOLE_WORD_PRESETS
     cfg = resolve_config(args, resume_state["config"] if resume_state else None)
@@ -630,6 +628,10 @@ def setup(args) -> Run:
 
             write_marker(out_dir, {"run_id": "unknown", "kind": "training"})
     tok, data_dir = _prepare_data(args, cfg, out_dir, rank, world, resume_state is not None)
+    if resume_state is None and args.data:  # preparation hashed the files: its manifest makes this a stat each
+        from .prepare import read_manifest
+
+        fingerprint = _data_fingerprint(args.data, known=read_manifest(data_dir))
     if resume_state is not None and resume_state.get("vocab_hash") not in (None, tok.vocab_hash()):
         raise TrainError(f"{out_dir}/vocab does not match the checkpoint's vocabulary (hash differs)")
     if cfg.vocab_size != tok.vocab_size:
@@ -778,9 +780,9 @@ def maybe_save(run: Run, force: bool = False) -> None:
     if not due or step == run.last_saved_step:
         return
     run.time_save_due = False
-    loaders = _gather(run.batches.state_dict(), run.world)  # the position after the last batch *consumed*
-    rngs = _gather(rng_state(), run.world)
-    stats = _gather(run.train_step.stats.state_dict(), run.world)
+    # the loader position after the last batch *consumed*; one gather for the three per-rank entries
+    mine = (run.batches.state_dict(), rng_state(), run.train_step.stats.state_dict())
+    loaders, rngs, stats = mine if run.world == 1 else (list(x) for x in zip(*_gather(mine, run.world)))
     run.last_saved_step, run.last_save_time = step, time.time()
     if run.rank != 0:
         return
@@ -961,19 +963,12 @@ def _params_finite(model: torch.nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
-def _data_fingerprint(paths: list[str]) -> str:
-    """sha256 of the corpus files' content, in reading order (not their paths: a moved corpus matches)."""
-    import hashlib
+def _data_fingerprint(paths: list[str], known: dict | None = None) -> str:
+    """The --data files' content fingerprint (``corpus.content_fingerprint``: not their paths, so a
+    moved corpus matches); ``known``, a manifest with per-file records, spares re-hashing unchanged files."""
+    from .corpus import content_fingerprint, corpus_files
 
-    from .corpus import corpus_files
-
-    h = hashlib.sha256()
-    for f in corpus_files(paths):
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
+    return content_fingerprint(corpus_files(paths), known)[0]
 
 
 def _param_digest(model: torch.nn.Module) -> str:
