@@ -31,7 +31,6 @@ on shared memory beyond the architecture's per-block limit.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import multiprocessing
@@ -52,19 +51,6 @@ SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 
 # ----------------------------------------------------------------------------- what a step launches
-@contextlib.contextmanager
-def _triton_backend():
-    old = os.environ.get("ELECTRA_FAST_BACKEND")
-    os.environ["ELECTRA_FAST_BACKEND"] = "triton"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ELECTRA_FAST_BACKEND", None)
-        else:
-            os.environ["ELECTRA_FAST_BACKEND"] = old
-
-
 def record_step(preset: str, mode: str) -> list:
     """The launches of one training step (forward + backward) of ``Electra`` at ``preset`` in ``mode``
     (``electra_fast.proxies.step_launches``), plus ``rtd_loss_from_logits`` at the preset's (batch,
@@ -75,11 +61,12 @@ def record_step(preset: str, mode: str) -> list:
 
     from electra_fast import ops
     from electra_fast.config import ElectraConfig
+    from electra_fast.harness import backend_env
     from electra_fast.proxies import step_launches
 
     launches = step_launches(preset, mode)
     cfg = ElectraConfig.preset(preset)
-    with _triton_backend(), FakeTensorMode(), record_launches() as extra:
+    with backend_env("triton"), FakeTensorMode(), record_launches() as extra:
         logits = torch.zeros(cfg.batch_size, cfg.max_seq_length, requires_grad=True,
                              dtype=torch.bfloat16 if mode == "bf16" else torch.float32)
         labels = torch.zeros(cfg.batch_size, cfg.max_seq_length, dtype=torch.bool)
