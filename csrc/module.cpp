@@ -32,6 +32,7 @@ py::array_t<int64_t> count_real_tokens_impl(py::array_t<T, py::array::c_style> i
 }  // namespace
 
 void register_masking(py::module_& m);  // masking.cpp
+void register_philox(py::module_& m);   // philox.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "electra_fast C++ extension (numpy in, numpy out)";
@@ -40,4 +41,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("count_real_tokens", &count_real_tokens_impl<uint16_t>, py::arg("ids"), py::arg("pad_id") = 0);
   m.def("count_real_tokens", &count_real_tokens_impl<int64_t>, py::arg("ids"), py::arg("pad_id") = 0);
   register_masking(m);
+  register_philox(m);
 }

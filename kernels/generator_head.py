@@ -678,6 +678,7 @@ _PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
 _PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
 _PHILOX_ROUNDS = 10
 _UNIFORM_SCALE = float(torch.tensor(4.6566127342e-10, dtype=torch.float32))
+_PHILOX_CONSTANTS = (_PHILOX_KEY_A, _PHILOX_KEY_B, _PHILOX_ROUND_A, _PHILOX_ROUND_B, _PHILOX_ROUNDS)
 # Bytes of eager temporaries per logit while sampling: the Philox state and products (int64, four
 # logits per counter), uniforms, noise and scores (fp32). Row chunks keep them near the budget.
 _NOISE_BYTES_PER_LOGIT = 48
@@ -708,11 +709,29 @@ def _philox(seed: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor) -> list[torc
 def _reference_uniform(seed: torch.Tensor, r0: int, r1: int, V: int) -> torch.Tensor:
     """Uniforms in [U_EPS, 1 - U_EPS], fp32 [r1 - r0, V], for rows r0..r1: bit for bit the kernel's
     (``_philox_uniforms``). Vocabulary index v of row r is word v % 4 of Philox counter (v // 4, r) under
-    the (1,) int64 seed, so the draws do not depend on the chunking and need no host read of the seed."""
+    the (1,) int64 seed, so the draws do not depend on the chunking and need no host read of the seed.
+    Eager on the CPU (where reading the seed costs nothing) the C++ extension draws the same bits."""
+    if seed.device.type == "cpu" and not torch.compiler.is_compiling() and _cpu_philox() is not None:
+        u = _cpu_philox()(int(seed.reshape(-1)[0]), r0, r1, V, _PHILOX_CONSTANTS, _UNIFORM_SCALE, U_EPS, 1.0 - U_EPS)
+        return torch.from_numpy(u)
+    return _reference_uniform_torch(seed, r0, r1, V)
+
+
+def _reference_uniform_torch(seed: torch.Tensor, r0: int, r1: int, V: int) -> torch.Tensor:
+    """``_reference_uniform`` in torch ops: any device, traceable by torch.compile."""
     g = torch.arange((V + 3) // 4, device=seed.device)[None, :]
     rows = (torch.arange(r0, r1, device=seed.device) & _M32)[:, None]  # the kernel's uint32 row counter
     words = torch.stack(torch.broadcast_tensors(*_philox(seed, g, rows)), dim=-1)
     return _clamped_uniform_reference(words.reshape(r1 - r0, -1)[:, :V])
+
+
+def _cpu_philox():
+    """``electra_fast._C.philox_uniforms`` (csrc/philox.cpp), or None where the extension is not built."""
+    try:
+        from electra_fast._C import philox_uniforms
+    except ImportError:
+        return None
+    return philox_uniforms
 
 
 def _clamped_uniform_reference(words: torch.Tensor) -> torch.Tensor:

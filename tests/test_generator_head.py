@@ -220,19 +220,35 @@ def fresh_seed() -> int:
     (65530, 40, 30, 16, 4),  # rows across 2**16
     (2**31 - 45, 45, 127, 64, 8),  # the largest int32 rows
 ])
-def test_reference_uniforms_equal_the_kernels_bit_for_bit(row0, rows, V, block_m, q):
-    """The reference's Philox port gives the forward kernel's uniforms, bit for bit, for every (row, v)."""
+@pytest.mark.parametrize("port", ["dispatch", "torch"])
+def test_reference_uniforms_equal_the_kernels_bit_for_bit(row0, rows, V, block_m, q, port):
+    """The reference's Philox port gives the forward kernel's uniforms, bit for bit, for every (row, v):
+    as the reference calls it (C++ eager on the CPU) and the torch port (GPU, traced)."""
+    uniform = gh._reference_uniform if port == "dispatch" else gh._reference_uniform_torch
     seeds = [fresh_seed(), secrets.randbits(32), 2**63 - 1]  # random, high word zero, every bit set
     for seed in seeds:
         s = torch.tensor([seed], device=DEVICE)
         got = torch.full((rows, V), -1.0, device=DEVICE)
         _uniforms_kernel[(triton.cdiv(rows, block_m), triton.cdiv(V, 4 * q))](s, got, row0, rows, V,
                                                                               BLOCK_M=block_m, Q=q)
-        want = gh._reference_uniform(s, row0, row0 + rows, V)
+        want = uniform(s, row0, row0 + rows, V)
         assert want.dtype == torch.float32 and want.shape == (rows, V)
         differ = int((got.view(torch.int32) != want.view(torch.int32)).sum())
         assert differ == 0, f"seed {seed}: {differ} of {rows * V} uniforms differ"
         assert float(want.min()) >= gh.U_EPS and float(want.max()) <= 1.0 - gh.U_EPS
+
+
+@pytest.mark.parametrize("row0, rows, V", [(0, 37, 1000), (3, 2, 1), (0, 1, 4097), (2**32 - 3, 6, 13)])
+def test_cpu_philox_equals_the_torch_port(row0, rows, V):
+    """The C++ uniforms the eager CPU reference uses (csrc/philox.cpp) are the torch port's, bit for bit,
+    for random, negative and all-bits seeds and for rows past 2**32 (the kernel's uint32 row counter)."""
+    assert gh._cpu_philox() is not None, "electra_fast._C lacks philox_uniforms: rebuild (pip install -e .)"
+    for seed in [fresh_seed(), -fresh_seed(), 2**63 - 1, -(2**63)]:
+        s = torch.tensor([seed])
+        got = gh._reference_uniform(s, row0, row0 + rows, V)
+        want = gh._reference_uniform_torch(s, row0, row0 + rows, V)
+        assert got.dtype == want.dtype == torch.float32 and got.shape == want.shape == (rows, V)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), f"seed {seed}"
 
 
 @pytest.mark.skipif(DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")
