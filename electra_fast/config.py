@@ -69,7 +69,7 @@ class ElectraConfig:
         """Masked positions per sequence: int((p + 0.005) * max_len), 19 at length 128."""
         return max_predictions(self.mask_prob, self.max_seq_length)
 
-    def flops_per_token(self, seq_len: int | None = None) -> float:
+    def flops_per_token(self, seq_len: int | None = None, objective: str = "electra") -> float:
         """Training FLOPs per token of one ELECTRA step (forward + backward), analytic: the model
         FLOPs behind MFU (``FLOPS_PER_TOKEN_FORMULA``), checked against torch's FLOP counter in
         tests/test_flops.py.
@@ -82,15 +82,23 @@ class ElectraConfig:
         with T the sequence length (default ``max_seq_length``) and P = max_predictions(mask_prob, T).
         The same number for every implementation of a config: work beyond it (HF's full-sequence
         logits) counts as waste, not as work. With ``tie_encoders`` the one encoder runs twice.
+        ``objective="mlm"``: the BERT baseline, the discriminator-sized network with the LM head and
+        no generator or discriminator head.
         """
+        if objective not in ("electra", "mlm"):
+            raise ValueError(f"objective must be 'electra' or 'mlm', got {objective!r}")
         T = seq_len or self.max_seq_length
         H, F, L = self.hidden_size, self.intermediate_size, self.num_layers
         G, FG, LG = self.generator_hidden_size, self.generator_intermediate_size, self.generator_num_layers
         E, V = self.embedding_size, self.vocab_size
         P = max_predictions(self.mask_prob, T)
-        macs = L * (4 * H * H + 2 * H * F + 2 * T * H) + LG * (4 * G * G + 2 * G * FG + 2 * T * G)
-        macs += (E * H if E != H else 0) + (E * G if E != G else 0) + H * H + H
-        macs += P / T * (G * E + E * V)
+        encoder = L * (4 * H * H + 2 * H * F + 2 * T * H)
+        if objective == "mlm":
+            macs = encoder + (E * H if E != H else 0) + P / T * (H * E + E * V)
+        else:
+            macs = encoder + LG * (4 * G * G + 2 * G * FG + 2 * T * G)
+            macs += (E * H if E != H else 0) + (E * G if E != G else 0) + H * H + H
+            macs += P / T * (G * E + E * V)
         return 6.0 * macs
 
     # ---------------------------------------------------------------- presets

@@ -773,8 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "base 1e-4, large 5e-5)")
     p.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default 0.8; 0.9 for large)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step")
-    p.add_argument("--seq-len", type=int, help="maximum tokens per example (default 128; probe 64; squad 384, "
-                   "or the run's pre-training length if shorter)")
+    p.add_argument("--seq-len", type=int, help="maximum tokens per example (default 128; probe 64; squad 384; "
+                   "for our own runs at most the run's pre-training length)")
     p.add_argument("--seed", type=int, default=42, help="random seed (head initialisation, batch order)")
     p.add_argument("--seeds", metavar="S1,S2,...", help="fine-tune once per seed (instead of --seed), each into "
                    "--out/seed-S; results.json reports every seed's dev metric, their median, min and max "
@@ -820,9 +820,13 @@ def _hyper(args, cfg: ElectraConfig, trained_len: int | None = None) -> Hyper:
     """Fine-tuning hyper-parameters from the flags; ``trained_len``: the pre-training sequence
     length when known (our own runs), to say when fine-tuning reaches untrained positions."""
     size = model_size(cfg)
-    default_len = 64 if args.task == "probe" else 128
-    if args.task in SQUAD_FILES:  # run_squad.py's 384, within the positions the encoder was trained on
-        default_len = min(384, trained_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
+    # the task's usual length (run_squad.py's 384 for SQuAD), within the positions the encoder was trained on
+    default_len = min(384 if args.task in SQUAD_FILES else 64 if args.task == "probe" else 128,
+                      cfg.max_position_embeddings)
+    if args.seq_len is None and trained_len is not None and trained_len < default_len:
+        default_len = trained_len
+        print(f"note: --seq-len defaults to {trained_len}, the run's pre-training length (positions beyond it "
+              "were never trained; pass --seq-len to choose)", file=sys.stderr)
     hp = Hyper(epochs=args.epochs, lr=args.lr if args.lr is not None else DEFAULT_LR[size],
                layer_decay=args.layer_decay if args.layer_decay is not None else DEFAULT_LAYER_DECAY[size],
                batch_size=args.batch_size, seq_len=args.seq_len or default_len,
@@ -838,7 +842,7 @@ def _hyper(args, cfg: ElectraConfig, trained_len: int | None = None) -> Hyper:
     if hp.seq_len > cfg.max_position_embeddings:
         raise FinetuneError(f"--seq-len {hp.seq_len} exceeds the model's {cfg.max_position_embeddings} positions")
     if trained_len is not None and hp.seq_len > trained_len:
-        print(f"note: --seq-len {hp.seq_len} is longer than the run's pre-training length ({trained_len}): "
+        print(f"warning: --seq-len {hp.seq_len} is longer than the run's pre-training length ({trained_len}): "
               f"position embeddings {trained_len}-{hp.seq_len - 1} start from their initial values",
               file=sys.stderr)
     if not hp.lr > 0 or not 0 < hp.layer_decay <= 1 or not 0 <= hp.dropout < 1:

@@ -491,15 +491,26 @@ def test_bad_input_gives_one_error_line(tmp_path, run_dir, capsys, case):
         assert w in err[0], (w, err[0])
 
 
-def test_seq_len_beyond_the_runs_pretraining_length_gets_a_note(capsys):
-    """Our own run records its pre-training length: fine-tuning past it says which position
-    embeddings were never trained; within it, or for a model without that record, nothing."""
+def test_seq_len_defaults_to_the_runs_pretraining_length_and_warns_beyond_it(capsys):
+    """Our own run records its pre-training length: without --seq-len fine-tuning stays within it
+    and says so; asking for more warns once, naming the position embeddings that were never
+    trained; within it, or for a model without that record (HF), nothing."""
     from electra_fast.finetune import _hyper, build_parser
 
     cfg = ElectraConfig.preset("tiny", vocab_size=50)  # pre-trained at 32, 128 positions
-    args = build_parser().parse_args(["--checkpoint", "x", "--task", "probe", "--seq-len", "64"])
+    parse = build_parser().parse_args
+    for task, usual in (("sst2", 128), ("probe", 64), ("squad", 128)):  # squad: 384 capped at 128 positions
+        args = parse(["--checkpoint", "x", "--task", task])
+        assert _hyper(args, cfg, trained_len=32).seq_len == 32
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "defaults to 32, the run's pre-training length" in err, err
+        assert _hyper(args, cfg, trained_len=None).seq_len == usual
+        assert _hyper(args, cfg, trained_len=usual).seq_len == usual
+        assert capsys.readouterr().err == ""
+    args = parse(["--checkpoint", "x", "--task", "probe", "--seq-len", "64"])
     assert _hyper(args, cfg, trained_len=32).seq_len == 64
-    assert "position embeddings 32-63 start from their initial values" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ") and "position embeddings 32-63" in err, err
     _hyper(args, cfg, trained_len=64)
     _hyper(args, cfg, trained_len=None)
     assert capsys.readouterr().err == ""

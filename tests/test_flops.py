@@ -36,6 +36,18 @@ def test_flops_per_token_formula_matches_the_flop_counter(preset, seq_len):
     assert ours == pytest.approx(want - 6 * cfg.hidden_size * B * T, rel=1e-9), (ours, want)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_mlm_flops_per_token_matches_the_flop_counter(preset):
+    # the BERT baseline (objective="mlm"): what equal-compute comparisons (bench --transfer) divide by
+    cfg = ElectraConfig.preset(preset, dropout=0.0, attention_dropout=0.0)
+    T = cfg.max_seq_length
+    ours = counted(Electra(cfg, "mlm"), random_masked_batch(cfg, B, T))
+    assert ours == pytest.approx(cfg.flops_per_token(T, objective="mlm") * B * T, rel=1e-9), ours
+    assert cfg.flops_per_token(T, objective="mlm") < cfg.flops_per_token(T)
+    with pytest.raises(ValueError, match="objective"):
+        cfg.flops_per_token(T, objective="bert")
+
+
 def test_small_preset_step_flops_at_least_15_percent_below_hf():
     pytest.importorskip("transformers")
     cfg = ElectraConfig.preset("small", dropout=0.0, attention_dropout=0.0)
