@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import shlex
 import subprocess
 import sys
 import time
@@ -193,7 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cost-json", metavar="PATH",
                    help="with --proxies: write the cost model's records here (one per kernel launch of a step at "
                         "every preset: op, kernel, preset, programs, flops, bytes, implied_us)")
+    p.add_argument("--transfer", action="store_true",
+                   help="CPU, about an hour: pre-train ELECTRA (the default run's recipe) and the MLM baseline at "
+                        "equal model FLOPs, fine-tune them and a random-init control on offline text tasks "
+                        "(electra_fast.transfer) with several seeds, next to a bag of words; print the table")
+    p.add_argument("--transfer-out", metavar="DIR", default="runs/transfer",
+                   help="with --transfer: pre-training runs, fine-tuning folders and transfer.json (default "
+                        "runs/transfer; finished pre-training runs of the same command are reused)")
+    p.add_argument("--transfer-seeds", metavar="S1,S2,...", default="1,2,3",
+                   help="with --transfer: fine-tuning seeds (default 1,2,3)")
+    p.add_argument("--transfer-train-args", metavar="ARGS", default="",
+                   help="with --transfer: extra `python -m electra_fast.train` flags for both pre-training runs, "
+                        "e.g. \"--steps 1200 --seq-len 64\" (default: none, the default run)")
     args = p.parse_args(argv)
+    if args.transfer:
+        return _transfer(p, args)
     for flag, v, lo in (("--iters", args.iters, 1), ("--warmup", args.warmup, 0), ("--batch-size", args.batch_size, 1),
                         ("--threads", args.threads, 1)):
         if v is not None and v < lo:
@@ -260,6 +275,28 @@ def main(argv: list[str] | None = None) -> int:
                   "tests": tests, "formula": FORMULA, "warmup": warmup, "iters": iters, "rows": rows}
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         print(f"saved {args.json}")
+    return 0
+
+
+def _transfer(p: ArgumentParser, args) -> int:
+    from . import transfer
+    from .finetune import FinetuneError, parse_seeds
+
+    try:
+        seeds = parse_seeds(args.transfer_seeds)
+    except FinetuneError as e:
+        p.error(str(e).replace("--seeds", "--transfer-seeds"))
+    train_args = shlex.split(args.transfer_train_args)
+    bad = sorted({a for a in train_args if a in ("--out", "--objective", "--seed", "--resume", "--overwrite")})
+    if bad:
+        p.error(f"--transfer-train-args may not set {', '.join(bad)} (the benchmark sets them)")
+    env = environment()
+    results = transfer.run(Path(args.transfer_out), seeds, train_args)
+    print()
+    print(transfer.format_table(results))
+    print(f"test accuracy of the best dev epoch, mean +- std [min-max] over fine-tuning seeds {args.transfer_seeds}; "
+          f"{results['seconds']} s on {env['device']} ({env['cpu_count']} cores); "
+          f"{Path(args.transfer_out) / 'transfer.json'}")
     return 0
 
 

@@ -1,0 +1,369 @@
+"""Does pre-training transfer? ``python -m electra_fast.bench --transfer``.
+
+Pre-trains ELECTRA and the MLM baseline at equal compute (model FLOPs, ``ElectraConfig.flops_per_token``:
+the cheaper objective gets more steps), then fine-tunes each, and a randomly initialised control of
+the same size, on real-text tasks the pre-training corpus never contains, with several seeds, next to
+a bag-of-words classifier for scale.
+
+The tasks are built offline from the docstrings of the numpy and torch installed with this package
+(the pre-training corpus is the standard library's documentation, so none of this text was seen):
+
+- ``topic``: which subpackage (torch.nn, torch.distributed, numpy.polynomial, ...) a passage of two
+  consecutive documentation sentences comes from;
+- ``order``: two consecutive sentences, as written or swapped.
+
+Both are split by whole module file (a file's sentences are all train, all dev or all test), so
+no passage of a test file was fine-tuned on. The examples depend on the installed numpy and torch
+versions; results record them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ElectraConfig
+from .corpus import _import_quietly, _module_documents, _submodules
+from .finetune import Hyper, SequenceClassifier, _seed_all, encode, finetune, load_run
+from .glue import Examples, Task
+from .model import Electra
+
+# Subpackages with many module files each (so the split by file leaves every label in every split)
+# and enough prose; a passage's label is the subpackage its module belongs to.
+TOPICS = ("torch.nn", "torch.distributed", "torch.fx", "torch.utils", "torch.optim", "torch.distributions",
+          "torch.onnx", "numpy.polynomial", "numpy.lib")
+_SOURCE_PACKAGES = ("torch", "numpy")
+_SKIP_PARTS = ("testing", "tests", "_C", "_vendor", "distutils")
+_MIN_WORDS = 4
+_TASKS = {
+    "topic": Task("topic", ("text",), "label", TOPICS, display="topic (which subpackage)"),
+    "order": Task("order", ("first", "second"), "label", ("swapped", "in_order"), display="order (sentence pair)"),
+    "next": Task("next", ("first", "second"), "label", ("other", "next"), display="next (sentence pair)"),
+}
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class TaskData:
+    task: Task
+    splits: dict[str, Examples]  # train, dev, test
+
+    def sizes(self) -> str:
+        return "/".join(str(len(self.splits[s].labels)) for s in SPLITS)
+
+
+def _split_of(module: str) -> str:
+    """train 70% / dev 10% / test 20% of module files, by a hash of the module's name."""
+    r = int(hashlib.sha256(module.encode()).hexdigest()[:8], 16) % 100
+    return "train" if r < 70 else "dev" if r < 80 else "test"
+
+
+def source_documents() -> list[tuple[str, list[str]]]:
+    """(module name, sentences) for every documentation document of numpy's and torch's public modules."""
+    names = []
+    for pkg in _SOURCE_PACKAGES:
+        spec = importlib.util.find_spec(pkg)
+        names += [n for n in [pkg, *_submodules(pkg + ".", list(spec.submodule_search_locations))]
+                  if not any(part in n.split(".") for part in _SKIP_PARTS)]
+    # every module imported before any is read: importing one can add members to another, so reading
+    # while importing would make the documents depend on what the process had imported before
+    modules = [(n, sys.modules.get(n) or _import_quietly(n)) for n in names]
+    docs, seen = [], set()
+    for name, module in modules:
+        for doc in _module_documents(module) if module is not None else []:
+            key = doc[0] + "\0" + doc[-1]
+            if key not in seen:  # a docstring reached twice (aliases) counts once
+                seen.add(key)
+                docs.append((name, doc))
+    return docs
+
+
+def _topic_of(module: str) -> str | None:
+    return next((t for t in TOPICS if module == t or module.startswith(t + ".")), None)
+
+
+def _pair_examples(kind: str, pairs: list[tuple[str, str, str]], n: int, rng) -> Examples:
+    """``n`` of the consecutive (module, first, second) pairs, half of them kept as written (label 1)
+    and half changed: "order" swaps the two sentences, "next" replaces the second by a sentence of
+    another module (of the same split)."""
+    negative, positive = _TASKS[kind].labels
+    chosen = rng.permutation(len(pairs))[:n]
+    keep = rng.permutation(len(chosen)) < (len(chosen) + 1) // 2
+    ex = Examples(Path(f"<{kind}>"), [], [], [], [])
+    for k, as_written in zip(chosen, keep):
+        module, a, b = pairs[k]
+        if not as_written and kind == "order":
+            a, b = b, a
+        while not as_written and kind == "next":
+            other, _, b = pairs[rng.integers(len(pairs))]
+            if other != module:
+                break
+        ex.text_a.append(a)
+        ex.text_b.append(b)
+        ex.labels.append(positive if as_written else negative)
+        ex.lines.append(len(ex.lines))
+    return ex
+
+
+def build_tasks(n_train: int = 2000, n_dev: int = 500, n_test: int = 1000, seed: int = 0) -> dict[str, TaskData]:
+    """Both tasks, each with train/dev/test drawn from disjoint module files; deterministic for a
+    given ``seed`` and installed numpy/torch. Topic examples are drawn class-balanced where a split
+    has enough of a class; order examples are exactly balanced."""
+    rng = np.random.default_rng(seed)
+    want = {"train": n_train, "dev": n_dev, "test": n_test}
+    pairs = {s: [] for s in SPLITS}  # (module, first, second)
+    for module, doc in source_documents():
+        lines = [line for line in doc if len(line.split()) >= _MIN_WORDS]
+        pairs[_split_of(module)] += [(module, a, b) for a, b in zip(lines, lines[1:]) if a != b]
+    # libraries repeat sentences across files (numpy's six polynomial classes, inherited docstrings):
+    # a dev or test pair with a sentence that train also has is left out
+    seen = {line for _, a, b in pairs["train"] for line in (a, b)}
+    for s in ("dev", "test"):
+        pairs[s] = [p for p in pairs[s] if p[1] not in seen and p[2] not in seen]
+    out = {}
+    # topic: one passage (two consecutive sentences) per example, round-robin over the classes
+    topic = {s: Examples(Path(f"<topic {s}>"), [], None, [], []) for s in SPLITS}
+    for s in SPLITS:
+        by_class = {t: [] for t in TOPICS}
+        for module, a, b in pairs[s]:
+            t = _topic_of(module)
+            if t is not None:
+                by_class[t].append(f"{a} {b}")
+        pools = [list(rng.permutation(len(by_class[t]))) for t in TOPICS]
+        ex = topic[s]
+        while len(ex.labels) < want[s] and any(pools):
+            for t, pool in zip(TOPICS, pools):
+                if pool and len(ex.labels) < want[s]:
+                    ex.text_a.append(by_class[t][pool.pop()])
+                    ex.labels.append(t)
+                    ex.lines.append(len(ex.lines))
+    out["topic"] = TaskData(_TASKS["topic"], topic)
+    for kind in ("order", "next"):
+        out[kind] = TaskData(_TASKS[kind], {s: _pair_examples(kind, pairs[s], want[s], rng) for s in SPLITS})
+    for name, data in out.items():
+        for s in SPLITS:
+            if len(set(data.splits[s].labels)) < len(data.task.labels):
+                raise RuntimeError(f"transfer task {name}: the {s} split lacks a label "
+                                   f"({len(data.splits[s].labels)} examples); numpy/torch too old?")
+    return out
+
+
+# ============================================================================ pre-training
+@dataclass
+class Encoder:
+    """One of the compared encoders: a pre-trained run or the random-init control."""
+
+    name: str
+    electra: Electra | None  # None: the random-init control (fresh weights per fine-tuning seed)
+    info: dict
+
+
+def _train(out: Path, args: list[str], log) -> None:
+    """``python -m electra_fast.train`` into ``out`` (resumed when a previous call was interrupted)."""
+    cmd = [sys.executable, "-m", "electra_fast.train", "--out", str(out), "--no-progress", "--log-every", "100", *args]
+    done = out / "transfer-done"
+    if done.is_file() and done.read_text(encoding="utf-8") == shlex.join(cmd):
+        log(f"  {out}: already trained by this command, reused")
+        return
+    if out.exists():
+        cmd += ["--overwrite"]
+    log("  $ " + shlex.join(cmd))
+    t0 = time.time()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (out / "train.log").write_text(proc.stdout, encoding="utf-8")
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
+        raise RuntimeError(f"pre-training into {out} failed (exit {proc.returncode}):\n{tail}")
+    summary = [line for line in proc.stdout.splitlines() if line.startswith(("done", "held-out", "eval"))]
+    log(f"  {time.time() - t0:.0f} s; " + (" | ".join(summary)[-400:] if summary else "done"))
+    (out / "transfer-done").write_text(shlex.join(cmd[:-1] if cmd[-1] == "--overwrite" else cmd), encoding="utf-8")
+
+
+def _without(args: list[str], *flags: str) -> list[str]:
+    """``args`` minus the given flags and their values (``--flag V`` or ``--flag=V``)."""
+    kept, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif a.split("=", 1)[0] not in flags:
+            kept.append(a)
+    return kept
+
+
+def _run_config(out: Path) -> ElectraConfig:
+    return ElectraConfig.from_json(out / "config.json")
+
+
+def equal_compute_steps(cfg: ElectraConfig, electra_steps: int) -> int:
+    """MLM steps with the model FLOPs of ``electra_steps`` ELECTRA steps of the same config and batch."""
+    return max(1, round(electra_steps * cfg.flops_per_token() / cfg.flops_per_token(objective="mlm")))
+
+
+def pretrain(out: Path, train_args: list[str], seed: int, log=print) -> list[Encoder]:
+    """ELECTRA with ``train_args``, then the MLM baseline with the same arguments and equal model FLOPs."""
+    log("pre-training ELECTRA")
+    _train(out / "electra", [*train_args, "--seed", str(seed)], log)
+    cfg = _run_config(out / "electra")
+    steps = equal_compute_steps(cfg, cfg.train_steps)
+    warmup = max(0, round(cfg.warmup_steps * steps / cfg.train_steps))
+    ratio = cfg.flops_per_token() / cfg.flops_per_token(objective="mlm")
+    log(f"pre-training the MLM baseline at equal compute: {steps} steps ({ratio:.2f} x ELECTRA's {cfg.train_steps}: "
+        f"{cfg.flops_per_token() / 1e6:.1f} vs {cfg.flops_per_token(objective='mlm') / 1e6:.1f} MFLOP per token)")
+    _train(out / "mlm", [*_without(train_args, "--steps", "--warmup"), "--seed", str(seed), "--objective", "mlm",
+                         "--steps", str(steps), "--warmup", str(warmup)], log)
+    encoders = []
+    for name in ("electra", "mlm"):
+        pre = load_run(out / name, log=lambda m: None)
+        encoders.append(Encoder(name, pre.model, {"run": str(out / name), "source": pre.source,
+                                                  "flops_per_token": pre.model.config.flops_per_token(
+                                                      objective=pre.model.objective),
+                                                  "steps": pre.model.config.train_steps}))
+        if name == "electra":
+            tokenizer = pre.tokenizer
+        elif pre.tokenizer.vocab_hash() != tokenizer.vocab_hash():
+            raise RuntimeError("the ELECTRA and MLM runs trained different vocabularies; they must share one")
+    encoders.append(Encoder("random", None, {"init": "fresh weights of the ELECTRA run's config, per seed"}))
+    return encoders, tokenizer
+
+
+# ============================================================================ fine-tuning
+def _fresh_electra(cfg: ElectraConfig, seed: int) -> Electra:
+    _seed_all(seed + 10_000)
+    return Electra(cfg)
+
+
+def finetune_encoder(enc: Encoder, cfg: ElectraConfig, tok, data: TaskData, seed: int, hp: Hyper, out: Path) -> float:
+    """Test accuracy of the epoch that scores best on dev, for one fine-tuning seed."""
+    electra = enc.electra if enc.electra is not None else _fresh_electra(cfg, seed)
+    task = data.task
+    encoded = {s: encode(tok, data.splits[s], task, hp.seq_len) for s in SPLITS}
+    _seed_all(seed)
+    model = SequenceClassifier.from_electra(electra, task.num_outputs, hp.dropout)
+    res = finetune(model, task, encoded["train"], {"dev": encoded["dev"], "test": encoded["test"]},
+                   dataclasses.replace(hp, seed=seed), out, pad_id=tok.pad_id, progress=False, log=lambda m: None)
+    return float(res["best"]["dev"]["test"]["accuracy"])
+
+
+# ============================================================================ bag of words
+_WORDS = re.compile(r"[a-z]+|\d+|[^\sa-z\d]")
+_BOW_DIM = 1 << 18
+
+
+def _bow_ids(text: str, prefix: str) -> list[int]:
+    words = _WORDS.findall(text.lower())
+    grams = words + [a + " " + b for a, b in zip(words, words[1:])]
+    return [int.from_bytes(hashlib.blake2b((prefix + g).encode(), digest_size=4).digest(), "little") % _BOW_DIM
+            for g in grams]
+
+
+def _bow_features(ex: Examples) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hashed unigram + bigram counts of each example (first and second text hashed apart)."""
+    rows = [_bow_ids(a, "a:") + (_bow_ids(ex.text_b[i], "b:") if ex.text_b is not None else [])
+            for i, a in enumerate(ex.text_a)]
+    offsets = torch.tensor([0] + [len(r) for r in rows[:-1]]).cumsum(0)
+    return torch.tensor([t for r in rows for t in r], dtype=torch.long), offsets
+
+
+def bag_of_words(data: TaskData, seed: int, epochs: int = 10) -> float:
+    """Logistic regression on hashed unigram + bigram counts (AdamW, weight decay, best dev epoch): test accuracy."""
+    task = data.task
+    index = {label: i for i, label in enumerate(task.labels)}
+    feats = {s: _bow_features(data.splits[s]) for s in SPLITS}
+    gold = {s: torch.tensor([index[v] for v in data.splits[s].labels]) for s in SPLITS}
+    _seed_all(seed)
+    model = torch.nn.EmbeddingBag(_BOW_DIM, len(task.labels), mode="sum")
+    torch.nn.init.zeros_(model.weight)
+    bias = torch.nn.Parameter(torch.zeros(len(task.labels)))
+    opt = torch.optim.AdamW([model.weight, bias], lr=0.05, weight_decay=0.01)
+    n = len(gold["train"])
+    ids, offsets = feats["train"]
+    lengths = torch.diff(torch.cat([offsets, torch.tensor([len(ids)])]))
+    best_dev, best_test = -1.0, 0.0
+    g = torch.Generator().manual_seed(seed)
+
+    def accuracy(s: str) -> float:
+        with torch.no_grad():
+            return float(((model(*feats[s]) + bias).argmax(-1) == gold[s]).float().mean())
+
+    for _ in range(epochs):
+        for rows in torch.randperm(n, generator=g).split(64):
+            sub = torch.cat([ids[offsets[r]:offsets[r] + lengths[r]] for r in rows.tolist()])
+            sub_off = torch.cat([torch.zeros(1, dtype=torch.long), lengths[rows].cumsum(0)[:-1]])
+            loss = F.cross_entropy(model(sub, sub_off) + bias, gold["train"][rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        dev = accuracy("dev")
+        if dev > best_dev:
+            best_dev, best_test = dev, accuracy("test")
+    return best_test
+
+
+# ============================================================================ the benchmark
+def _stats(xs: list[float]) -> dict:
+    a = np.array(xs, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "min": float(a.min()), "max": float(a.max()), "values": [float(x) for x in a]}
+
+
+def format_table(results: dict) -> str:
+    tasks = list(results["tasks"])
+    names = list(results["tasks"][tasks[0]]["scores"])
+    head = f"{'encoder':<34}" + "".join(f"{t + ' (test acc.)':>30}" for t in tasks) + f"{'mean over tasks':>17}"
+    lines = [head, "-" * len(head)]
+    for name in names:
+        cells = [results["tasks"][t]["scores"][name] for t in tasks]
+        row = f"{results['labels'][name]:<34}" + "".join(
+            f"{c['mean']:>12.3f} +- {c['std']:.3f} [{c['min']:.3f}-{c['max']:.3f}]" for c in cells)
+        lines.append(row + f"{np.mean([c['mean'] for c in cells]):>17.3f}")
+    return "\n".join(lines)
+
+
+def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int = 1234, log=print,
+        sizes: tuple[int, int, int] = (2000, 500, 1000), epochs: int = 3) -> dict:
+    """Pre-train, fine-tune every encoder on every task with every seed, and the bag of words; write and
+    return the results (also ``out/transfer.json``). ``sizes``: train/dev/test examples per task."""
+    t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"transfer benchmark into {out}: tasks from the docstrings of numpy {np.__version__} and torch "
+        f"{torch.__version__}")
+    tasks = build_tasks(*sizes)
+    for data in tasks.values():
+        log(f"  task {data.task.title}: {data.sizes()} train/dev/test examples, {len(data.task.labels)} labels")
+    encoders, tok = pretrain(out / "pretrain", train_args, pretrain_seed, log)
+    cfg = encoders[0].electra.config
+    hp = Hyper(epochs=epochs, lr=1e-3, layer_decay=0.8, batch_size=32, seq_len=cfg.max_seq_length)
+    labels = {"electra": "ELECTRA", "mlm": "MLM (equal FLOPs)", "random": "random init (same size)",
+              "bow": "bag of words (uni+bigrams)"}
+    results = {"tasks": {}, "labels": labels, "seeds": seeds, "train_args": train_args,
+               "hyperparameters": dataclasses.asdict(hp), "encoders": {e.name: e.info for e in encoders},
+               "versions": {"numpy": np.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}}
+    for name, data in tasks.items():
+        scores = {}
+        for enc in encoders:
+            accs = []
+            for seed in seeds:
+                accs.append(finetune_encoder(enc, cfg, tok, data, seed, hp, out / "finetune" / name / enc.name / str(seed)))
+            scores[enc.name] = _stats(accs)
+            log(f"  {name} / {labels[enc.name]}: " + " ".join(f"{a:.3f}" for a in accs))
+        scores["bow"] = _stats([bag_of_words(data, seed) for seed in seeds])
+        log(f"  {name} / {labels['bow']}: " + " ".join(f"{a:.3f}" for a in scores["bow"]["values"]))
+        results["tasks"][name] = {"labels": list(data.task.labels), "sizes": data.sizes(), "scores": scores}
+    results["seconds"] = round(time.time() - t0)
+    (out / "transfer.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results

@@ -1,0 +1,77 @@
+"""The transfer benchmark (``python -m electra_fast.bench --transfer``, electra_fast.transfer): its tasks,
+its equal-compute rule, its bag-of-words baseline and one small end-to-end run. The benchmark itself
+(about an hour) is not run here; its numbers are in benchmarks/RESULTS.md."""
+
+import json
+
+import pytest
+
+from electra_fast import ElectraConfig
+from electra_fast import transfer as T
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return T.build_tasks(400, 100, 200)
+
+
+def test_tasks_are_balanced_deterministic_and_split_by_file(tasks):
+    assert set(tasks) == {"topic", "order", "next"}
+    again = T.build_tasks(400, 100, 200)
+    for name, data in tasks.items():
+        for s in T.SPLITS:
+            ex = data.splits[s]
+            assert len(ex) == {"train": 400, "dev": 100, "test": 200}[s], (name, s)
+            assert ex.text_a == again[name].splits[s].text_a and ex.labels == again[name].splits[s].labels
+            counts = {label: ex.labels.count(label) for label in data.task.labels}
+            assert min(counts.values()) > 0, (name, s, counts)
+            if name != "topic":  # pair tasks: exactly half of each label
+                assert max(counts.values()) - min(counts.values()) <= 1, (name, s, counts)
+    # whole module files go to one split: no passage or sentence of test was fine-tuned on
+    for name, data in tasks.items():
+        train = set(data.splits["train"].text_a) | set(data.splits["train"].text_b or [])
+        test = set(data.splits["test"].text_a) | set(data.splits["test"].text_b or [])
+        assert not train & test, (name, sorted(train & test)[:3])
+    # "order" negatives are the same two sentences swapped; "next" negatives come from another module
+    order = tasks["order"].splits["train"]
+    assert all(len(a) > 0 and len(b) > 0 for a, b in zip(order.text_a, order.text_b))
+
+
+def test_split_of_a_module_is_fixed():
+    assert [T._split_of(m) for m in ("torch.nn.modules.linear", "numpy.lib.format")] == \
+        [T._split_of(m) for m in ("torch.nn.modules.linear", "numpy.lib.format")]
+    shares = [T._split_of(f"m{i}") for i in range(4000)]
+    assert abs(shares.count("train") / 4000 - 0.7) < 0.03 and abs(shares.count("test") / 4000 - 0.2) < 0.03
+
+
+def test_equal_compute_gives_the_cheaper_objective_more_steps():
+    cfg = ElectraConfig.preset("tiny", vocab_size=4096)
+    steps = T.equal_compute_steps(cfg, 2400)
+    assert steps * cfg.flops_per_token(objective="mlm") == pytest.approx(2400 * cfg.flops_per_token(), rel=1e-3)
+    assert steps > 2400  # tied encoders: ELECTRA runs its one encoder twice
+    assert T._without(["--steps", "5", "--lr", "1e-3", "--warmup=2"], "--steps", "--warmup") == ["--lr", "1e-3"]
+
+
+def test_bag_of_words_learns_the_topic_task(tasks):
+    acc = T.bag_of_words(tasks["topic"], seed=3)
+    assert acc > 3 / len(T.TOPICS), acc  # chance is 1 / 9
+
+
+def test_a_small_transfer_run_end_to_end(tmp_path, capsys):
+    """Pre-training (a few steps of each objective), fine-tuning of all three encoders with two seeds,
+    the bag of words, the table and transfer.json; a second call reuses the finished pre-training."""
+    args = ["--steps", "4", "--warmup", "1", "--batch-size", "8", "--save-every", "2", "--eval-batches", "1"]
+    res = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1)
+    saved = json.loads((tmp_path / "transfer.json").read_text())
+    assert saved["tasks"].keys() == {"topic", "order", "next"}
+    for task in saved["tasks"].values():
+        assert task["scores"].keys() == {"electra", "mlm", "random", "bow"}
+        for sc in task["scores"].values():
+            assert len(sc["values"]) == 2 and 0 <= sc["min"] <= sc["mean"] <= sc["max"] <= 1
+    mlm = saved["encoders"]["mlm"]
+    assert mlm["steps"] == T.equal_compute_steps(ElectraConfig.from_json(tmp_path / "pretrain/electra/config.json"), 4)
+    table = T.format_table(res)
+    assert "ELECTRA" in table and "MLM (equal FLOPs)" in table and "random init" in table and "bag of words" in table
+    capsys.readouterr()
+    T.run(tmp_path, [1], args, sizes=(40, 20, 30), epochs=1)
+    assert capsys.readouterr().out.count("already trained by this command, reused") == 2
