@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                         "runs/transfer; finished pre-training runs of the same command are reused)")
     p.add_argument("--transfer-seeds", metavar="S1,S2,...", default="1,2,3",
                    help="with --transfer: fine-tuning seeds (default 1,2,3)")
+    p.add_argument("--transfer-epochs", type=int, default=10,
+                   help="with --transfer: fine-tuning epochs over the 2,000 training examples of each task (default 10; "
+                        "the best dev epoch's test accuracy counts)")
     p.add_argument("--transfer-train-args", metavar="ARGS", default="",
                    help="with --transfer: extra `python -m electra_fast.train` flags for both pre-training runs, "
                         "e.g. \"--steps 1200 --seq-len 64\" (default: none, the default run)")
@@ -291,7 +294,9 @@ def _transfer(p: ArgumentParser, args) -> int:
     if bad:
         p.error(f"--transfer-train-args may not set {', '.join(bad)} (the benchmark sets them)")
     env = environment()
-    results = transfer.run(Path(args.transfer_out), seeds, train_args)
+    if args.transfer_epochs < 1:
+        p.error(f"--transfer-epochs must be an integer >= 1, got {args.transfer_epochs}")
+    results = transfer.run(Path(args.transfer_out), seeds, train_args, epochs=args.transfer_epochs)
     print()
     print(transfer.format_table(results))
     print(f"test accuracy of the best dev epoch, mean +- std [min-max] over fine-tuning seeds {args.transfer_seeds}; "

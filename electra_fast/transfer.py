@@ -335,7 +335,7 @@ def format_table(results: dict) -> str:
 
 
 def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int = 1234, log=print,
-        sizes: tuple[int, int, int] = (2000, 500, 1000), epochs: int = 3) -> dict:
+        sizes: tuple[int, int, int] = (2000, 500, 1000), epochs: int = 10) -> dict:
     """Pre-train, fine-tune every encoder on every task with every seed, and the bag of words; write and
     return the results (also ``out/transfer.json``). ``sizes``: train/dev/test examples per task."""
     t0 = time.time()
