@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transfer-epochs", type=int, default=10,
                    help="with --transfer: fine-tuning epochs over the 2,000 training examples of each task (default 10; "
                         "the best dev epoch's test accuracy counts)")
+    p.add_argument("--transfer-tasks", metavar="T1,T2,...", default="topic,order,next,words",
+                   help="with --transfer: tasks (default all: topic, order, next, words)")
     p.add_argument("--transfer-train-args", metavar="ARGS", default="",
                    help="with --transfer: extra `python -m electra_fast.train` flags for both pre-training runs, "
                         "e.g. \"--steps 1200 --seq-len 64\" (default: none, the default run)")
@@ -294,9 +296,15 @@ def _transfer(p: ArgumentParser, args) -> int:
     if bad:
         p.error(f"--transfer-train-args may not set {', '.join(bad)} (the benchmark sets them)")
     env = environment()
+    task_names = tuple(t for t in args.transfer_tasks.split(",") if t)
+    unknown = sorted(set(task_names) - set(transfer.TASK_NAMES))
+    if unknown or not task_names:
+        p.error(f"--transfer-tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; choose from "
+                f"{', '.join(transfer.TASK_NAMES)}")
     if args.transfer_epochs < 1:
         p.error(f"--transfer-epochs must be an integer >= 1, got {args.transfer_epochs}")
-    results = transfer.run(Path(args.transfer_out), seeds, train_args, epochs=args.transfer_epochs)
+    results = transfer.run(Path(args.transfer_out), seeds, train_args, epochs=args.transfer_epochs,
+                           task_names=task_names)
     print()
     print(transfer.format_table(results))
     print(f"test accuracy of the best dev epoch, mean +- std [min-max] over fine-tuning seeds {args.transfer_seeds}; "

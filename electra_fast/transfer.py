@@ -10,7 +10,9 @@ The tasks are built offline from the docstrings of the numpy and torch installed
 
 - ``topic``: which subpackage (torch.nn, torch.distributed, numpy.polynomial, ...) a passage of two
   consecutive documentation sentences comes from;
-- ``order``: two consecutive sentences, as written or swapped.
+- ``order``: two consecutive sentences, as written or swapped;
+- ``next``: a sentence and the one that follows it, or one from another module;
+- ``words``: a sentence as written or with two neighbouring words swapped (acceptability, as CoLA).
 
 Both are split by whole module file (a file's sentences are all train, all dev or all test), so
 no passage of a test file was fine-tuned on. The examples depend on the installed numpy and torch
@@ -52,7 +54,10 @@ _TASKS = {
     "topic": Task("topic", ("text",), "label", TOPICS, display="topic (which subpackage)"),
     "order": Task("order", ("first", "second"), "label", ("swapped", "in_order"), display="order (sentence pair)"),
     "next": Task("next", ("first", "second"), "label", ("other", "next"), display="next (sentence pair)"),
+    "words": Task("words", ("text",), "label", ("swapped", "as_written"), display="words (word order)"),
 }
+TASK_NAMES = tuple(_TASKS)
+_SWAP_WITHIN = 12  # "words" swaps two neighbours among a sentence's first 12 words: inside a 32-token example
 SPLITS = ("train", "dev", "test")
 
 
@@ -118,10 +123,30 @@ def _pair_examples(kind: str, pairs: list[tuple[str, str, str]], n: int, rng) ->
     return ex
 
 
+def _word_order_examples(pairs: list[tuple[str, str, str]], n: int, rng) -> Examples:
+    """``n`` distinct sentences, half as written (label 1), half with two neighbouring words swapped."""
+    sentences = sorted({a for _, a, _ in pairs})
+    ex = Examples(Path("<words>"), [], None, [], [])
+    for k in rng.permutation(len(sentences)):
+        words = sentences[k].split()
+        as_written = len(ex.labels) % 2 == 0
+        if not as_written:
+            j = int(rng.integers(0, min(len(words), _SWAP_WITHIN) - 1))
+            if words[j] == words[j + 1]:
+                continue
+            words[j], words[j + 1] = words[j + 1], words[j]
+        ex.text_a.append(" ".join(words))
+        ex.labels.append("as_written" if as_written else "swapped")
+        ex.lines.append(len(ex.lines))
+        if len(ex.labels) == n:
+            break
+    return ex
+
+
 def build_tasks(n_train: int = 2000, n_dev: int = 500, n_test: int = 1000, seed: int = 0) -> dict[str, TaskData]:
-    """Both tasks, each with train/dev/test drawn from disjoint module files; deterministic for a
+    """Every task, each with train/dev/test drawn from disjoint module files; deterministic for a
     given ``seed`` and installed numpy/torch. Topic examples are drawn class-balanced where a split
-    has enough of a class; order examples are exactly balanced."""
+    has enough of a class; the two-label tasks are exactly balanced."""
     rng = np.random.default_rng(seed)
     want = {"train": n_train, "dev": n_dev, "test": n_test}
     pairs = {s: [] for s in SPLITS}  # (module, first, second)
@@ -153,6 +178,7 @@ def build_tasks(n_train: int = 2000, n_dev: int = 500, n_test: int = 1000, seed:
     out["topic"] = TaskData(_TASKS["topic"], topic)
     for kind in ("order", "next"):
         out[kind] = TaskData(_TASKS[kind], {s: _pair_examples(kind, pairs[s], want[s], rng) for s in SPLITS})
+    out["words"] = TaskData(_TASKS["words"], {s: _word_order_examples(pairs[s], want[s], rng) for s in SPLITS})
     for name, data in out.items():
         for s in SPLITS:
             if len(set(data.splits[s].labels)) < len(data.task.labels):
@@ -334,15 +360,28 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _previous(path: Path, results: dict) -> dict:
+    """Tasks a previous call wrote into ``path`` with the same seeds, pre-training arguments and
+    fine-tuning settings (an interrupted or extended benchmark keeps what it finished)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    same = all(old.get(k) == results[k] for k in ("seeds", "train_args", "hyperparameters"))
+    return old.get("tasks", {}) if same and isinstance(old.get("tasks"), dict) else {}
+
+
 def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int = 1234, log=print,
-        sizes: tuple[int, int, int] = (2000, 500, 1000), epochs: int = 10) -> dict:
+        sizes: tuple[int, int, int] = (2000, 500, 1000), epochs: int = 10,
+        task_names: tuple[str, ...] = TASK_NAMES) -> dict:
     """Pre-train, fine-tune every encoder on every task with every seed, and the bag of words; write and
-    return the results (also ``out/transfer.json``). ``sizes``: train/dev/test examples per task."""
+    return the results (``out/transfer.json``, rewritten after each task; a task that file already
+    holds with the same settings is reused). ``sizes``: train/dev/test examples per task."""
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     log(f"transfer benchmark into {out}: tasks from the docstrings of numpy {np.__version__} and torch "
         f"{torch.__version__}")
-    tasks = build_tasks(*sizes)
+    tasks = {k: v for k, v in build_tasks(*sizes).items() if k in task_names}
     for data in tasks.values():
         log(f"  task {data.task.title}: {data.sizes()} train/dev/test examples, {len(data.task.labels)} labels")
     encoders, tok = pretrain(out / "pretrain", train_args, pretrain_seed, log)
@@ -353,17 +392,23 @@ def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int =
     results = {"tasks": {}, "labels": labels, "seeds": seeds, "train_args": train_args,
                "hyperparameters": dataclasses.asdict(hp), "encoders": {e.name: e.info for e in encoders},
                "versions": {"numpy": np.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}}
+    previous = _previous(out / "transfer.json", results)
     for name, data in tasks.items():
-        scores = {}
+        if previous.get(name, {}).get("sizes") == data.sizes():
+            results["tasks"][name] = previous[name]
+            log(f"  {name}: reused from {out / 'transfer.json'}")
+            continue
+        t_task, scores = time.time(), {}
         for enc in encoders:
-            accs = []
-            for seed in seeds:
-                accs.append(finetune_encoder(enc, cfg, tok, data, seed, hp, out / "finetune" / name / enc.name / str(seed)))
+            accs = [finetune_encoder(enc, cfg, tok, data, seed, hp, out / "finetune" / name / enc.name / str(seed))
+                    for seed in seeds]
             scores[enc.name] = _stats(accs)
             log(f"  {name} / {labels[enc.name]}: " + " ".join(f"{a:.3f}" for a in accs))
         scores["bow"] = _stats([bag_of_words(data, seed) for seed in seeds])
         log(f"  {name} / {labels['bow']}: " + " ".join(f"{a:.3f}" for a in scores["bow"]["values"]))
-        results["tasks"][name] = {"labels": list(data.task.labels), "sizes": data.sizes(), "scores": scores}
+        results["tasks"][name] = {"labels": list(data.task.labels), "sizes": data.sizes(), "scores": scores,
+                                  "seconds": round(time.time() - t_task)}
+        (out / "transfer.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     results["seconds"] = round(time.time() - t0)
     (out / "transfer.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results

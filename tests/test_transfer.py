@@ -16,7 +16,7 @@ def tasks():
 
 
 def test_tasks_are_balanced_deterministic_and_split_by_file(tasks):
-    assert set(tasks) == {"topic", "order", "next"}
+    assert set(tasks) == {"topic", "order", "next", "words"}
     again = T.build_tasks(400, 100, 200)
     for name, data in tasks.items():
         for s in T.SPLITS:
@@ -32,9 +32,12 @@ def test_tasks_are_balanced_deterministic_and_split_by_file(tasks):
         train = set(data.splits["train"].text_a) | set(data.splits["train"].text_b or [])
         test = set(data.splits["test"].text_a) | set(data.splits["test"].text_b or [])
         assert not train & test, (name, sorted(train & test)[:3])
-    # "order" negatives are the same two sentences swapped; "next" negatives come from another module
-    order = tasks["order"].splits["train"]
-    assert all(len(a) > 0 and len(b) > 0 for a, b in zip(order.text_a, order.text_b))
+    # "words" negatives: the same words, two neighbours among the first 12 swapped
+    words = tasks["words"].splits["train"]
+    for text, label in zip(words.text_a, words.labels):
+        assert label in ("as_written", "swapped")
+    swapped = [t.split() for t, label in zip(words.text_a, words.labels) if label == "swapped"]
+    assert all(len(w) >= 2 for w in swapped)
 
 
 def test_split_of_a_module_is_fixed():
@@ -63,7 +66,7 @@ def test_a_small_transfer_run_end_to_end(tmp_path, capsys):
     args = ["--steps", "4", "--warmup", "1", "--batch-size", "8", "--save-every", "2", "--eval-batches", "1"]
     res = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1)
     saved = json.loads((tmp_path / "transfer.json").read_text())
-    assert saved["tasks"].keys() == {"topic", "order", "next"}
+    assert saved["tasks"].keys() == {"topic", "order", "next", "words"}
     for task in saved["tasks"].values():
         assert task["scores"].keys() == {"electra", "mlm", "random", "bow"}
         for sc in task["scores"].values():
@@ -73,5 +76,7 @@ def test_a_small_transfer_run_end_to_end(tmp_path, capsys):
     table = T.format_table(res)
     assert "ELECTRA" in table and "MLM (equal FLOPs)" in table and "random init" in table and "bag of words" in table
     capsys.readouterr()
-    T.run(tmp_path, [1], args, sizes=(40, 20, 30), epochs=1)
-    assert capsys.readouterr().out.count("already trained by this command, reused") == 2
+    again = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1, task_names=("words", "topic"))
+    out = capsys.readouterr().out
+    assert out.count("already trained by this command, reused") == 2 and out.count("reused from") == 2, out
+    assert again["tasks"]["words"] == res["tasks"]["words"]
