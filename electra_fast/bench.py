@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the best dev epoch's test accuracy counts)")
     p.add_argument("--transfer-tasks", metavar="T1,T2,...", default="topic,order,next,words",
                    help="with --transfer: tasks (default all: topic, order, next, words)")
+    p.add_argument("--transfer-jobs", type=int, default=None,
+                   help="with --transfer: fine-tuning processes, each with cores / jobs torch threads "
+                        "(default: min(4, cores))")
     p.add_argument("--transfer-train-args", metavar="ARGS", default="",
                    help="with --transfer: extra `python -m electra_fast.train` flags for both pre-training runs, "
                         "e.g. \"--steps 1200 --seq-len 64\" (default: none, the default run)")
@@ -301,10 +305,13 @@ def _transfer(p: ArgumentParser, args) -> int:
     if unknown or not task_names:
         p.error(f"--transfer-tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; choose from "
                 f"{', '.join(transfer.TASK_NAMES)}")
+    jobs = args.transfer_jobs if args.transfer_jobs is not None else max(1, min(4, os.cpu_count() or 1))
+    if jobs < 1:
+        p.error(f"--transfer-jobs must be an integer >= 1, got {jobs}")
     if args.transfer_epochs < 1:
         p.error(f"--transfer-epochs must be an integer >= 1, got {args.transfer_epochs}")
     results = transfer.run(Path(args.transfer_out), seeds, train_args, epochs=args.transfer_epochs,
-                           task_names=task_names)
+                           task_names=task_names, workers=jobs)
     print()
     print(transfer.format_table(results))
     print(f"test accuracy of the best dev epoch, mean +- std [min-max] over fine-tuning seeds {args.transfer_seeds}; "

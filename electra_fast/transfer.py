@@ -21,10 +21,13 @@ versions; results record them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import importlib.util
 import json
+import multiprocessing
+import os
 import re
 import shlex
 import subprocess
@@ -285,6 +288,22 @@ def finetune_encoder(enc: Encoder, cfg: ElectraConfig, tok, data: TaskData, seed
     return float(res["best"]["dev"]["test"]["accuracy"])
 
 
+_WORKER_RUNS: dict = {}  # per worker process: run folder -> (model, tokenizer), loaded once
+
+
+def _job(spec: tuple) -> float:
+    """One (encoder, task, seed) fine-tuning in a worker process: loads the runs it needs once."""
+    name, run_dir, tokenizer_run, data, seed, hp, out, threads = spec
+    if threads is not None:
+        torch.set_num_threads(threads)
+    for d in {run_dir, tokenizer_run} - {None} - set(_WORKER_RUNS):
+        pre = load_run(d, log=lambda m: None)
+        _WORKER_RUNS[d] = (pre.model, pre.tokenizer)
+    cfg_model, tok = _WORKER_RUNS[tokenizer_run]
+    model = _WORKER_RUNS[run_dir][0] if run_dir is not None else None
+    return finetune_encoder(Encoder(name, model, {}), cfg_model.config, tok, data, seed, hp, out)
+
+
 # ============================================================================ bag of words
 _WORDS = re.compile(r"[a-z]+|\d+|[^\sa-z\d]")
 _BOW_DIM = 1 << 18
@@ -373,10 +392,11 @@ def _previous(path: Path, results: dict) -> dict:
 
 def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int = 1234, log=print,
         sizes: tuple[int, int, int] = (2000, 500, 1000), epochs: int = 10,
-        task_names: tuple[str, ...] = TASK_NAMES) -> dict:
+        task_names: tuple[str, ...] = TASK_NAMES, workers: int = 1) -> dict:
     """Pre-train, fine-tune every encoder on every task with every seed, and the bag of words; write and
     return the results (``out/transfer.json``, rewritten after each task; a task that file already
-    holds with the same settings is reused). ``sizes``: train/dev/test examples per task."""
+    holds with the same settings is reused). ``sizes``: train/dev/test examples per task; ``workers``:
+    fine-tuning processes (spawned, each with cpu_count // workers torch threads; 1: in this process)."""
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     log(f"transfer benchmark into {out}: tasks from the docstrings of numpy {np.__version__} and torch "
@@ -393,22 +413,36 @@ def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int =
                "hyperparameters": dataclasses.asdict(hp), "encoders": {e.name: e.info for e in encoders},
                "versions": {"numpy": np.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}}
     previous = _previous(out / "transfer.json", results)
-    for name, data in tasks.items():
-        if previous.get(name, {}).get("sizes") == data.sizes():
-            results["tasks"][name] = previous[name]
-            log(f"  {name}: reused from {out / 'transfer.json'}")
-            continue
-        t_task, scores = time.time(), {}
-        for enc in encoders:
-            accs = [finetune_encoder(enc, cfg, tok, data, seed, hp, out / "finetune" / name / enc.name / str(seed))
-                    for seed in seeds]
-            scores[enc.name] = _stats(accs)
-            log(f"  {name} / {labels[enc.name]}: " + " ".join(f"{a:.3f}" for a in accs))
-        scores["bow"] = _stats([bag_of_words(data, seed) for seed in seeds])
-        log(f"  {name} / {labels['bow']}: " + " ".join(f"{a:.3f}" for a in scores["bow"]["values"]))
-        results["tasks"][name] = {"labels": list(data.task.labels), "sizes": data.sizes(), "scores": scores,
-                                  "seconds": round(time.time() - t_task)}
-        (out / "transfer.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    todo = {k: v for k, v in tasks.items() if previous.get(k, {}).get("sizes") != v.sizes()}
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    specs = {(name, enc.name): [(enc.name, enc.info.get("run"), encoders[0].info["run"], data, seed, hp,
+                                 out / "finetune" / name / enc.name / str(seed), threads) for seed in seeds]
+             for name, data in todo.items() for enc in encoders}
+    pool = None
+    if workers > 1 and specs:
+        log(f"  fine-tuning in {workers} worker processes of {threads} torch thread(s)")
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        futures = {k: [pool.submit(_job, spec) for spec in v] for k, v in specs.items()}
+    try:
+        for name, data in tasks.items():
+            if name not in todo:
+                results["tasks"][name] = previous[name]
+                log(f"  {name}: reused from {out / 'transfer.json'}")
+                continue
+            t_task, scores = time.time(), {}
+            for enc in encoders:
+                key = (name, enc.name)
+                accs = [f.result() for f in futures[key]] if pool else [_job(spec) for spec in specs[key]]
+                scores[enc.name] = _stats(accs)
+                log(f"  {name} / {labels[enc.name]}: " + " ".join(f"{a:.3f}" for a in accs))
+            scores["bow"] = _stats([bag_of_words(data, seed) for seed in seeds])
+            log(f"  {name} / {labels['bow']}: " + " ".join(f"{a:.3f}" for a in scores["bow"]["values"]))
+            results["tasks"][name] = {"labels": list(data.task.labels), "sizes": data.sizes(), "scores": scores,
+                                      "seconds": round(time.time() - t_task)}
+            (out / "transfer.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     results["seconds"] = round(time.time() - t0)
     (out / "transfer.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results

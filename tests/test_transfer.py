@@ -32,12 +32,21 @@ def test_tasks_are_balanced_deterministic_and_split_by_file(tasks):
         train = set(data.splits["train"].text_a) | set(data.splits["train"].text_b or [])
         test = set(data.splits["test"].text_a) | set(data.splits["test"].text_b or [])
         assert not train & test, (name, sorted(train & test)[:3])
-    # "words" negatives: the same words, two neighbours among the first 12 swapped
+    # "words" negatives: a sentence of the split with two neighbours among its first 12 words swapped
+    import numpy as np
+
     words = tasks["words"].splits["train"]
-    for text, label in zip(words.text_a, words.labels):
-        assert label in ("as_written", "swapped")
-    swapped = [t.split() for t, label in zip(words.text_a, words.labels) if label == "swapped"]
-    assert all(len(w) >= 2 for w in swapped)
+    pairs = [("m", a, b) for a, b in zip(tasks["order"].splits["train"].text_a, tasks["order"].splits["train"].text_b)]
+    ex = T._word_order_examples(pairs, 50, np.random.default_rng(7))
+    assert set(words.labels) == {"as_written", "swapped"} and len(ex) == 50
+    src = {a for _, a, _ in pairs}
+    for text, label in zip(ex.text_a, ex.labels):
+        if label == "as_written":
+            assert text in src
+        else:
+            diff = [i for i, (x, y) in enumerate(zip(text.split(), next(
+                a for a in src if sorted(a.split()) == sorted(text.split()) and a != text).split())) if x != y]
+            assert len(diff) == 2 and diff[1] == diff[0] + 1 and diff[1] < 12, (text, diff)
 
 
 def test_split_of_a_module_is_fixed():
@@ -62,9 +71,15 @@ def test_bag_of_words_learns_the_topic_task(tasks):
 
 def test_a_small_transfer_run_end_to_end(tmp_path, capsys):
     """Pre-training (a few steps of each objective), fine-tuning of all three encoders with two seeds,
-    the bag of words, the table and transfer.json; a second call reuses the finished pre-training."""
+    the bag of words, the table and transfer.json; later calls reuse the finished pre-training and
+    tasks, and fine-tune what is new in worker processes."""
     args = ["--steps", "4", "--warmup", "1", "--batch-size", "8", "--save-every", "2", "--eval-batches", "1"]
-    res = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1)
+    res = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1, task_names=("topic", "order", "next"))
+    capsys.readouterr()
+    res = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1, workers=2)  # "words" in 2 processes
+    out = capsys.readouterr().out
+    assert out.count("already trained by this command, reused") == 2 and out.count("reused from") == 3, out
+    assert "fine-tuning in 2 worker processes" in out
     saved = json.loads((tmp_path / "transfer.json").read_text())
     assert saved["tasks"].keys() == {"topic", "order", "next", "words"}
     for task in saved["tasks"].values():
@@ -75,8 +90,5 @@ def test_a_small_transfer_run_end_to_end(tmp_path, capsys):
     assert mlm["steps"] == T.equal_compute_steps(ElectraConfig.from_json(tmp_path / "pretrain/electra/config.json"), 4)
     table = T.format_table(res)
     assert "ELECTRA" in table and "MLM (equal FLOPs)" in table and "random init" in table and "bag of words" in table
-    capsys.readouterr()
     again = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1, task_names=("words", "topic"))
-    out = capsys.readouterr().out
-    assert out.count("already trained by this command, reused") == 2 and out.count("reused from") == 2, out
-    assert again["tasks"]["words"] == res["tasks"]["words"]
+    assert "reused from" in capsys.readouterr().out and again["tasks"]["words"] == res["tasks"]["words"]
