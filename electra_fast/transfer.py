@@ -267,7 +267,7 @@ def pretrain(out: Path, train_args: list[str], seed: int, log=print) -> list[Enc
         elif pre.tokenizer.vocab_hash() != tokenizer.vocab_hash():
             raise RuntimeError("the ELECTRA and MLM runs trained different vocabularies; they must share one")
     encoders.append(Encoder("random", None, {"init": "fresh weights of the ELECTRA run's config, per seed"}))
-    return encoders, tokenizer
+    return encoders
 
 
 # ============================================================================ fine-tuning
@@ -404,7 +404,7 @@ def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int =
     tasks = {k: v for k, v in build_tasks(*sizes).items() if k in task_names}
     for data in tasks.values():
         log(f"  task {data.task.title}: {data.sizes()} train/dev/test examples, {len(data.task.labels)} labels")
-    encoders, tok = pretrain(out / "pretrain", train_args, pretrain_seed, log)
+    encoders = pretrain(out / "pretrain", train_args, pretrain_seed, log)
     cfg = encoders[0].electra.config
     hp = Hyper(epochs=epochs, lr=1e-3, layer_decay=0.8, batch_size=32, seq_len=cfg.max_seq_length)
     labels = {"electra": "ELECTRA", "mlm": "MLM (equal FLOPs)", "random": "random init (same size)",
