@@ -69,6 +69,14 @@ class TaskData:
     task: Task
     splits: dict[str, Examples]  # train, dev, test
 
+    def fingerprint(self) -> str:
+        """A hash of every example and label: fine-tunings of other examples are never reused."""
+        h = hashlib.sha256()
+        for s in SPLITS:
+            ex = self.splits[s]
+            h.update(json.dumps([s, ex.text_a, ex.text_b, ex.labels]).encode())
+        return h.hexdigest()[:16]
+
     def sizes(self) -> str:
         return "/".join(str(len(self.splits[s].labels)) for s in SPLITS)
 
@@ -277,14 +285,24 @@ def _fresh_electra(cfg: ElectraConfig, seed: int) -> Electra:
 
 
 def finetune_encoder(enc: Encoder, cfg: ElectraConfig, tok, data: TaskData, seed: int, hp: Hyper, out: Path) -> float:
-    """Test accuracy of the epoch that scores best on dev, for one fine-tuning seed."""
+    """Test accuracy of the epoch that scores best on dev, for one fine-tuning seed. A finished
+    fine-tuning in ``out`` with the same encoder, examples and settings is read instead of redone."""
+    hp = dataclasses.replace(hp, seed=seed)
+    meta = {"encoder": enc.name, "source": enc.info.get("source", "random init"), "examples": data.fingerprint()}
+    try:
+        done = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        if all(done.get(k) == v for k, v in meta.items()) and \
+                {k: done["hyperparameters"].get(k) for k in dataclasses.asdict(hp)} == dataclasses.asdict(hp):
+            return float(done["best"]["dev"]["test"]["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     electra = enc.electra if enc.electra is not None else _fresh_electra(cfg, seed)
     task = data.task
     encoded = {s: encode(tok, data.splits[s], task, hp.seq_len) for s in SPLITS}
     _seed_all(seed)
     model = SequenceClassifier.from_electra(electra, task.num_outputs, hp.dropout)
     res = finetune(model, task, encoded["train"], {"dev": encoded["dev"], "test": encoded["test"]},
-                   dataclasses.replace(hp, seed=seed), out, pad_id=tok.pad_id, progress=False, log=lambda m: None)
+                   hp, out, pad_id=tok.pad_id, progress=False, log=lambda m: None, meta=meta)
     return float(res["best"]["dev"]["test"]["accuracy"])
 
 
@@ -298,10 +316,16 @@ def _job(spec: tuple) -> float:
         torch.set_num_threads(threads)
     for d in {run_dir, tokenizer_run} - {None} - set(_WORKER_RUNS):
         pre = load_run(d, log=lambda m: None)
-        _WORKER_RUNS[d] = (pre.model, pre.tokenizer)
-    cfg_model, tok = _WORKER_RUNS[tokenizer_run]
-    model = _WORKER_RUNS[run_dir][0] if run_dir is not None else None
-    return finetune_encoder(Encoder(name, model, {}), cfg_model.config, tok, data, seed, hp, out)
+        weights = hashlib.sha256()  # a retrained run never reuses fine-tunings of the old weights
+        for t in pre.model.state_dict().values():
+            weights.update(t.detach().cpu().contiguous().numpy().tobytes())
+        _WORKER_RUNS[d] = (pre.model, pre.tokenizer, f"{pre.source}, weights {weights.hexdigest()[:16]}")
+    cfg_model, tok, _ = _WORKER_RUNS[tokenizer_run]
+    model, info = (None, {})
+    if run_dir is not None:
+        model, _, source = _WORKER_RUNS[run_dir]
+        info = {"source": source}
+    return finetune_encoder(Encoder(name, model, info), cfg_model.config, tok, data, seed, hp, out)
 
 
 # ============================================================================ bag of words

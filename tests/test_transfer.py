@@ -92,3 +92,13 @@ def test_a_small_transfer_run_end_to_end(tmp_path, capsys):
     assert "ELECTRA" in table and "MLM (equal FLOPs)" in table and "random init" in table and "bag of words" in table
     again = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1, task_names=("words", "topic"))
     assert "reused from" in capsys.readouterr().out and again["tasks"]["words"] == res["tasks"]["words"]
+    # a killed benchmark loses at most the fine-tuning it was in: finished ones are read back, and
+    # only while encoder, examples and settings are the same
+    (tmp_path / "transfer.json").unlink()
+    folder = tmp_path / "finetune" / "order" / "electra" / "1"
+    stamp = (folder / "results.json").stat().st_mtime_ns
+    redo = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1, task_names=("order",))
+    assert (folder / "results.json").stat().st_mtime_ns == stamp
+    assert redo["tasks"]["order"]["scores"]["electra"] == res["tasks"]["order"]["scores"]["electra"]
+    T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=2, task_names=("order",))
+    assert (folder / "results.json").stat().st_mtime_ns != stamp
