@@ -35,7 +35,8 @@ import torch
 from .kernels import generator_head as _generator_head
 from .kernels import replace_tokens as _replace_tokens
 from .kernels import rtd_loss as _rtd_loss
-from .kernels.dispatch import select_backend, value_checks, values_readable
+from .kernels.checks import require_binary_mask, require_tensors
+from .kernels.dispatch import select_backend, value_checks
 
 __all__ = ["generator_loss_and_sample", "replace_tokens", "rtd_loss", "rtd_loss_from_logits", "backend",
            "value_checks"]
@@ -54,26 +55,9 @@ def backend(device: torch.device | str | None = None, override: str | None = Non
     return select_backend(device, override)
 
 
-# ---------------------------------------------------------------------------- input checks
-# The public entry points check what a user can get wrong before anything dispatches: a numpy
-# array or a list where a tensor goes (TypeError naming the argument), and a loss mask that is
-# not 0/1 (a mask of -1 would give a negative loss). Reading mask values is a host read: on CPU
-# tensors only, never while torch.compile traces or inside a training step (value_checks(False)).
-def _require_tensors(op: str, named: dict) -> None:
-    for name, t in named.items():
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__module__}.{type(t).__name__} "
-                            "(convert it with torch.as_tensor)")
-
-
-def _require_binary_mask(op: str, mask: torch.Tensor, debug: bool) -> None:
-    if mask.dtype == torch.bool or not mask.numel() or not (mask.device.type == "cpu" or debug):
-        return
-    if values_readable(mask) and not bool(((mask == 0) | (mask == 1)).all()):
-        lo, hi = float(mask.min()), float(mask.max())
-        raise ValueError(f"{op}: mask must hold only 0 and 1 (or be bool); got values in [{lo}, {hi}]")
-
-
+# The public entry points check what a user can get wrong before anything dispatches
+# (kernels/checks.py): a numpy array or a list where a tensor goes (TypeError naming the argument),
+# and a loss mask that is not 0/1.
 def _checked(fn, tensor_args: tuple[str, ...], mask_arg: str | None = None):
     import inspect
 
@@ -84,9 +68,9 @@ def _checked(fn, tensor_args: tuple[str, ...], mask_arg: str | None = None):
         if torch.compiler.is_compiling():  # traced: the eager call checked the same inputs
             return fn(*args, **kwargs)
         bound = sig.bind_partial(*args, **kwargs)
-        _require_tensors(fn.__name__, {k: bound.arguments.get(k) for k in tensor_args})
+        require_tensors(fn.__name__, **{k: bound.arguments.get(k) for k in tensor_args})
         if mask_arg is not None and bound.arguments.get(mask_arg) is not None:
-            _require_binary_mask(fn.__name__, bound.arguments[mask_arg], bool(bound.arguments.get("debug")))
+            require_binary_mask(fn.__name__, bound.arguments[mask_arg], bool(bound.arguments.get("debug")))
         return fn(*args, **kwargs)
 
     return wrapper

@@ -62,6 +62,15 @@ def autocast_operands(device_type: str, *tensors: torch.Tensor | None) -> tuple:
                  else t for t in tensors)
 
 
+def autocast_projection(hidden, weight) -> tuple:
+    """(hidden, weight) of a projection through :func:`autocast_operands` on hidden's device, as a
+    Linear's would be: the hidden states stream at half the bytes; bias and loss stay fp32. A hidden
+    that is not a tensor passes through, for the input checks to name it."""
+    if isinstance(hidden, torch.Tensor):
+        return autocast_operands(hidden.device.type, hidden, weight)
+    return hidden, weight
+
+
 def select_backend(device: torch.device | str, backend: str | None = None, *, fake: bool = False) -> str:
     """"triton" or "reference" for tensors on ``device`` (see the module docstring). ``fake``: the
     tensors are fake, so "triton" needs no interpreter on the CPU (nothing is launched)."""
