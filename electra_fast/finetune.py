@@ -695,7 +695,7 @@ def run_probe(args, pre: Pretrained, hp: Hyper, out: Path, device) -> dict:
             electra = pre.model
         else:
             _seed_all(hp.seed + 1)
-            electra = Electra(pre.model.config, pre.model.objective)  # the same config, fresh weights
+            electra = Electra(pre.model.config, pre.model.objective, pre.model.backend)  # the same config, fresh weights
         _seed_all(hp.seed)  # same head initialisation and batch order for both encoders
         model = SequenceClassifier.from_electra(electra, task.num_outputs, hp.dropout)
         print(f"--- {name} encoder")

@@ -14,9 +14,10 @@ They follow the data flow of one pre-training step (docs/ARCHITECTURE.md, sectio
    trainer already has the logits.
 
 Each op runs its Triton kernel on CUDA tensors and its plain PyTorch reference on CPU tensors.
-``backend="triton"`` / ``"reference"`` (or the environment variable ELECTRA_FAST_BACKEND) forces
-one; the Triton path on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported.
-``backend(device)`` says which one a call will take. The Triton paths are torch custom ops
+A call's ``backend="triton"`` / ``"reference"`` forces one (the ops never read the environment; the
+model reads ELECTRA_FAST_BACKEND once, as the default of ``Electra(config, backend=...)``); the
+Triton path on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported.
+``backend(device, override)`` says which one a call will take. The Triton paths are torch custom ops
 (``torch.ops.electra_fast.*``, with fake implementations and registered gradients), so
 ``torch.compile(fullgraph=True)`` traces a training step through them without graph breaks. The
 kernels, references and autograd wrappers live one op per file in ``electra_fast.kernels``.
@@ -46,7 +47,8 @@ def backend(device: torch.device | str | None = None, override: str | None = Non
     """The implementation the ops pick for tensors on ``device``: "triton" or "reference".
 
     ``device`` defaults to the current CUDA device when there is one, else the CPU. ``override``
-    is what a call's ``backend=`` argument would be (None: ELECTRA_FAST_BACKEND, then the device).
+    is what a call's ``backend=`` argument would be (None or "auto": by the device; a model's
+    ``backend`` attribute is what it passes).
     Raises like the ops do: ValueError for "triton" on the CPU without TRITON_INTERPRET=1
     and for an unknown name.
     """

@@ -39,7 +39,7 @@ import triton.language as tl
 
 from .checks import describe, is_integer, reads_values, require_float, require_same_device
 from .custom_ops import triton_op
-from .dispatch import autocast_projection, interpreting, is_fake, select_backend
+from .dispatch import autocast_projection, implementation, interpreter_fp32_variant, interpreting, is_fake
 from .launches import KernelPlan, hbm_bytes, record_extern, record_reference
 
 # Philox uniforms (kernel and reference) are clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
@@ -429,10 +429,9 @@ def _seed_tensor(seed, device) -> torch.Tensor:
 
 
 def _dot_f32(hidden: torch.Tensor) -> bool:
-    """fp32 products (CUDA cores) for fp32 inputs; tensor cores for fp16/bf16. The interpreter always
-    computes in fp32 (its bf16 arithmetic and bf16 tl.dot are wrong); fake tensors, which launch
-    nothing, record the GPU's choice."""
-    return hidden.dtype == torch.float32 or (interpreting() and not is_fake(hidden))
+    """The DOT_F32 variant: fp32 products (CUDA cores) for fp32 inputs, tensor cores for fp16/bf16 on a
+    GPU; under the interpreter always fp32 (``interpreter_fp32_variant``, kernels/dispatch.py)."""
+    return hidden.dtype == torch.float32 or interpreter_fp32_variant(hidden)
 
 
 def _kernel_plan(op, fn, grid, args, cfg, cost=None, **constexprs) -> KernelPlan:
@@ -793,11 +792,10 @@ def generator_loss_and_sample(
 ):
     """MLM loss and Gumbel-max samples of the ELECTRA generator head at the masked positions.
 
-    ``backend``: "triton", "reference", or None: the environment variable ELECTRA_FAST_BACKEND
-    if set ("triton" on CPU tensors needs TRITON_INTERPRET=1), else triton for CUDA tensors and
-    the reference for CPU tensors. See :func:`generator_loss_and_sample_triton` for the contract.
+    ``backend``: "triton", "reference", or "auto" / None: triton for CUDA tensors, the reference for
+    the rest ("triton" on CPU tensors needs TRITON_INTERPRET=1). See
+    :func:`generator_loss_and_sample_triton` for the contract.
     """
-    kwargs = dict(temperature=temperature, seed=seed, ignore_index=ignore_index, return_argmax=return_argmax)
-    if select_backend(hidden.device, backend, fake=is_fake(hidden)) == "triton":
-        return generator_loss_and_sample_triton(hidden, weight, bias, targets, **kwargs)
-    return generator_loss_and_sample_reference(hidden, weight, bias, targets, **kwargs)
+    fn = implementation(hidden, backend, generator_loss_and_sample_triton, generator_loss_and_sample_reference)
+    return fn(hidden, weight, bias, targets, temperature=temperature, seed=seed, ignore_index=ignore_index,
+              return_argmax=return_argmax)

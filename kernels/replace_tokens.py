@@ -24,7 +24,7 @@ import triton.language as tl
 
 from .checks import reads_values, require_integer, require_same_device
 from .custom_ops import triton_op
-from .dispatch import is_fake, select_backend
+from .dispatch import implementation, select_backend
 from .launches import KernelPlan, record_reference
 
 __all__ = ["replace_tokens", "replace_tokens_reference", "replace_tokens_triton", "select_backend"]
@@ -162,6 +162,5 @@ def replace_tokens(input_ids: torch.Tensor, positions: torch.Tensor, samples: to
     ``backend``: "triton", "reference" or None (see ``select_backend``); ``debug`` also range-checks
     positions of CUDA tensors (a device sync).
     """
-    if select_backend(input_ids.device, backend, fake=is_fake(input_ids)) == "triton":
-        return replace_tokens_triton(input_ids, positions, samples, weights, debug=debug)
-    return replace_tokens_reference(input_ids, positions, samples, weights, debug=debug)
+    fn = implementation(input_ids, backend, replace_tokens_triton, replace_tokens_reference)
+    return fn(input_ids, positions, samples, weights, debug=debug)

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .checks import reads_values, require_float, require_same_device
 from .custom_ops import triton_op
-from .dispatch import autocast_projection, is_fake, select_backend
+from .dispatch import autocast_projection, implementation, select_backend
 from .launches import KernelPlan, record_reference
 
 __all__ = [
@@ -364,15 +364,13 @@ def rtd_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, lab
     Differentiable w.r.t. hidden, weight and bias. ``backend``: "triton", "reference" or None
     (see ``select_backend``); ``debug`` also range-checks CUDA labels (a device sync).
     """
-    if select_backend(hidden.device, backend, fake=is_fake(hidden)) == "triton":
-        return rtd_loss_triton(hidden, weight, bias, labels, mask, debug=debug)
-    return rtd_loss_reference(hidden, weight, bias, labels, mask, debug=debug)
+    fn = implementation(hidden, backend, rtd_loss_triton, rtd_loss_reference)
+    return fn(hidden, weight, bias, labels, mask, debug=debug)
 
 
 def rtd_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
                          backend: str | None = None, debug: bool = False) -> torch.Tensor:
     """rtd_loss for trainers that already have the logits (...): same labels, mask and result.
     Differentiable w.r.t. logits."""
-    if select_backend(logits.device, backend, fake=is_fake(logits)) == "triton":
-        return rtd_loss_from_logits_triton(logits, labels, mask, debug=debug)
-    return rtd_loss_from_logits_reference(logits, labels, mask, debug=debug)
+    fn = implementation(logits, backend, rtd_loss_from_logits_triton, rtd_loss_from_logits_reference)
+    return fn(logits, labels, mask, debug=debug)
