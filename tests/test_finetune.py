@@ -13,17 +13,7 @@ import torch
 
 from electra_fast import checkpoint
 from electra_fast.config import ElectraConfig
-from electra_fast.finetune import (
-    PROBE_TASKS,
-    Pretrained,
-    SequenceClassifier,
-    _pair_lengths,
-    layerwise_param_groups,
-    load_classifier,
-    lr_factor,
-    main,
-    probe_data,
-)
+from electra_fast.finetune import PROBE_TASKS, Pretrained, _pair_lengths, main, probe_data
 from electra_fast.glue import (
     GLUE_TASKS,
     compute_metrics,
@@ -34,6 +24,7 @@ from electra_fast.glue import (
     spearman,
 )
 from electra_fast.model import Electra
+from electra_fast.recipe import SequenceClassifier, layerwise_param_groups, load_classifier, lr_factor
 from electra_fast.tokenizer import load_tokenizer
 
 WORDS = "the a cat dog red blue runs sits big small tree house car green fast slow happy sad old new".split()
