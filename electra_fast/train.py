@@ -300,9 +300,8 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-# Whole-word masking is a data option, not a model one: the presets that turn it on by default.
-# tiny: the generator samples each piece of a masked word on its own, which gives the CPU demo's
-# discriminator replacements it learns to detect within its budget (benchmarks/RESULTS.md).
+# Whole-word masking is a data option, not a model one: the presets that turn it on by default (tiny: its
+# discriminator learns to spot independently sampled word pieces; benchmarks/RESULTS.md, "Default pre-training run").
 WHOLE_WORD_PRESETS = ("tiny",)
 
 PLAIN_LINE_SECONDS = 30.0  # without a live bar (stderr not a terminal, --no-progress): a line this often
