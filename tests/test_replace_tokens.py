@@ -10,7 +10,6 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import secrets  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -25,13 +24,6 @@ BACKENDS = [
     pytest.param("triton", marks=pytest.mark.skipif(
         DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")),
 ]
-
-
-@pytest.fixture(autouse=True)
-def fresh_seed():
-    seed = int(os.environ.get("ELECTRA_TEST_SEED", secrets.randbits(31)))
-    print(f"ELECTRA_TEST_SEED={seed}")
-    torch.manual_seed(seed)
 
 
 def run(backend, *args, **kwargs):
