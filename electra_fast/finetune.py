@@ -487,10 +487,7 @@ def probe_data(pre: Pretrained, n_train: int, n_dev: int, kind: str = "next") ->
                 other_doc, second = pool[rng.integers(len(pool))]
                 if other_doc != doc:
                     break
-        ex.text_a.append(first)
-        ex.text_b.append(second)
-        ex.labels.append(labels[1] if keep else labels[0])
-        ex.lines.append(len(ex.lines))
+        ex.add([first, second], labels[1] if keep else labels[0], len(ex.lines))
 
     train_pairs, train_pool = split([i for i in range(len(docs)) if i not in dev_docs], dev=False)
     dev_pairs, dev_pool = split(sorted(dev_docs), dev=True)

@@ -36,12 +36,16 @@ class Hyper:
     lr: float = 1e-3
     layer_decay: float = 0.8
     batch_size: int = 32
+    """The paper's Table 7: 3 epochs of batch 32; the peak lr and its decay per layer by model size
+    (``finetune.DEFAULT_LR``, ``DEFAULT_LAYER_DECAY``)."""
     seq_len: int = 128
     seed: int = 42
+    """Tokens per example (SQuAD: 384, run_squad.py's) and the seed of the head, dropout and batch order."""
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     dropout: float = 0.1
     max_grad_norm: float = 1.0
+    """The rest of section 3.1's recipe: AdamW weight decay, warmup share of the steps, dropout, clipping."""
     eval_batch_size: int = 128
 
 

@@ -40,12 +40,19 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- Triton kernels
 @triton.jit
-def _bce_with_logits(z, y, m):
-    """Per-token masked loss and dloss/dlogit, fp32. No log1p/tanh: the interpreter lacks libdevice."""
+def _masked_bce(z, labels_ptr, mask_ptr, tokens, ok, dlogit_ptr, partial_ptr, pid, num_blocks):
+    """The loss part both forward kernels share, for fp32 logits ``z`` of ``tokens`` (``ok``: in range):
+    per-token masked BCE and dloss/dlogit; stores dlogit and this program's loss, mask and dlogit sums.
+    No log1p/tanh: the interpreter lacks libdevice."""
+    y = tl.load(labels_ptr + tokens, mask=ok, other=0).to(tl.float32)
+    m = tl.load(mask_ptr + tokens, mask=ok, other=0).to(tl.float32)
     e = tl.exp(-tl.abs(z))  # in (0, 1]: no overflow for any z
-    loss = tl.maximum(z, 0.0) - z * y + tl.log(1.0 + e)
-    sig = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return loss * m, (sig - y) * m
+    loss = (tl.maximum(z, 0.0) - z * y + tl.log(1.0 + e)) * m
+    dlogit = (tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)) - y) * m
+    tl.store(dlogit_ptr + tokens, dlogit, mask=ok)
+    tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
+    tl.store(partial_ptr + num_blocks + pid, tl.sum(m, axis=0))
+    tl.store(partial_ptr + 2 * num_blocks + pid, tl.sum(dlogit, axis=0))
 
 
 @triton.jit
@@ -68,13 +75,7 @@ def _rtd_fwd_kernel(
         w = tl.load(w_ptr + cols, mask=in_h, other=0.0)
         acc += tl.sum(x.to(tl.float32) * w.to(tl.float32)[None, :], axis=1)
     z = acc + tl.load(b_ptr).to(tl.float32)
-    y = tl.load(labels_ptr + rows, mask=in_m, other=0).to(tl.float32)
-    m = tl.load(mask_ptr + rows, mask=in_m, other=0).to(tl.float32)
-    loss, dlogit = _bce_with_logits(z, y, m)
-    tl.store(dlogit_ptr + rows, dlogit, mask=in_m)
-    tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
-    tl.store(partial_ptr + num_blocks + pid, tl.sum(m, axis=0))
-    tl.store(partial_ptr + 2 * num_blocks + pid, tl.sum(dlogit, axis=0))
+    _masked_bce(z, labels_ptr, mask_ptr, rows, in_m, dlogit_ptr, partial_ptr, pid, num_blocks)
 
 
 @triton.jit
@@ -118,13 +119,7 @@ def _rtd_logits_fwd_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     ok = offs < N
     z = tl.load(z_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    y = tl.load(labels_ptr + offs, mask=ok, other=0).to(tl.float32)
-    m = tl.load(mask_ptr + offs, mask=ok, other=0).to(tl.float32)
-    loss, dlogit = _bce_with_logits(z, y, m)
-    tl.store(dlogit_ptr + offs, dlogit, mask=ok)
-    tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
-    tl.store(partial_ptr + num_blocks + pid, tl.sum(m, axis=0))
-    tl.store(partial_ptr + 2 * num_blocks + pid, tl.sum(dlogit, axis=0))
+    _masked_bce(z, labels_ptr, mask_ptr, offs, ok, dlogit_ptr, partial_ptr, pid, num_blocks)
 
 
 # ----------------------------------------------------------------------------- block sizes
