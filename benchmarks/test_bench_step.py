@@ -28,17 +28,7 @@ import os
 import pytest
 import torch
 
-from electra_fast import ElectraConfig
-from electra_fast.harness import (
-    COMPILED_IMPLS,
-    CPU_COMPILE_SKIP,
-    CPU_SHAPE,
-    GPU_SHAPES,
-    IMPL_LABELS,
-    IMPLS,
-    build_step,
-    torch_threads,
-)
+from electra_fast import ElectraConfig, harness
 
 pytest.importorskip("transformers")
 
@@ -46,7 +36,7 @@ pytest.importorskip("transformers")
 def run_step_benchmark(benchmark, impl: str, preset: str, B: int, T: int, device: str, *, rounds: int,
                        warmup: int) -> None:
     cfg = ElectraConfig.preset(preset)
-    step = build_step(impl, cfg, B, T, device)
+    step = harness.build_step(impl, cfg, B, T, device)
     cuda = device == "cuda"
 
     def one_step():
@@ -60,12 +50,12 @@ def run_step_benchmark(benchmark, impl: str, preset: str, B: int, T: int, device
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         benchmark.group = f"step-{preset}-{B}x{T}-{device}"
-        benchmark.extra_info.update(impl=IMPL_LABELS[impl], tokens=step.tokens, device=torch.cuda.get_device_name()
+        benchmark.extra_info.update(impl=harness.IMPL_LABELS[impl], tokens=step.tokens, device=torch.cuda.get_device_name()
                                     if cuda else "cpu", precision="bf16 autocast" if cuda else "fp32",
                                     torch_threads=torch.get_num_threads())
         benchmark.pedantic(one_step, rounds=rounds, iterations=1)
     finally:
-        if impl in COMPILED_IMPLS:
+        if impl in harness.COMPILED_IMPLS:
             torch._dynamo.reset()  # the next test compiles a new model: drop these graphs
     if cuda:
         benchmark.extra_info["peak_mem_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -75,20 +65,20 @@ def run_step_benchmark(benchmark, impl: str, preset: str, B: int, T: int, device
         benchmark.extra_info["tokens_per_s"] = round(step.tokens / median)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", harness.IMPLS)
 def test_step_cpu(benchmark, impl):
-    preset, B, T = CPU_SHAPE
-    if impl in COMPILED_IMPLS and os.environ.get("ELECTRA_FAST_BENCH_CPU_COMPILE") != "1":
-        pytest.skip(CPU_COMPILE_SKIP)
-    with torch_threads(1):  # one thread: comparable across machines, and faster on a loaded 2-core VM
+    preset, B, T = harness.CPU_SHAPE
+    if impl in harness.COMPILED_IMPLS and os.environ.get("ELECTRA_FAST_BENCH_CPU_COMPILE") != "1":
+        pytest.skip(harness.CPU_COMPILE_SKIP)
+    with harness.torch_threads(1):  # one thread: comparable across machines, and faster on a loaded 2-core VM
         run_step_benchmark(benchmark, impl, preset, B, T, "cpu", rounds=4, warmup=1)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("preset", list(GPU_SHAPES))
+@pytest.mark.parametrize("impl", harness.IMPLS)
+@pytest.mark.parametrize("preset", list(harness.GPU_SHAPES))
 def test_step_gpu(benchmark, preset, impl):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU: GPU-sized step (bf16, Triton ops); test_step_cpu is the CPU variant")
-    B, T = GPU_SHAPES[preset]
+    B, T = harness.GPU_SHAPES[preset]
     torch.cuda.empty_cache()
     run_step_benchmark(benchmark, impl, preset, B, T, "cuda", rounds=10, warmup=3)

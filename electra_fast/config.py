@@ -216,18 +216,9 @@ def _gen(hidden: int) -> dict[str, int]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Ours: a CPU demo. Vocabulary size is set by the tokenizer trained on the corpus. Short
-    # examples (32 tokens, 128 of them per step): an MLM model learns to use its context only once
-    # attention finds the neighbouring tokens, and at initialisation a neighbour carries 1/T of the
-    # attention, so at T = 128 the generator was still predicting unigram frequencies after 1,200
-    # steps, while at T = 32 it uses context within a few hundred. The discriminator learns far more
-    # slowly than the generator in a CPU budget: with a separate encoder it reached ROC AUC 0.60-0.66.
-    # With the paper's "tie all weights" (one 2-layer encoder for both) the MLM loss trains the
-    # attention the discriminator needs, and N(0, 0.1) initial weights (0.02 officially) get both
-    # off their starting plateau. Masking 25% (the official large preset's rate) gives the
-    # discriminator more replaced tokens per step and the generator less context, hence
-    # replacements that are easier to detect. lr 3e-3 over 2,400 steps keeps the run near 8 minutes
-    # on 2 CPU cores. The tiny preset also masks whole words by default (train.WHOLE_WORD_PRESETS)
+    # Ours: a CPU demo, minutes on 2 cores (vocabulary size: the trained tokenizer's). Short rows (attention finds
+    # the neighbours early), one tied encoder (the MLM loss trains the discriminator's attention), wider initial
+    # weights and more masking than the official presets; the runs that chose each value, and why:
     # (benchmarks/RESULTS.md, "Default pre-training run").
     "tiny": dict(vocab_size=4096, embedding_size=128, hidden_size=128, num_layers=2, num_heads=2,
                  intermediate_size=512, max_position_embeddings=128, initializer_range=0.1,

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from .cli import ArgumentParser
-from .finetune import USER_ERRORS, FinetuneError, load_run
+from .finetune import USER_ERRORS, load_run
 from .hf import save_hf
+from .recipe import FinetuneError
 from .runfolder import claim
 
 # what an export writes into --out (--overwrite deletes these, nothing else)

@@ -5,7 +5,8 @@
     python -m electra_fast.finetune --checkpoint runs/tiny --task probe
 
 SQuAD 1.1 / 2.0 (``--task squad`` / ``squad_v2``) live in ``squad.py``: the same optimiser,
-layer-wise decay and schedule, a span head instead of the [CLS] classifier.
+layer-wise decay and schedule, a span head instead of the [CLS] classifier. What the tasks share
+(the classifier, optimiser, epoch loop, ``best/`` folder) is in ``recipe.py``.
 
 The recipe is the paper's (Clark et al., 2020, section 3.1 and Table 7): the encoder's [CLS]
 vector -> dropout -> one linear layer; AdamW (eps 1e-6, weight decay 0.01 except LayerNorm and
@@ -42,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest
@@ -61,14 +61,22 @@ from .glue import (
     user_task,
 )
 from .hf import HFFormatError, load_hf
-from .model import Electra, Embeddings, Encoder
+from .model import Electra
+from .recipe import (
+    FinetuneError,
+    Hyper,
+    SequenceClassifier,
+    check_finite,
+    load_classifier,
+    make_batch,
+    make_optimizer,
+    save_classifier,
+    seed_all,
+    train_epoch,
+)
 from .runfolder import RunFolderError, claim
+from .squad import SQUAD_FILES, load_squad_data, run_squad
 from .tokenizer import ElectraTokenizer, TokenizerError, load_tokenizer
-
-
-class FinetuneError(ValueError):
-    """A checkpoint or an option cannot be used; the message says what to change."""
-
 
 USER_ERRORS = (FinetuneError, DataError, CheckpointError, TokenizerError, HFFormatError, RunFolderError)
 
@@ -158,79 +166,6 @@ def load_pretrained(path: str | Path, log=print) -> Pretrained:
                         "HuggingFace ELECTRA folder (config.json + model.safetensors + vocab.txt)")
 
 
-# ============================================================================ the model
-class SequenceClassifier(nn.Module):
-    """ELECTRA encoder (shared embeddings + discriminator) -> [CLS] -> dropout -> linear."""
-
-    def __init__(self, config: ElectraConfig, num_outputs: int, dropout: float = 0.1):
-        super().__init__()
-        cfg = config.replace(dropout=dropout, attention_dropout=dropout)  # the paper fine-tunes with 0.1
-        self.config = cfg
-        self.num_outputs = num_outputs
-        self.embeddings = Embeddings(cfg)
-        self.encoder = Encoder(cfg, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(cfg.hidden_size, num_outputs)
-        nn.init.normal_(self.classifier.weight, std=cfg.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
-
-    @classmethod
-    def from_electra(cls, electra: Electra, num_outputs: int, dropout: float = 0.1) -> SequenceClassifier:
-        """Copy the encoder ELECTRA keeps: the discriminator, or for the BERT (MLM) baseline the
-        full-size generator; the word embeddings with the GDES delta folded in."""
-        model = cls(electra.config, num_outputs, dropout)
-        with torch.no_grad():
-            model.embeddings.load_state_dict(electra.embeddings.state_dict())
-            if electra.disc_embedding_delta is not None:
-                model.embeddings.word_embeddings.weight.add_(electra.disc_embedding_delta)
-            encoder = electra.discriminator if electra.discriminator is not None else electra.generator
-            model.encoder.load_state_dict(encoder.state_dict())
-        return model
-
-    def hidden(self, input_ids, token_type_ids=None, attention_mask=None):  # (B, T) -> (B, T, H)
-        return self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
-
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):  # -> (B, K), or (B,) if K == 1
-        cls_vec = self.hidden(input_ids, token_type_ids, attention_mask)[:, 0]  # (B, H)
-        out = self.classifier(self.dropout(cls_vec))
-        return out.squeeze(-1) if self.num_outputs == 1 else out
-
-
-def layerwise_param_groups(model: SequenceClassifier, lr: float, layer_decay: float,
-                           weight_decay: float = 0.01) -> list[dict]:
-    """AdamW groups: head lr; encoder layer i of L gets lr * d^(L - i) (the top one lr * d);
-    embeddings and embeddings_project lr * d^(L + 1). No weight decay on LayerNorm and biases."""
-    L = len(model.encoder.layers)
-    parts = [("head", 0, [model.classifier])]
-    parts += [(f"layer {i}", L - i, [layer]) for i, layer in enumerate(model.encoder.layers)]
-    parts += [("embeddings", L + 1, [model.embeddings, model.encoder.embeddings_project])]
-    groups = []
-    for name, depth, modules in parts:
-        decay, no_decay = [], []
-        for top in modules:
-            if top is None:
-                continue
-            for mod in top.modules():
-                for pname, p in mod.named_parameters(recurse=False):
-                    if p.requires_grad:
-                        (no_decay if isinstance(mod, nn.LayerNorm) or pname == "bias" else decay).append(p)
-        for params, wd, kind in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no decay")):
-            if params:
-                groups.append({"params": params, "lr": lr * layer_decay ** depth, "weight_decay": wd,
-                               "name": f"{name} ({kind})"})
-    covered = {id(p) for g in groups for p in g["params"]}
-    missed = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
-    if missed:
-        raise AssertionError(f"parameters without a learning-rate group: {missed}")
-    return groups
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Multiplier of the peak lr for update ``step`` (0-based): linear warmup times linear decay
-    to zero, multiplied as in the official optimization.py."""
-    return min(1.0, (step + 1) / max(1, warmup)) * max(0.0, 1.0 - step / max(1, total))
-
-
 # ============================================================================ data -> tensors
 @dataclass
 class Encoded:
@@ -279,36 +214,7 @@ def encode(tok: ElectraTokenizer, ex: Examples, task: Task, seq_len: int) -> Enc
     return Encoded(ids, types, targets, ex)
 
 
-def make_batch(data: Encoded, rows, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, token_type_ids, attention_mask), padded to the longest row of the batch."""
-    T = max(len(data.ids[r]) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    types = torch.zeros((len(rows), T), dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for j, r in enumerate(rows):
-        n = len(data.ids[r])
-        ids[j, :n] = torch.tensor(data.ids[r])
-        types[j, :n] = torch.tensor(data.types[r])
-        mask[j, :n] = 1
-    return ids.to(device), types.to(device), mask.to(device)
-
-
 # ============================================================================ training
-@dataclass
-class Hyper:
-    epochs: int = 3
-    lr: float = 1e-3
-    layer_decay: float = 0.8
-    batch_size: int = 32
-    seq_len: int = 128
-    seed: int = 42
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    dropout: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_batch_size: int = 128
-
-
 @torch.no_grad()
 def predict_outputs(model: SequenceClassifier, data: Encoded, pad_id: int, device, batch_size: int = 128,
                     bar=None) -> np.ndarray:
@@ -341,79 +247,6 @@ def write_predictions(path: Path, task: Task, data: Encoded, pred: np.ndarray) -
         for line, p, gold in zip(data.examples.lines, pred, data.examples.labels):
             shown = f"{float(p):.6g}" if task.regression else task.labels[int(p)]
             f.write(f"{line}\t{shown}\t{gold}\n")
-
-
-def save_classifier(model: SequenceClassifier, folder: Path, meta: dict, tokenizer: ElectraTokenizer | None) -> None:
-    """``model.safetensors`` (the classifier's state dict) + ``config.json`` (our ElectraConfig,
-    the head, the task's labels) + the vocabulary: ``load_classifier`` rebuilds it."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
-    info = {"electra_config": model.config.to_dict(), "num_outputs": model.num_outputs, **meta}
-    (folder / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    if tokenizer is not None:
-        tokenizer.save(folder)
-
-
-def load_classifier(folder: str | Path) -> tuple[SequenceClassifier, dict]:
-    """A classifier written by ``save_classifier`` (eval mode) and its config.json."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    info = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    cfg = ElectraConfig.from_dict(info["electra_config"])
-    model = SequenceClassifier(cfg, info["num_outputs"], dropout=cfg.dropout)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return model.eval(), info
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def make_optimizer(model: SequenceClassifier, hp: Hyper, n_train: int):
-    """(AdamW with layer-wise lr groups, its warmup + linear-decay scheduler, total steps, warmup
-    steps) for ``hp.epochs`` epochs over ``n_train`` rows: the recipe every fine-tuning task shares."""
-    groups = layerwise_param_groups(model, hp.lr, hp.layer_decay, hp.weight_decay)
-    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.999), eps=1e-6)
-    total = math.ceil(n_train / hp.batch_size) * hp.epochs
-    warmup = max(1, round(hp.warmup_fraction * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
-    return opt, sched, total, warmup
-
-
-def train_epoch(model: nn.Module, batch_loss, order: np.ndarray, hp: Hyper, opt, sched, bar, epoch: int) -> float:
-    """One epoch over the rows in ``order``, ``hp.batch_size`` at a time: ``batch_loss(rows)`` ->
-    backward -> clipping -> AdamW -> schedule. Returns the mean training loss (the tasks differ only
-    in ``batch_loss``)."""
-    model.train()
-    loss_sum, n_batches = torch.zeros(()), 0
-    for b in range(0, len(order), hp.batch_size):
-        loss = batch_loss(order[b:b + hp.batch_size])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
-        opt.step()
-        sched.step()
-        loss_sum += loss.detach().cpu()
-        n_batches += 1
-        bar.update(1)
-        if n_batches % 10 == 0:
-            bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / n_batches:.4f}")
-    return loss_sum.item() / max(1, n_batches)
-
-
-def check_finite(model: nn.Module, train_loss: float, epoch: int, best_epoch: int | None) -> None:
-    """Non-finite training is a failure: raise FinetuneError (before anything of the epoch is saved)."""
-    params_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
-    if math.isfinite(train_loss) and params_ok:
-        return
-    what = "training loss" if not math.isfinite(train_loss) else "parameters"
-    kept = f"best/ keeps epoch {best_epoch}" if best_epoch else "nothing was saved"
-    raise FinetuneError(f"non-finite {what} in epoch {epoch} ({kept}); lower --lr")
 
 
 def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[str, Encoded],
@@ -491,8 +324,6 @@ def load_task_data(args) -> tuple[Task, Examples, dict[str, Examples], dict[str,
     if not d.is_dir():
         raise FinetuneError(f"--data-dir {d}: no such folder")
     if args.task in SQUAD_FILES:
-        from .squad import load_squad_data
-
         return load_squad_data(args.task, d)
     if args.task == "tsv":
         if not args.text_cols or args.label_col is None:
@@ -536,7 +367,7 @@ def run_task(args, data: tuple[Task, Examples, dict[str, Examples], dict[str, Ex
     tok = pre.tokenizer
     train = encode(tok, train_ex, task, hp.seq_len)
     devs = {k: encode(tok, v, task, hp.seq_len) for k, v in dev_ex.items()}
-    _seed_all(hp.seed)
+    seed_all(hp.seed)
     model = SequenceClassifier.from_electra(pre.model, task.num_outputs, hp.dropout)
     print(f"{task.title}: {len(train)} train examples, "
           + ", ".join(f"{len(v)} {k}" for k, v in devs.items())
@@ -656,10 +487,7 @@ def probe_data(pre: Pretrained, n_train: int, n_dev: int, kind: str = "next") ->
                 other_doc, second = pool[rng.integers(len(pool))]
                 if other_doc != doc:
                     break
-        ex.text_a.append(first)
-        ex.text_b.append(second)
-        ex.labels.append(labels[1] if keep else labels[0])
-        ex.lines.append(len(ex.lines))
+        ex.add([first, second], labels[1] if keep else labels[0], len(ex.lines))
 
     train_pairs, train_pool = split([i for i in range(len(docs)) if i not in dev_docs], dev=False)
     dev_pairs, dev_pool = split(sorted(dev_docs), dev=True)
@@ -694,9 +522,9 @@ def run_probe(args, pre: Pretrained, hp: Hyper, out: Path, device) -> dict:
         if name == "pretrained":
             electra = pre.model
         else:
-            _seed_all(hp.seed + 1)
-            electra = Electra(pre.model.config, pre.model.objective)  # the same config, fresh weights
-        _seed_all(hp.seed)  # same head initialisation and batch order for both encoders
+            seed_all(hp.seed + 1)
+            electra = Electra(pre.model.config, pre.model.objective, pre.model.backend)  # the same config, fresh weights
+        seed_all(hp.seed)  # same head initialisation and batch order for both encoders
         model = SequenceClassifier.from_electra(electra, task.num_outputs, hp.dropout)
         print(f"--- {name} encoder")
         res = finetune(model, task, train, devs, hp, out / name, pad_id=tok.pad_id, device=device,
@@ -719,8 +547,6 @@ def run_probe(args, pre: Pretrained, hp: Hyper, out: Path, device) -> dict:
 # ============================================================================ several seeds
 def run_one(args, data, pre: Pretrained, hp: Hyper, out: Path, device) -> dict:
     if args.task in SQUAD_FILES:
-        from .squad import run_squad
-
         return run_squad(args, data, pre, hp, out, device)
     return run_task(args, data, pre, hp, out, device)
 
@@ -751,7 +577,6 @@ def run_seeds(args, data, pre: Pretrained, hp: Hyper, out: Path, device) -> dict
 
 
 # ============================================================================ CLI
-SQUAD_FILES = {"squad": ("train-v1.1.json", "dev-v1.1.json"), "squad_v2": ("train-v2.0.json", "dev-v2.0.json")}
 TASKS = (*GLUE_TASKS, "tsv", *SQUAD_FILES, "probe")
 
 

@@ -106,6 +106,14 @@ class Examples:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def add(self, texts: list[str], label: str | None, line: int) -> None:
+        """Append one example: its text (and second text, for a pair task), raw label and line number."""
+        self.text_a.append(texts[0])
+        if self.text_b is not None:
+            self.text_b.append(texts[1])
+        self.labels.append(label)
+        self.lines.append(line)
+
 
 # ----------------------------------------------------------------------------- reading
 
@@ -179,11 +187,7 @@ def read_split(path: str | Path, task: Task) -> Examples:
                 ok = False
             if not ok:
                 raise DataError(f"{path}:{lineno}: label {label!r} is not a number ({task.title} is a regression task)")
-        out.text_a.append(row[text_idx[0]])
-        if out.text_b is not None:
-            out.text_b.append(row[text_idx[1]])
-        out.labels.append(label)
-        out.lines.append(lineno)
+        out.add([row[i] for i in text_idx], label, lineno)
     if not out.labels:
         raise DataError(f"{path}: no examples (the split is empty)")
     return out
@@ -207,11 +211,7 @@ def read_test(path: str | Path, task: Task) -> Examples:
     for lineno, row in rows:
         if len(row) < need:
             raise DataError(f"{path}:{lineno}: the row has {len(row)} fields; expected at least {need}")
-        out.text_a.append(row[text_idx[0]])
-        if out.text_b is not None:
-            out.text_b.append(row[text_idx[1]])
-        out.labels.append(None)
-        out.lines.append(lineno)
+        out.add([row[i] for i in text_idx], None, lineno)
         out.index.append(row[index_idx].strip())
     if not out.labels:
         raise DataError(f"{path}: no examples (the split is empty)")

@@ -35,7 +35,6 @@ IMPLS = ("ours", "ours-eager", "hf-eager", "hf-compiled")
 IMPL_LABELS = {k: k for k in IMPLS}
 COMPILED_IMPLS = ("ours", "hf-compiled")
 GUMBEL_SEED = 1234  # fixed: timing does not depend on the draws, and no per-step recompiles
-BACKEND_ENV = "ELECTRA_FAST_BACKEND"  # read by the ops at call time (electra_fast.kernels.*)
 
 
 # ----------------------------------------------------------------------------- benchmark shapes
@@ -82,12 +81,6 @@ def env_var(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = old
 
 
-def backend_env(backend: str | None):
-    """ELECTRA_FAST_BACKEND for the block: "triton", "reference", or None (default dispatch:
-    Triton on CUDA, the reference on the CPU). The kernel proxies use it to count both paths."""
-    return env_var(BACKEND_ENV, backend)
-
-
 @dataclass
 class Step:
     """One pre-training step of one implementation: ``step()`` runs forward + backward + clipping + AdamW."""
@@ -107,7 +100,8 @@ class Step:
 
 
 def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | None = None,
-               device: str | torch.device = "cpu", *, compile_model: bool = False, seed: int = 0) -> Step:
+               device: str | torch.device = "cpu", *, compile_model: bool = False, seed: int = 0,
+               backend: str = "auto") -> Step:
     """Model, synthetic masked batch and optimizer for ``impl`` (one of IMPLS), ready to step.
 
     ``ours`` / ``ours-eager`` are the training step exactly as ``electra_fast.train`` builds it
@@ -117,7 +111,8 @@ def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | No
     clipping and the same autocast; ``hf-compiled`` wraps the HF pair in torch.compile.
     (Fused AdamW on the CPU too, so the kernel proxies count the step a GPU runs.)
     ``compile_model`` (``ours-eager`` only) compiles the model alone (forward + backward graphs;
-    the kernel proxies count those).
+    the kernel proxies count those). ``backend`` is the ``ours`` model's (``Electra(backend=...)``:
+    "auto" runs Triton on CUDA and the reference on the CPU); the environment plays no part.
     """
     from .baselines import HFElectra, random_masked_batch
     from .model import Electra
@@ -134,7 +129,7 @@ def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | No
     cpu_batch["attention_mask"] = cpu_batch["attention_mask"].bool()
     tokens = int(cpu_batch["attention_mask"].sum())
     if impl.startswith("ours"):
-        model = Electra(cfg).to(device).train()
+        model = Electra(cfg, backend=backend).to(device).train()
         optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                           betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
         step = make_train_step(model, optimizer, cfg, amp_dtype=amp, compile=impl == "ours",

@@ -101,7 +101,8 @@ def load_init(paths: list[str], preset: str, objective: str = "electra", log=pri
 
 
 def _from_run(run: Path, objective: str, log) -> InitSource:
-    from .finetune import FinetuneError, load_run
+    from .finetune import load_run
+    from .recipe import FinetuneError
 
     try:
         pre = load_run(run, log=log)

@@ -6,7 +6,8 @@ Data flows one way (docs/ARCHITECTURE.md, sections 1-2):
     loss = mlm_loss + 50 * disc_loss
 
 The generator head, the corruption and the RTD loss go through ``electra_fast.ops``: fused
-Triton kernels on CUDA tensors, plain PyTorch on the CPU. Parameter names follow HuggingFace's
+Triton kernels on CUDA tensors, plain PyTorch on the CPU, or the one ``Electra(backend=...)`` names
+(fixed at construction, shown in the repr). Parameter names follow HuggingFace's
 ``ElectraModel`` closely enough that ``electra_fast.hf`` maps them one to one (q, k, v are
 fused into one ``qkv`` projection here for speed).
 """
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .config import ElectraConfig
-from .kernels.dispatch import values_readable
+from .kernels.dispatch import resolve_backend, values_readable
 
 IGNORE_INDEX = -100
 
@@ -158,15 +159,20 @@ class Electra(nn.Module):
 
     ``config.objective``-free: ELECTRA is the default; ``objective="mlm"`` builds the paper's
     BERT baseline (a discriminator-sized network trained with MLM only, no discriminator).
+
+    ``backend`` ("auto", "triton" or "reference") is what every op call of the model passes on
+    (``electra_fast.ops``): "auto" runs Triton on CUDA tensors and the reference on the CPU. None
+    reads the environment variable ELECTRA_FAST_BACKEND here, once; never at a call.
     """
 
-    def __init__(self, config: ElectraConfig, objective: str = "electra"):
+    def __init__(self, config: ElectraConfig, objective: str = "electra", backend: str | None = None):
         super().__init__()
         if objective not in ("electra", "mlm"):
             raise ValueError(f"objective must be 'electra' or 'mlm', got {objective!r}")
         config.validate()
         self.config = config
         self.objective = objective
+        self.backend = resolve_backend(backend)
         cfg = config
         self.embeddings = Embeddings(cfg)
         if objective == "mlm":  # BERT baseline: the generator *is* the full-size network
@@ -187,6 +193,9 @@ class Electra(nn.Module):
         else:
             self.discriminator = self.discriminator_head = self.disc_embedding_delta = None
         self.apply(self._init_weights)
+
+    def extra_repr(self) -> str:
+        return f"objective={self.objective!r}, backend={self.backend!r}"
 
     def _init_weights(self, m):
         std = self.config.initializer_range  # BERT / ELECTRA: truncated-normal-ish N(0, 0.02)
@@ -297,7 +306,8 @@ class Electra(nn.Module):
         targets = torch.where(real_slot, masked_ids, torch.full_like(masked_ids, IGNORE_INDEX)).reshape(-1)
         mlm_mean, samples, argmax = ops.generator_loss_and_sample(
             h, self.embeddings.word_embeddings.weight, self.generator_head.bias, targets,
-            temperature=cfg.temperature, seed=seed, ignore_index=IGNORE_INDEX, return_argmax=True)
+            temperature=cfg.temperature, seed=seed, ignore_index=IGNORE_INDEX, return_argmax=True,
+            backend=self.backend)
         # official: sum(w * ce) / (sum(w) + 1e-6); the op gives the mean over real slots
         mlm_loss = mlm_mean * (n_pred / (n_pred + 1e-6))
         argmax = argmax.view(B, P)
@@ -315,7 +325,8 @@ class Electra(nn.Module):
             fill = torch.where(real_slot, masked_ids, torch.gather(input_ids, 1, masked_positions))
             original_ids = input_ids.scatter(1, masked_positions, fill)
         samples = samples.view(B, P).to(original_ids.dtype)
-        corrupted, is_replaced = ops.replace_tokens(original_ids, masked_positions, samples, masked_weights)
+        corrupted, is_replaced = ops.replace_tokens(original_ids, masked_positions, samples, masked_weights,
+                                                     backend=self.backend)
 
         # 3. discriminator on the corrupted sequence, fused projection + BCE over real tokens
         disc_h = self.discriminator(self.embeddings(corrupted, token_type_ids, self._disc_word_weight()), bias)
@@ -323,7 +334,8 @@ class Electra(nn.Module):
         pred = self.discriminator_head.dense_prediction
         real = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_replaced)
         n_real = real.sum()
-        disc_mean = ops.rtd_loss(feats, pred.weight.view(-1), pred.bias.view(()), is_replaced, real)
+        disc_mean = ops.rtd_loss(feats, pred.weight.view(-1), pred.bias.view(()), is_replaced, real,
+                                 backend=self.backend)
         disc_loss = disc_mean * (n_real / (n_real + 1e-6))
         loss = mlm_loss + cfg.disc_weight * disc_loss
 

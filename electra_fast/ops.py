@@ -14,9 +14,10 @@ They follow the data flow of one pre-training step (docs/ARCHITECTURE.md, sectio
    trainer already has the logits.
 
 Each op runs its Triton kernel on CUDA tensors and its plain PyTorch reference on CPU tensors.
-``backend="triton"`` / ``"reference"`` (or the environment variable ELECTRA_FAST_BACKEND) forces
-one; the Triton path on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported.
-``backend(device)`` says which one a call will take. The Triton paths are torch custom ops
+A call's ``backend="triton"`` / ``"reference"`` forces one (the ops never read the environment; the
+model reads ELECTRA_FAST_BACKEND once, as the default of ``Electra(config, backend=...)``); the
+Triton path on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported.
+``backend(device, override)`` says which one a call will take. The Triton paths are torch custom ops
 (``torch.ops.electra_fast.*``, with fake implementations and registered gradients), so
 ``torch.compile(fullgraph=True)`` traces a training step through them without graph breaks. The
 kernels, references and autograd wrappers live one op per file in ``electra_fast.kernels``.
@@ -35,7 +36,8 @@ import torch
 from .kernels import generator_head as _generator_head
 from .kernels import replace_tokens as _replace_tokens
 from .kernels import rtd_loss as _rtd_loss
-from .kernels.dispatch import select_backend, value_checks, values_readable
+from .kernels.checks import require_binary_mask, require_tensors
+from .kernels.dispatch import select_backend, value_checks
 
 __all__ = ["generator_loss_and_sample", "replace_tokens", "rtd_loss", "rtd_loss_from_logits", "backend",
            "value_checks"]
@@ -45,7 +47,8 @@ def backend(device: torch.device | str | None = None, override: str | None = Non
     """The implementation the ops pick for tensors on ``device``: "triton" or "reference".
 
     ``device`` defaults to the current CUDA device when there is one, else the CPU. ``override``
-    is what a call's ``backend=`` argument would be (None: ELECTRA_FAST_BACKEND, then the device).
+    is what a call's ``backend=`` argument would be (None or "auto": by the device; a model's
+    ``backend`` attribute is what it passes).
     Raises like the ops do: ValueError for "triton" on the CPU without TRITON_INTERPRET=1
     and for an unknown name.
     """
@@ -54,26 +57,9 @@ def backend(device: torch.device | str | None = None, override: str | None = Non
     return select_backend(device, override)
 
 
-# ---------------------------------------------------------------------------- input checks
-# The public entry points check what a user can get wrong before anything dispatches: a numpy
-# array or a list where a tensor goes (TypeError naming the argument), and a loss mask that is
-# not 0/1 (a mask of -1 would give a negative loss). Reading mask values is a host read: on CPU
-# tensors only, never while torch.compile traces or inside a training step (value_checks(False)).
-def _require_tensors(op: str, named: dict) -> None:
-    for name, t in named.items():
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__module__}.{type(t).__name__} "
-                            "(convert it with torch.as_tensor)")
-
-
-def _require_binary_mask(op: str, mask: torch.Tensor, debug: bool) -> None:
-    if mask.dtype == torch.bool or not mask.numel() or not (mask.device.type == "cpu" or debug):
-        return
-    if values_readable(mask) and not bool(((mask == 0) | (mask == 1)).all()):
-        lo, hi = float(mask.min()), float(mask.max())
-        raise ValueError(f"{op}: mask must hold only 0 and 1 (or be bool); got values in [{lo}, {hi}]")
-
-
+# The public entry points check what a user can get wrong before anything dispatches
+# (kernels/checks.py): a numpy array or a list where a tensor goes (TypeError naming the argument),
+# and a loss mask that is not 0/1.
 def _checked(fn, tensor_args: tuple[str, ...], mask_arg: str | None = None):
     import inspect
 
@@ -84,9 +70,9 @@ def _checked(fn, tensor_args: tuple[str, ...], mask_arg: str | None = None):
         if torch.compiler.is_compiling():  # traced: the eager call checked the same inputs
             return fn(*args, **kwargs)
         bound = sig.bind_partial(*args, **kwargs)
-        _require_tensors(fn.__name__, {k: bound.arguments.get(k) for k in tensor_args})
+        require_tensors(fn.__name__, **{k: bound.arguments.get(k) for k in tensor_args})
         if mask_arg is not None and bound.arguments.get(mask_arg) is not None:
-            _require_binary_mask(fn.__name__, bound.arguments[mask_arg], bool(bound.arguments.get("debug")))
+            require_binary_mask(fn.__name__, bound.arguments[mask_arg], bool(bound.arguments.get("debug")))
         return fn(*args, **kwargs)
 
     return wrapper

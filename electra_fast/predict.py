@@ -24,16 +24,9 @@ import numpy as np
 import torch
 
 from .cli import ArgumentParser, HelpFormatter
-from .finetune import (
-    USER_ERRORS,
-    FinetuneError,
-    SequenceClassifier,
-    _device,
-    encode,
-    load_classifier,
-    predict_outputs,
-)
+from .finetune import USER_ERRORS, _device, encode, predict_outputs
 from .glue import GLUE_TASKS, DataError, Examples, Task, resolve_column
+from .recipe import FinetuneError, SequenceClassifier, load_classifier
 from .tokenizer import ElectraTokenizer, load_tokenizer
 
 

@@ -24,7 +24,7 @@ GPU; its state already exists), counted two ways at once:
   counter on, so the aten ops and the Triton launches inside count instead.
 - launches of ``@triton.jit`` kernels (each ``kernel[grid](...)`` = one kernel), counted by
   wrapping the ``run`` method of every kernel object in ``electra_fast.kernels``; our fused path
-  is forced with ELECTRA_FAST_BACKEND=triton under TRITON_INTERPRET=1, so the kernels really run
+  is forced with ``Electra(backend="triton")`` under TRITON_INTERPRET=1, so the kernels really run
   (in the interpreter) and the count is the one a GPU would see. Tensor copies the interpreter
   makes around a launch are not counted.
 Differences from a GPU, all small and the same for both sides: input range checks our ops run
@@ -75,7 +75,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import ElectraConfig
-from .harness import backend_env, build_step, env_var, environment
+from .harness import build_step, env_var, environment
 
 # aten ops that never launch a kernel: views and metadata, and allocations without a fill.
 NO_KERNEL_OPS = frozenset({
@@ -257,7 +257,7 @@ def proxy_config(preset: str) -> ElectraConfig:
 def step_kernels(impl: str, preset: str = "small", batch_size: int = 2) -> KernelCount:
     """Kernels of one steady-state step of ``impl`` ("fused", "reference", "hf") on the CPU.
 
-    "fused" forces the Triton path (ELECTRA_FAST_BACKEND=triton) and needs TRITON_INTERPRET=1
+    "fused" forces the Triton path (the model's backend "triton") and needs TRITON_INTERPRET=1
     set before triton was imported. The warm-up step (creates the AdamW state) runs on the
     reference ops and is not counted.
     """
@@ -265,10 +265,12 @@ def step_kernels(impl: str, preset: str = "small", batch_size: int = 2) -> Kerne
         raise RuntimeError("counting the fused path needs TRITON_INTERPRET=1 set before triton is imported; "
                            "use proxies.run(), which starts a subprocess with it")
     cfg = proxy_config(preset)
-    step = build_step("hf-eager" if impl == "hf" else "ours-eager", cfg, batch_size, device="cpu")
-    with backend_env("reference"):
-        step.run()
-    with backend_env("triton" if impl == "fused" else "reference"), count_kernels() as kc:
+    step = build_step("hf-eager" if impl == "hf" else "ours-eager", cfg, batch_size, device="cpu",
+                      backend="reference")
+    step.run()
+    if impl == "fused":  # the same model on the Triton ops from here on (an eager step reads it per call)
+        step.model.backend = "triton"
+    with count_kernels() as kc:
         step.run()
     return kc
 
@@ -300,8 +302,7 @@ def step_flops(preset: str = "small", batch_size: int = 2) -> dict:
     # The math backend: flop_counter has no formula for the CPU's fused attention kernel and would
     # leave attention out; the math path's batched matmuls are the same FLOPs, and counted.
     with sdpa_kernel([SDPBackend.MATH]):
-        with backend_env("reference"):
-            ours = count_flops(Electra(cfg), batch)
+        ours = count_flops(Electra(cfg, backend="reference"), batch)
         hf = count_flops(HFElectra(cfg), batch)
     scale = B_full / batch_size
     M = B_full * cfg.max_predictions
@@ -367,12 +368,12 @@ def compiled_kernels(impl: str, preset: str = "small", batch_size: int = 2) -> d
         with env_var("TORCHINDUCTOR_CACHE_DIR", tmp):
             with inductor_config.patch(fx_graph_cache=False):
                 step = (build_step("hf-compiled", cfg, batch_size, device="cpu") if impl == "hf" else
-                        build_step("ours-eager", cfg, batch_size, device="cpu", compile_model=True))
+                        build_step("ours-eager", cfg, batch_size, device="cpu", compile_model=True,
+                                   backend="reference"))
                 before = metrics.generated_kernel_count
                 torch._dynamo.utils.counters.clear()
                 t0 = time.time()
-                with backend_env("reference"):
-                    step.run()
+                step.run()
                 seconds = time.time() - t0
                 generated = metrics.generated_kernel_count - before
                 graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
@@ -472,8 +473,8 @@ def step_launches(preset: str, mode: str) -> list:
     cfg = ElectraConfig.preset(preset)
     B, T, P = cfg.batch_size, cfg.max_seq_length, cfg.max_predictions
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else nullcontext()
-    with backend_env("triton"), FakeTensorMode():
-        model = Electra(cfg).train()
+    with FakeTensorMode():
+        model = Electra(cfg, backend="triton").train()
         ids = torch.zeros(B, T, dtype=torch.int64)
         slots = torch.zeros(B, P, dtype=torch.int64)
         batch = dict(input_ids=ids, token_type_ids=ids, attention_mask=torch.ones(B, T, dtype=torch.bool),

@@ -50,19 +50,21 @@ import torch
 import torch.nn.functional as F
 
 from .config import ElectraConfig
-from .finetune import (
-    SQUAD_FILES,
+from .glue import DataError
+from .recipe import (
     Hyper,
     SequenceClassifier,
-    _seed_all,
     check_finite,
     make_batch,
     make_optimizer,
+    save_classifier,
+    seed_all,
     train_epoch,
 )
-from .glue import DataError
 from .tokenizer import ElectraTokenizer
 
+# --task -> (train file, dev file), SQuAD's own names
+SQUAD_FILES = {"squad": ("train-v1.1.json", "dev-v1.1.json"), "squad_v2": ("train-v2.0.json", "dev-v2.0.json")}
 # run_squad.py / ELECTRA's qa_tasks.py defaults
 MAX_QUERY_LENGTH = 64
 MAX_ANSWER_LENGTH = 30
@@ -410,8 +412,6 @@ def squad_evaluate(examples: list[QAExample], preds: dict[str, str], na_probs: d
 
 # ============================================================================ training
 def save_span_model(model: SpanExtractor, folder: Path, meta: dict, tokenizer: ElectraTokenizer | None) -> None:
-    from .finetune import save_classifier
-
     save_classifier(model, folder, {"head": "span", **meta}, tokenizer)
 
 
@@ -533,7 +533,7 @@ def run_squad(args, data: tuple[list[QAExample], list[QAExample]], pre, hp: Hype
     tok = pre.tokenizer
     train = featurize(tok, train_ex, hp.seq_len, opts.doc_stride, opts.max_query_length, for_eval=False)
     dev = featurize(tok, dev_ex, hp.seq_len, opts.doc_stride, opts.max_query_length)
-    _seed_all(hp.seed)
+    seed_all(hp.seed)
     model = SpanExtractor.from_electra(pre.model, 2, hp.dropout)
     title = "SQuAD 2.0" if opts.version2 else "SQuAD 1.1"
     print(f"{title}: {len(train_ex)} train questions in {len(train)} windows, {len(dev_ex)} dev questions in "

@@ -300,9 +300,8 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-# Whole-word masking is a data option, not a model one: the presets that turn it on by default.
-# tiny: the generator samples each piece of a masked word on its own, which gives the CPU demo's
-# discriminator replacements it learns to detect within its budget (benchmarks/RESULTS.md).
+# Whole-word masking is a data option, not a model one: the presets that turn it on by default (tiny: its
+# discriminator learns to spot independently sampled word pieces; benchmarks/RESULTS.md, "Default pre-training run").
 WHOLE_WORD_PRESETS = ("tiny",)
 
 PLAIN_LINE_SECONDS = 30.0  # without a live bar (stderr not a terminal, --no-progress): a line this often
@@ -637,6 +636,7 @@ def setup(args) -> Run:
     if cfg.vocab_size != tok.vocab_size:
         cfg = cfg.replace(vocab_size=tok.vocab_size)
 
+    from . import ops
     from .data import PretrainingLoader
     from .model import Electra
     from .optim import AdamW, param_groups
@@ -658,7 +658,11 @@ def setup(args) -> Run:
                          f"one batch ({micro} per micro-batch): lower --batch-size or give more text") from None
 
     torch.manual_seed(args.seed)  # identical init on every rank
-    model = Electra(cfg, objective=args.objective).to(device)
+    try:  # the backend (ELECTRA_FAST_BACKEND by default) is fixed here, for the whole run
+        model = Electra(cfg, objective=args.objective).to(device)
+        op_backend = ops.backend(device, model.backend)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                       betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     step = 0
@@ -701,7 +705,9 @@ def setup(args) -> Run:
               step=step, t_start=t_start, data_fingerprint=fingerprint)
     if rank == 0:
         _truncate_metrics(run.metrics_path, step)
-        (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+        # the model's config and the op implementation this run's device takes (model.backend)
+        info = {**cfg.to_dict(), "backend": op_backend}
+        (out_dir / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if args.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -711,8 +717,8 @@ def setup(args) -> Run:
     mode = ("compiled + CUDA graphs" if train_step.cuda_graphs else "compiled") if train_step.compiled else "eager"
     say(f"electra_fast: preset={args.preset} objective={args.objective} params={n_params / 1e6:.2f}M "
         f"vocab={cfg.vocab_size} seq={cfg.max_seq_length} batch={cfg.batch_size} steps={cfg.train_steps} "
-        f"device={device} precision={'bf16 autocast' if amp_dtype else 'fp32'} step={mode} ranks={world} "
-        f"out={out_dir}", rank=rank)
+        f"device={device} ops={op_backend} precision={'bf16 autocast' if amp_dtype else 'fp32'} step={mode} "
+        f"ranks={world} out={out_dir}", rank=rank)
     return run
 
 

@@ -42,9 +42,10 @@ import torch.nn.functional as F
 
 from .config import ElectraConfig
 from .corpus import _import_quietly, _module_documents, _submodules
-from .finetune import Hyper, SequenceClassifier, _seed_all, encode, finetune, load_run
+from .finetune import encode, finetune, load_run
 from .glue import Examples, Task
 from .model import Electra
+from .recipe import Hyper, SequenceClassifier, seed_all
 
 # Subpackages with many module files each (so the split by file leaves every label in every split)
 # and enough prose; a passage's label is the subpackage its module belongs to.
@@ -280,7 +281,7 @@ def pretrain(out: Path, train_args: list[str], seed: int, log=print) -> list[Enc
 
 # ============================================================================ fine-tuning
 def _fresh_electra(cfg: ElectraConfig, seed: int) -> Electra:
-    _seed_all(seed + 10_000)
+    seed_all(seed + 10_000)
     return Electra(cfg)
 
 
@@ -299,7 +300,7 @@ def finetune_encoder(enc: Encoder, cfg: ElectraConfig, tok, data: TaskData, seed
     electra = enc.electra if enc.electra is not None else _fresh_electra(cfg, seed)
     task = data.task
     encoded = {s: encode(tok, data.splits[s], task, hp.seq_len) for s in SPLITS}
-    _seed_all(seed)
+    seed_all(seed)
     model = SequenceClassifier.from_electra(electra, task.num_outputs, hp.dropout)
     res = finetune(model, task, encoded["train"], {"dev": encoded["dev"], "test": encoded["test"]},
                    hp, out, pad_id=tok.pad_id, progress=False, log=lambda m: None, meta=meta)
@@ -354,7 +355,7 @@ def bag_of_words(data: TaskData, seed: int, epochs: int = 10) -> float:
     index = {label: i for i, label in enumerate(task.labels)}
     feats = {s: _bow_features(data.splits[s]) for s in SPLITS}
     gold = {s: torch.tensor([index[v] for v in data.splits[s].labels]) for s in SPLITS}
-    _seed_all(seed)
+    seed_all(seed)
     model = torch.nn.EmbeddingBag(_BOW_DIM, len(task.labels), mode="sum")
     torch.nn.init.zeros_(model.weight)
     bias = torch.nn.Parameter(torch.zeros(len(task.labels)))

@@ -2,7 +2,11 @@
 
 Runs as is on the CPU (reference path) or a CUDA GPU (Triton path):
     python examples/fused_ops_step.py
+or with the backend named at the call sites (triton on the CPU needs TRITON_INTERPRET=1):
+    python examples/fused_ops_step.py triton
 """
+
+import sys
 
 import torch
 import torch.nn as nn
@@ -10,6 +14,7 @@ import torch.nn as nn
 from electra_fast.ops import generator_loss_and_sample, replace_tokens, rtd_loss
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
+backend = sys.argv[1] if len(sys.argv) > 1 else "auto"  # auto: Triton on CUDA, the reference on the CPU
 V, E, H, B, T, P = 1000, 64, 128, 4, 32, 5
 
 # your own networks: any generator producing (B, T, E) features and any discriminator encoder
@@ -30,15 +35,16 @@ masked_input = original.scatter(1, positions, 4)  # [MASK] = 4
 h = generator(word_emb(masked_input))  # (B, T, E)
 h_masked = torch.gather(h, 1, positions[..., None].expand(B, P, E)).reshape(B * P, E)
 targets = torch.gather(original, 1, positions).reshape(-1)
-mlm_loss, samples = generator_loss_and_sample(h_masked, word_emb.weight, lm_bias, targets, seed=1234)
+mlm_loss, samples = generator_loss_and_sample(h_masked, word_emb.weight, lm_bias, targets, seed=1234,
+                                              backend=backend)
 
 # 2. corrupt: samples written into the original ids, and the is-replaced labels, in one pass
-corrupted, is_replaced = replace_tokens(original, positions, samples.view(B, P), weights)
+corrupted, is_replaced = replace_tokens(original, positions, samples.view(B, P), weights, backend=backend)
 
 # 3. discriminator + fused H -> 1 projection and BCE over real tokens
 d = discriminator(word_emb(corrupted))  # (B, T, H)
 real = torch.ones(B, T, dtype=torch.bool, device=device)
-disc_loss = rtd_loss(d, rtd_head.weight.view(-1), rtd_head.bias.view(()), is_replaced, real)
+disc_loss = rtd_loss(d, rtd_head.weight.view(-1), rtd_head.bias.view(()), is_replaced, real, backend=backend)
 
 loss = mlm_loss + 50.0 * disc_loss  # ELECTRA's weighting
 loss.backward()

@@ -1,12 +1,21 @@
 """Which implementation an op runs: the Triton kernels or the PyTorch reference.
 
-Shared by every op in this package. The rule: an explicit ``backend=`` argument, else the
-environment variable ELECTRA_FAST_BACKEND ("triton" / "reference"), else Triton for CUDA tensors
-and the reference for everything else. The Triton path on CPU tensors needs the interpreter
-(TRITON_INTERPRET=1 set before triton is first imported), except on fake tensors
-(``FakeTensorMode``), where no kernel runs: the launchers only plan and record their launches
-(``kernels/launches.py``), which is how ``tools/compile_kernels.py`` lists a GPU step's kernels on a
-CPU-only machine.
+Shared by every op in this package. A call's ``backend=`` argument decides: "triton", "reference",
+or "auto" / None: Triton for CUDA tensors and the reference for everything else. The ops never read
+the environment. The variable ELECTRA_FAST_BACKEND is a default for whoever owns op call sites,
+read once when it is built (:func:`resolve_backend`): the model resolves its backend at
+construction (``Electra(config, backend=...)``, shown in its repr) and passes it to every op call,
+so a compiled graph never depends on the environment at trace time.
+
+The Triton path on CPU tensors needs the interpreter (TRITON_INTERPRET=1 set before triton is first
+imported), except on fake tensors (``FakeTensorMode``), where no kernel runs: the launchers only plan
+and record their launches (``kernels/launches.py``), which is how ``tools/compile_kernels.py`` lists a
+GPU step's kernels on a CPU-only machine.
+
+The interpreter computes bf16 wrongly (bf16 arithmetic and bf16 ``tl.dot``), so a kernel with a
+tensor-core variant runs its fp32 variant there instead, named by :func:`interpreter_fp32_variant`
+(the generator head's ``DOT_F32``). CPU tests thus exercise the fp32 variant for bf16 inputs;
+``tests/test_gpu_shapes.py`` runs the bf16 variant a GPU launches against the reference.
 
 Autocast does not reach custom ops by itself (under CUDA bf16 autocast LayerNorm returns fp32 and
 parameters stay fp32), so every op casts its matmul operands at its boundary:
@@ -62,13 +71,38 @@ def autocast_operands(device_type: str, *tensors: torch.Tensor | None) -> tuple:
                  else t for t in tensors)
 
 
+def autocast_projection(hidden, weight) -> tuple:
+    """(hidden, weight) of a projection through :func:`autocast_operands` on hidden's device, as a
+    Linear's would be: the hidden states stream at half the bytes; bias and loss stay fp32. A hidden
+    that is not a tensor passes through, for the input checks to name it."""
+    if isinstance(hidden, torch.Tensor):
+        return autocast_operands(hidden.device.type, hidden, weight)
+    return hidden, weight
+
+
+BACKENDS = ("auto", "triton", "reference")
+BACKEND_ENV = "ELECTRA_FAST_BACKEND"
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """The backend an owner of op call sites fixes when it is built: ``backend`` if given, else the
+    environment variable ELECTRA_FAST_BACKEND if set, else "auto" (decided per call by the tensors'
+    device). One of :data:`BACKENDS`; ValueError naming the choices otherwise."""
+    source = "backend" if backend is not None else BACKEND_ENV
+    choice = backend if backend is not None else os.environ.get(BACKEND_ENV, "")
+    choice = (choice.strip().lower() if isinstance(choice, str) else choice) or "auto"
+    if choice not in BACKENDS:
+        raise ValueError(f"{source} must be 'auto', 'triton' or 'reference'; got {choice!r}")
+    return choice
+
+
 def select_backend(device: torch.device | str, backend: str | None = None, *, fake: bool = False) -> str:
-    """"triton" or "reference" for tensors on ``device`` (see the module docstring). ``fake``: the
-    tensors are fake, so "triton" needs no interpreter on the CPU (nothing is launched)."""
+    """"triton" or "reference" for tensors on ``device`` and a call's ``backend`` argument (None: "auto";
+    see the module docstring). ``fake``: the tensors are fake, so "triton" needs no interpreter on the
+    CPU (nothing is launched)."""
     device = torch.device(device)
-    choice = backend if backend is not None else os.environ.get("ELECTRA_FAST_BACKEND", "")
-    choice = choice.strip().lower()
-    if choice in ("", "auto"):
+    choice = (backend.strip().lower() if isinstance(backend, str) else backend) or "auto"
+    if choice == "auto":
         return "triton" if device.type == "cuda" else "reference"
     if choice == "reference":
         return "reference"
@@ -77,7 +111,21 @@ def select_backend(device: torch.device | str, backend: str | None = None, *, fa
             raise ValueError(f"backend 'triton' on {device.type} tensors needs TRITON_INTERPRET=1 set before "
                              "triton is imported; use backend='reference' on the CPU")
         return "triton"
-    raise ValueError(f"backend must be 'triton', 'reference' or None (ELECTRA_FAST_BACKEND); got {choice!r}")
+    raise ValueError(f"backend must be 'triton', 'reference', 'auto' or None; got {choice!r}")
+
+
+def implementation(anchor: torch.Tensor, backend: str | None, triton_fn, reference_fn):
+    """``triton_fn`` or ``reference_fn``, as :func:`select_backend` picks for tensors like ``anchor`` (the
+    op's first tensor argument) and the call's ``backend``: every op's dispatch."""
+    chosen = select_backend(anchor.device, backend, fake=is_fake(anchor))
+    return triton_fn if chosen == "triton" else reference_fn
+
+
+def interpreter_fp32_variant(t: torch.Tensor) -> bool:
+    """True when a kernel with a tensor-core (bf16/fp16 ``tl.dot``) variant must run its fp32 variant
+    instead for ``t``: under the interpreter, whose bf16 arithmetic and bf16 ``tl.dot`` are wrong. Never
+    for fake tensors: they launch nothing and record the variant a GPU would run."""
+    return interpreting() and not is_fake(t)
 
 
 _checks = threading.local()

@@ -37,14 +37,15 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .dispatch import autocast_operands, interpreting, is_fake, select_backend, values_readable
-from .launches import KernelPlan, hbm_bytes, record_extern, record_reference, recording
+from .checks import describe, is_integer, reads_values, require_float, require_same_device
+from .custom_ops import triton_op
+from .dispatch import autocast_projection, implementation, interpreter_fp32_variant, interpreting, is_fake
+from .launches import KernelPlan, hbm_bytes, record_extern, record_reference
 
 # Philox uniforms (kernel and reference) are clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
 U_EPS = 1e-7
 _U_EPS_TL = tl.constexpr(U_EPS)  # the same value, readable inside @triton.jit functions
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 NUM_SMS = 132  # an H100 SXM's SMs: the grids are sized to fill it (and an A100's 108)
 
 
@@ -326,49 +327,37 @@ def _generator_head_bwd_dw_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _describe(x) -> str:
-    return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-
-
 def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug) -> None:
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a 2-D tensor [M, E] (the masked positions); "
-                         f"got {_describe(hidden)}")
+                         f"got {describe(hidden)}")
     M, E = hidden.shape
     if (not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != E
             or weight.shape[0] == 0):
         raise ValueError(f"weight must be a 2-D tensor [V, E] with V > 0 and E = hidden.shape[1] = {E}; "
-                         f"got {_describe(weight)}")
+                         f"got {describe(weight)}")
     V = weight.shape[0]
     if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (V,)):
         raise ValueError(f"bias must be None or a tensor [V] with V = weight.shape[0] = {V}; "
-                         f"got {_describe(bias)}")
-    if (not isinstance(targets, torch.Tensor) or tuple(targets.shape) != (M,)
-            or targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool):
+                         f"got {describe(bias)}")
+    if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != (M,) or not is_integer(targets):
         raise ValueError(f"targets must be an integer tensor [M] with M = hidden.shape[0] = {M}; "
-                         f"got {_describe(targets)}")
-    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"{name} must be float16, bfloat16 or float32; got {t.dtype}")
+                         f"got {describe(targets)}")
+    require_float(hidden=hidden, weight=weight, bias=bias)
     if weight.dtype != hidden.dtype:
         raise ValueError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}; cast one")
-    for name, t in (("weight", weight), ("bias", bias), ("targets", targets)):
-        if t is not None and t.device != hidden.device:
-            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}; use one device")
+    require_same_device("hidden", hidden.device, weight=weight, bias=bias, targets=targets)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0; got {temperature!r}")
     if isinstance(seed, torch.Tensor):
         if seed.numel() != 1 or seed.dtype.is_floating_point or seed.dtype == torch.bool:
-            raise ValueError(f"seed must be an int or a one-element integer tensor; got {_describe(seed)}")
-        if seed.device != hidden.device:
-            raise ValueError(f"seed is on {seed.device} but hidden is on {hidden.device}")
+            raise ValueError(f"seed must be an int or a one-element integer tensor; got {describe(seed)}")
+        require_same_device("hidden", hidden.device, seed=seed)
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2**63) or a one-element integer tensor; got {seed!r}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or abs(ignore_index) >= 2**31:
         raise ValueError(f"ignore_index must be an int32 value; got {ignore_index!r}")
-    # The range check reads the targets back to the host: free on the CPU, a sync on CUDA; a traced
-    # graph cannot branch on values, so never while torch.compile traces (nor on fake tensors).
-    if (debug or targets.device.type == "cpu") and M > 0 and values_readable(targets):
+    if reads_values(targets, debug):
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
         if bool(bad.any()):
             raise ValueError(f"targets must lie in [0, V={V}) or equal ignore_index={ignore_index}; "
@@ -440,10 +429,9 @@ def _seed_tensor(seed, device) -> torch.Tensor:
 
 
 def _dot_f32(hidden: torch.Tensor) -> bool:
-    """fp32 products (CUDA cores) for fp32 inputs; tensor cores for fp16/bf16. The interpreter always
-    computes in fp32 (its bf16 arithmetic and bf16 tl.dot are wrong); fake tensors, which launch
-    nothing, record the GPU's choice."""
-    return hidden.dtype == torch.float32 or (interpreting() and not is_fake(hidden))
+    """The DOT_F32 variant: fp32 products (CUDA cores) for fp32 inputs, tensor cores for fp16/bf16 on a
+    GPU; under the interpreter always fp32 (``interpreter_fp32_variant``, kernels/dispatch.py)."""
+    return hidden.dtype == torch.float32 or interpreter_fp32_variant(hidden)
 
 
 def _kernel_plan(op, fn, grid, args, cfg, cost=None, **constexprs) -> KernelPlan:
@@ -589,7 +577,7 @@ def generator_loss_and_sample_triton(
     cast to the autocast dtype at this boundary, so the tensor-core variant runs with fp32
     accumulation; the loss is fp32 and the gradients come back in the inputs' own dtypes.
     """
-    hidden, weight = _autocast_operands(hidden, weight)
+    hidden, weight = autocast_projection(hidden, weight)
     _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
     _check_block("block_m", block_m)
     _check_block("block_v", block_v, least=64)
@@ -599,15 +587,9 @@ def generator_loss_and_sample_triton(
     if hidden.device.type != "cuda" and not interpreting() and not is_fake(hidden):
         raise ValueError(f"the triton backend needs CUDA tensors (got {hidden.device}); on the CPU set "
                          "TRITON_INTERPRET=1 before importing triton, or use the reference backend")
-    seed = _seed_tensor(seed, hidden.device)
-    if _HAS_CUSTOM_OP:
-        loss, samples, argmax, _, _ = _generator_head_fwd_op(
-            hidden, weight, bias, targets, seed, float(temperature), ignore_index, bool(return_argmax),
-            block_m, block_v, vocab_splits)
-    else:
-        loss, samples, argmax = GeneratorLossAndSample.apply(
-            hidden, weight, bias, targets, float(temperature), seed, ignore_index, bool(return_argmax),
-            block_m, block_v, vocab_splits)
+    loss, samples, argmax, _, _ = _generator_head_fwd_op(
+        hidden, weight, bias, targets, _seed_tensor(seed, hidden.device), float(temperature), ignore_index,
+        bool(return_argmax), block_m, block_v, vocab_splits)
     return (loss, samples, argmax) if return_argmax else (loss, samples)
 
 
@@ -636,7 +618,7 @@ def generator_loss_and_sample_reference(
     ``torch.compile(fullgraph=True)`` traces the whole function. Under autocast it rounds hidden and
     weight to the autocast dtype like the Triton path, then computes in fp32.
     """
-    hidden, weight = _autocast_operands(hidden, weight)
+    hidden, weight = autocast_projection(hidden, weight)
     _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
     record_reference("generator_head", hidden=hidden, weight=weight, bias=bias, targets=targets)
     targets = targets.long()
@@ -662,12 +644,6 @@ def generator_loss_and_sample_reference(
         samples = torch.where(valid, samples, targets)
         argmax = torch.argmax(logits, dim=-1)
     return (loss, samples, argmax) if return_argmax else (loss, samples)
-
-
-def _autocast_operands(hidden, weight):
-    if isinstance(hidden, torch.Tensor):
-        return autocast_operands(hidden.device.type, hidden, weight)
-    return hidden, weight
 
 
 _M32 = 0xFFFFFFFF
@@ -745,15 +721,9 @@ def _clamped_uniform_reference(words: torch.Tensor) -> torch.Tensor:
 # Autograd wrapper (torch custom ops) and dispatch
 # --------------------------------------------------------------------------------------------
 
-# The Triton path is a pair of torch custom ops (forward, backward) with fake (shape-only)
-# implementations, so torch.compile(fullgraph=True) traces each as one opaque node and a CUDA
-# graph can capture it; register_autograd ties the backward op to the forward op. The seed is a
-# (1,) int64 tensor argument: a captured graph that refills it draws fresh samples each replay.
-# Schemas are spelled out (``from __future__ import annotations`` defeats inference on older
-# torch). Torch without torch.library.custom_op (< 2.4) falls back to GeneratorLossAndSample.
-_HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
-
-
+# The Triton path as torch custom ops (kernels/custom_ops.py): a forward op whose registered gradient
+# calls a backward op. The seed is a (1,) int64 tensor argument: a captured graph that refills it
+# draws fresh samples each replay.
 def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
               vocab_splits=None, launch=True):
     """(loss, samples, argmax, lse, n_valid); argmax is empty unless asked."""
@@ -768,9 +738,6 @@ def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, re
 
 def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
               vocab_splits=None):
-    if recording():  # the same launcher as the real op, recording its plan without launching
-        return _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax,
-                         block_m, block_v, vocab_splits, launch=False)
     M = hidden.shape[0]
     scalar = hidden.new_empty((), dtype=torch.float32)
     samples = hidden.new_empty(M, dtype=torch.int64)
@@ -793,9 +760,6 @@ def _bwd_impl(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_ind
 
 def _bwd_fake(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
               need_dh, need_dw):
-    if recording():
-        return _bwd_impl(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
-                         need_dh, need_dw, launch=False)
     dh = hidden.new_empty(hidden.shape if need_dh else (0,))
     dw = weight.new_empty(weight.shape if need_dw else (0,))
     db = bias.new_empty(bias.shape) if need_dw and bias is not None else weight.new_empty(0)
@@ -819,52 +783,18 @@ def _backward_rule(ctx, grad_loss, *unused_grads):
             db if ctx.needs_input_grad[2] else None, None, None, None, None, None, None, None, None)
 
 
-if _HAS_CUSTOM_OP:
-    _generator_head_fwd_op = torch.library.custom_op(
-        "electra_fast::generator_head_fwd", _fwd_impl, mutates_args=(), schema=(
-            "(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor seed, float temperature, "
-            "int ignore_index, bool return_argmax, int? block_m, int? block_v, int? vocab_splits=None) "
-            "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"))
-    _generator_head_fwd_op.register_fake(_fwd_fake)
-    _generator_head_bwd_op = torch.library.custom_op(
-        "electra_fast::generator_head_bwd", _bwd_impl, mutates_args=(), schema=(
-            "(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor lse, "
-            "Tensor n_valid, int ignore_index, int? block_m, int? block_v, bool need_dh, bool need_dw) "
-            "-> (Tensor, Tensor, Tensor)"))
-    _generator_head_bwd_op.register_fake(_bwd_fake)
-    _generator_head_fwd_op.register_autograd(_backward_rule, setup_context=_setup_context)
-
-
-class GeneratorLossAndSample(torch.autograd.Function):
-    """Triton forward/backward without custom ops (torch < 2.4): eager only, torch.compile breaks the
-    graph here. Outputs (loss, samples, argmax); argmax is empty unless asked."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
-                block_m, block_v, vocab_splits):
-        hidden = hidden.contiguous()
-        weight = weight.contiguous()
-        bias = bias.contiguous() if bias is not None else None
-        targets = targets.contiguous().long()
-        loss, samples, argmax, lse, n_valid = _launch_forward(
-            hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, block_m, block_v,
-            splits=vocab_splits)
-        if argmax is None:
-            argmax = samples.new_empty(0)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse, n_valid)
-        ctx.ignore_index, ctx.block_m, ctx.block_v = ignore_index, block_m, block_v
-        ctx.mark_non_differentiable(samples, argmax)
-        return loss, samples, argmax
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_samples, _grad_argmax):
-        hidden, weight, bias, targets, lse, n_valid = ctx.saved_tensors
-        need_dh = ctx.needs_input_grad[0]
-        need_dw = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        dh, dw, db = _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid,
-                                      ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
-        return (dh, dw if ctx.needs_input_grad[1] else None, db if ctx.needs_input_grad[2] else None,
-                None, None, None, None, None, None, None, None)
+_generator_head_bwd_op = triton_op(
+    "generator_head_bwd",
+    "(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor lse, "
+    "Tensor n_valid, int ignore_index, int? block_m, int? block_v, bool need_dh, bool need_dw) "
+    "-> (Tensor, Tensor, Tensor)",
+    _bwd_impl, _bwd_fake)
+_generator_head_fwd_op = triton_op(
+    "generator_head_fwd",
+    "(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor seed, float temperature, "
+    "int ignore_index, bool return_argmax, int? block_m, int? block_v, int? vocab_splits=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    _fwd_impl, _fwd_fake, backward=_backward_rule, setup_context=_setup_context)
 
 
 def generator_loss_and_sample(
@@ -881,11 +811,10 @@ def generator_loss_and_sample(
 ):
     """MLM loss and Gumbel-max samples of the ELECTRA generator head at the masked positions.
 
-    ``backend``: "triton", "reference", or None: the environment variable ELECTRA_FAST_BACKEND
-    if set ("triton" on CPU tensors needs TRITON_INTERPRET=1), else triton for CUDA tensors and
-    the reference for CPU tensors. See :func:`generator_loss_and_sample_triton` for the contract.
+    ``backend``: "triton", "reference", or "auto" / None: triton for CUDA tensors, the reference for
+    the rest ("triton" on CPU tensors needs TRITON_INTERPRET=1). See
+    :func:`generator_loss_and_sample_triton` for the contract.
     """
-    kwargs = dict(temperature=temperature, seed=seed, ignore_index=ignore_index, return_argmax=return_argmax)
-    if select_backend(hidden.device, backend, fake=is_fake(hidden)) == "triton":
-        return generator_loss_and_sample_triton(hidden, weight, bias, targets, **kwargs)
-    return generator_loss_and_sample_reference(hidden, weight, bias, targets, **kwargs)
+    fn = implementation(hidden, backend, generator_loss_and_sample_triton, generator_loss_and_sample_reference)
+    return fn(hidden, weight, bias, targets, temperature=temperature, seed=seed, ignore_index=ignore_index,
+              return_argmax=return_argmax)

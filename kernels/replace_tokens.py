@@ -11,9 +11,9 @@ format (``electra_fast.masking``): real slots have weight > 0, padding slots wei
 position 0, real positions are distinct. Returns corrupted (B, T) with input_ids' dtype and
 is_replaced (B, T) bool. Integer op: no gradients.
 
-This file holds the pieces of the op: the Triton kernel, its host launcher (a torch custom op;
-no autograd wrapper is needed for an integer op), the PyTorch reference (the CPU path and the
-test oracle) and the dispatch.
+This file holds the pieces of the op: the Triton kernel, its input checks and host launcher (a
+torch custom op; no autograd wrapper is needed for an integer op), the PyTorch reference (the CPU
+path and the test oracle) and the dispatch.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import is_fake, select_backend, values_readable
-from .launches import KernelPlan, record_reference, recording
+from .checks import reads_values, require_integer, require_same_device
+from .custom_ops import triton_op
+from .dispatch import implementation, select_backend
+from .launches import KernelPlan, record_reference
 
 __all__ = ["replace_tokens", "replace_tokens_reference", "replace_tokens_triton", "select_backend"]
 
@@ -73,52 +75,30 @@ def _blocks(P: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- input checks
-def _is_int(t: torch.Tensor) -> bool:
-    return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
-
-
 def _check_inputs(input_ids, positions, samples, weights, debug: bool) -> None:
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (B, T); got shape {tuple(input_ids.shape)}")
-    if not _is_int(input_ids):
-        raise ValueError(f"input_ids must be an integer tensor; got {input_ids.dtype}")
+    require_integer("input_ids", input_ids)
     B, T = input_ids.shape
     for name, t in (("positions", positions), ("samples", samples), ("weights", weights)):
         if t.dim() != 2 or t.shape[0] != B:
             raise ValueError(f"{name} must be (B, P) with B={B} (input_ids is {tuple(input_ids.shape)}); "
                              f"got shape {tuple(t.shape)}")
-        if t.device != input_ids.device:
-            raise ValueError(f"{name} is on {t.device} but input_ids is on {input_ids.device}")
+    require_same_device("input_ids", input_ids.device, positions=positions, samples=samples, weights=weights)
     if samples.shape != positions.shape or weights.shape != positions.shape:
         raise ValueError(f"positions, samples and weights must have the same shape (B, P); got "
                          f"{tuple(positions.shape)}, {tuple(samples.shape)}, {tuple(weights.shape)}")
-    if not _is_int(positions):
-        raise ValueError(f"positions must be an integer tensor; got {positions.dtype}")
-    if not _is_int(samples):
-        raise ValueError(f"samples must be an integer tensor (token ids); got {samples.dtype}")
+    require_integer("positions", positions)
+    require_integer("samples", samples, "token ids")
     if weights.dtype.is_complex:
         raise ValueError(f"weights must be float, integer or bool; got {weights.dtype}")
-    # a range check reads the tensor back: free on the CPU, a device sync on CUDA (debug only)
-    if (positions.numel() and (positions.device.type == "cpu" or debug)
-            and values_readable(positions)):  # a traced graph cannot branch on values
+    if reads_values(positions, debug):
         lo, hi = int(positions.min()), int(positions.max())
         if lo < 0 or hi >= T:
             raise ValueError(f"positions must lie in [0, T={T}); got values in [{lo}, {hi}]")
 
 
 # ----------------------------------------------------------------------------- host launcher
-# The Triton path is a torch custom op with a fake (shape-only) implementation, so
-# torch.compile(fullgraph=True) traces it as one opaque node and a CUDA graph can capture it.
-# An integer op needs no autograd wrapper: its outputs are integer and bool, which autograd never
-# tracks, and ``weights`` is detached on the way in (a float weight may require grad). The schema
-# is spelled out: this file uses ``from __future__ import annotations``, which older torch cannot
-# infer a schema from.
-@torch.library.custom_op("electra_fast::replace_tokens", mutates_args=(), schema=(
-    "(Tensor input_ids, Tensor positions, Tensor samples, Tensor weights) -> (Tensor, Tensor)"))
-def _replace_tokens_op(input_ids, positions, samples, weights):
-    return _replace_tokens_launch(input_ids, positions, samples, weights)
-
-
 def _replace_tokens_launch(input_ids, positions, samples, weights, launch=True):
     """Runs the kernel (``launch=False``: only records it, for the fake implementation)."""
     input_ids, positions = input_ids.contiguous(), positions.contiguous()
@@ -135,12 +115,17 @@ def _replace_tokens_launch(input_ids, positions, samples, weights, launch=True):
     return out, flag.view(torch.bool)
 
 
-@_replace_tokens_op.register_fake
-def _(input_ids, positions, samples, weights):
-    if recording():  # the same launcher as the real op, recording its plan without launching
-        return _replace_tokens_launch(input_ids, positions, samples, weights, launch=False)
+def _replace_tokens_fake(input_ids, positions, samples, weights):
     out = torch.empty_like(input_ids, memory_format=torch.contiguous_format)
     return out, torch.empty(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+
+
+# The Triton path as a torch custom op (kernels/custom_ops.py). An integer op needs no autograd
+# wrapper: its outputs are integer and bool, which autograd never tracks, and ``weights`` is
+# detached on the way in (a float weight may require grad).
+_replace_tokens_op = triton_op(
+    "replace_tokens", "(Tensor input_ids, Tensor positions, Tensor samples, Tensor weights) -> (Tensor, Tensor)",
+    _replace_tokens_launch, _replace_tokens_fake)
 
 
 def replace_tokens_triton(input_ids: torch.Tensor, positions: torch.Tensor, samples: torch.Tensor,
@@ -177,6 +162,5 @@ def replace_tokens(input_ids: torch.Tensor, positions: torch.Tensor, samples: to
     ``backend``: "triton", "reference" or None (see ``select_backend``); ``debug`` also range-checks
     positions of CUDA tensors (a device sync).
     """
-    if select_backend(input_ids.device, backend, fake=is_fake(input_ids)) == "triton":
-        return replace_tokens_triton(input_ids, positions, samples, weights, debug=debug)
-    return replace_tokens_reference(input_ids, positions, samples, weights, debug=debug)
+    fn = implementation(input_ids, backend, replace_tokens_triton, replace_tokens_reference)
+    return fn(input_ids, positions, samples, weights, debug=debug)

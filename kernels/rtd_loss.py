@@ -26,8 +26,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .dispatch import autocast_operands, is_fake, select_backend, values_readable
-from .launches import KernelPlan, record_reference, recording
+from .checks import reads_values, require_float, require_same_device
+from .custom_ops import triton_op
+from .dispatch import autocast_projection, implementation, select_backend
+from .launches import KernelPlan, record_reference
 
 __all__ = [
     "rtd_loss", "rtd_loss_reference", "rtd_loss_triton",
@@ -35,17 +37,22 @@ __all__ = [
     "select_backend",
 ]
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-
 
 # ----------------------------------------------------------------------------- Triton kernels
 @triton.jit
-def _bce_with_logits(z, y, m):
-    """Per-token masked loss and dloss/dlogit, fp32. No log1p/tanh: the interpreter lacks libdevice."""
+def _masked_bce(z, labels_ptr, mask_ptr, tokens, ok, dlogit_ptr, partial_ptr, pid, num_blocks):
+    """The loss part both forward kernels share, for fp32 logits ``z`` of ``tokens`` (``ok``: in range):
+    per-token masked BCE and dloss/dlogit; stores dlogit and this program's loss, mask and dlogit sums.
+    No log1p/tanh: the interpreter lacks libdevice."""
+    y = tl.load(labels_ptr + tokens, mask=ok, other=0).to(tl.float32)
+    m = tl.load(mask_ptr + tokens, mask=ok, other=0).to(tl.float32)
     e = tl.exp(-tl.abs(z))  # in (0, 1]: no overflow for any z
-    loss = tl.maximum(z, 0.0) - z * y + tl.log(1.0 + e)
-    sig = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return loss * m, (sig - y) * m
+    loss = (tl.maximum(z, 0.0) - z * y + tl.log(1.0 + e)) * m
+    dlogit = (tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)) - y) * m
+    tl.store(dlogit_ptr + tokens, dlogit, mask=ok)
+    tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
+    tl.store(partial_ptr + num_blocks + pid, tl.sum(m, axis=0))
+    tl.store(partial_ptr + 2 * num_blocks + pid, tl.sum(dlogit, axis=0))
 
 
 @triton.jit
@@ -68,13 +75,7 @@ def _rtd_fwd_kernel(
         w = tl.load(w_ptr + cols, mask=in_h, other=0.0)
         acc += tl.sum(x.to(tl.float32) * w.to(tl.float32)[None, :], axis=1)
     z = acc + tl.load(b_ptr).to(tl.float32)
-    y = tl.load(labels_ptr + rows, mask=in_m, other=0).to(tl.float32)
-    m = tl.load(mask_ptr + rows, mask=in_m, other=0).to(tl.float32)
-    loss, dlogit = _bce_with_logits(z, y, m)
-    tl.store(dlogit_ptr + rows, dlogit, mask=in_m)
-    tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
-    tl.store(partial_ptr + num_blocks + pid, tl.sum(m, axis=0))
-    tl.store(partial_ptr + 2 * num_blocks + pid, tl.sum(dlogit, axis=0))
+    _masked_bce(z, labels_ptr, mask_ptr, rows, in_m, dlogit_ptr, partial_ptr, pid, num_blocks)
 
 
 @triton.jit
@@ -118,13 +119,7 @@ def _rtd_logits_fwd_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     ok = offs < N
     z = tl.load(z_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    y = tl.load(labels_ptr + offs, mask=ok, other=0).to(tl.float32)
-    m = tl.load(mask_ptr + offs, mask=ok, other=0).to(tl.float32)
-    loss, dlogit = _bce_with_logits(z, y, m)
-    tl.store(dlogit_ptr + offs, dlogit, mask=ok)
-    tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
-    tl.store(partial_ptr + num_blocks + pid, tl.sum(m, axis=0))
-    tl.store(partial_ptr + 2 * num_blocks + pid, tl.sum(dlogit, axis=0))
+    _masked_bce(z, labels_ptr, mask_ptr, offs, ok, dlogit_ptr, partial_ptr, pid, num_blocks)
 
 
 # ----------------------------------------------------------------------------- block sizes
@@ -161,12 +156,9 @@ def _check_targets(labels, mask, lead: tuple, device, debug: bool) -> None:
                              f"got {tuple(t.shape)}")
         if t.dtype.is_complex:
             raise ValueError(f"{name} must be bool, integer or float; got {t.dtype}")
-        if t.device != device:
-            raise ValueError(f"{name} is on {t.device} but hidden/logits is on {device}")
-    # soft labels are fine, but outside [0, 1] the BCE is meaningless; reading the values back is a
-    # device sync on CUDA, so there only with debug=True
-    if (labels.numel() and labels.dtype != torch.bool and (labels.device.type == "cpu" or debug)
-            and values_readable(labels)):  # a traced graph cannot branch on values
+    require_same_device("hidden/logits", device, labels=labels, mask=mask)
+    # soft labels are fine, but outside [0, 1] the BCE is meaningless
+    if labels.dtype != torch.bool and reads_values(labels, debug):
         lo, hi = float(labels.min()), float(labels.max())
         if lo < 0 or hi > 1:
             raise ValueError(f"labels must lie in [0, 1]; got values in [{lo}, {hi}]")
@@ -175,26 +167,19 @@ def _check_targets(labels, mask, lead: tuple, device, debug: bool) -> None:
 def _check_rtd_inputs(hidden, weight, bias, labels, mask, debug: bool) -> None:
     if hidden.dim() < 1:
         raise ValueError("hidden must be (..., H); got a 0-dim tensor")
-    if hidden.dtype not in _FLOATS:
-        raise ValueError(f"hidden must be float32, float16 or bfloat16; got {hidden.dtype}")
+    require_float(hidden=hidden)
     H = hidden.shape[-1]
     if weight.dim() != 1 or weight.shape[0] != H:
         raise ValueError(f"weight must be (H,) with H={H} (the last dim of hidden); got shape {tuple(weight.shape)}")
-    if weight.dtype not in _FLOATS:
-        raise ValueError(f"weight must be float32, float16 or bfloat16; got {weight.dtype}")
     if bias.dim() != 0:
         raise ValueError(f"bias must be a 0-dim tensor (use bias.view(())); got shape {tuple(bias.shape)}")
-    if bias.dtype not in _FLOATS:
-        raise ValueError(f"bias must be float32, float16 or bfloat16; got {bias.dtype}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t.device != hidden.device:
-            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
+    require_float(weight=weight, bias=bias)
+    require_same_device("hidden", hidden.device, weight=weight, bias=bias)
     _check_targets(labels, mask, tuple(hidden.shape[:-1]), hidden.device, debug)
 
 
 def _check_logits_inputs(logits, labels, mask, debug: bool) -> None:
-    if logits.dtype not in _FLOATS:
-        raise ValueError(f"logits must be float32, float16 or bfloat16; got {logits.dtype}")
+    require_float(logits=logits)
     _check_targets(labels, mask, tuple(logits.shape), logits.device, debug)
 
 
@@ -210,14 +195,17 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- host launchers
+def _rows(hidden: torch.Tensor) -> torch.Tensor:
+    """hidden (..., H) as (N, H) rows with unit column stride (a copy only where needed)."""
+    h2d = hidden.reshape(-1, hidden.shape[-1])
+    return h2d if h2d.stride(-1) == 1 else h2d.contiguous()
+
+
 def _rtd_forward(hidden, weight, bias, labels, mask, launch=True):
     """Launch the fused forward (``launch=False``: only record it, for the fake implementation).
-    Returns (loss, n_safe, dlogit (N,) fp32, dlogit sum, h2d)."""
-    H = hidden.shape[-1]
-    h2d = hidden.reshape(-1, H)
-    if h2d.stride(-1) != 1:
-        h2d = h2d.contiguous()
-    N = h2d.shape[0]
+    Returns (loss, n_safe, dlogit (N,) fp32, dlogit sum): everything the backward needs besides inputs."""
+    h2d = _rows(hidden)
+    N, H = h2d.shape
     block_m, block_h = _fwd_blocks(H)
     num_blocks = max(1, triton.cdiv(N, block_m))
     dlogit = torch.empty(N, dtype=torch.float32, device=hidden.device)
@@ -229,26 +217,41 @@ def _rtd_forward(hidden, weight, bias, labels, mask, launch=True):
                    _NUM_WARPS, _NUM_STAGES).run(launch)
     sums = partial.sum(dim=1)
     loss, n_safe = _mean(sums)
-    return loss, n_safe, dlogit, sums[2].clone(), h2d
+    return loss, n_safe, dlogit, sums[2].clone()
 
 
-def _rtd_backward(h2d, weight, dlogit, scale, hidden_dtype, launch=True):
-    """dhidden (N, H) and dweight (H,) for dlogit scaled by ``scale`` (a 0-dim fp32 tensor)."""
+def _rtd_backward(hidden, weight, dlogit, scale, launch=True):
+    """(dhidden like hidden, dweight (H,) fp32) for dlogit scaled by ``scale`` (a 0-dim fp32 tensor)."""
+    h2d = _rows(hidden)
     N, H = h2d.shape
-    dh = torch.empty((N, H), dtype=hidden_dtype, device=h2d.device)
+    dh = torch.empty((N, H), dtype=hidden.dtype, device=h2d.device)
     block_m, block_h, rows_per_prog, chunks = _bwd_blocks(N, H)
     dw_partial = torch.zeros(chunks, H, dtype=torch.float32, device=h2d.device)
     if N:
         KernelPlan("rtd_loss.bwd", _rtd_bwd_kernel, (chunks, triton.cdiv(H, block_h)),
                    (h2d, weight.contiguous(), dlogit, scale, dh, dw_partial, N, H, h2d.stride(0), rows_per_prog),
                    dict(BLOCK_M=block_m, BLOCK_H=block_h), _NUM_WARPS, _NUM_STAGES).run(launch)
-    return dh, dw_partial.sum(dim=0)
+    return dh.view(hidden.shape), dw_partial.sum(dim=0)
+
+
+def _rtd_logits_forward(logits, labels, mask, launch=True):
+    """(loss, n_safe, dlogit (N,) fp32) of rtd_loss_from_logits."""
+    N = logits.numel()
+    num_blocks = max(1, triton.cdiv(N, _LOGITS_BLOCK))
+    dlogit = torch.empty(N, dtype=torch.float32, device=logits.device)
+    partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=logits.device)
+    if N:
+        KernelPlan("rtd_loss_from_logits.fwd", _rtd_logits_fwd_kernel, (num_blocks,),
+                   (_flat(logits), _flat(labels), _flat(mask), dlogit, partial, N, num_blocks),
+                   dict(BLOCK=_LOGITS_BLOCK), 4, _NUM_STAGES).run(launch)
+    loss, n_safe = _mean(partial.sum(dim=1))
+    return loss, n_safe, dlogit
 
 
 def rtd_loss_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
                     mask: torch.Tensor, *, debug: bool = False) -> torch.Tensor:
     """Triton path (CUDA, or the CPU under TRITON_INTERPRET=1), differentiable. See rtd_loss."""
-    hidden, weight = _autocast_operands(hidden, weight)
+    hidden, weight = autocast_projection(hidden, weight)
     _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
     return _rtd_fwd_op(hidden, weight, bias, labels, mask)[0]
 
@@ -265,20 +268,12 @@ def rtd_loss_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
                        mask: torch.Tensor, *, debug: bool = False) -> torch.Tensor:
     """Plain PyTorch, fp32 logits; differentiable through torch autograd. Under autocast it rounds
     hidden and weight to the autocast dtype like the Triton path, then computes in fp32."""
-    hidden, weight = _autocast_operands(hidden, weight)
+    hidden, weight = autocast_projection(hidden, weight)
     _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
     record_reference("rtd_loss", hidden=hidden, weight=weight, bias=bias, labels=labels, mask=mask)
     with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits from the (rounded) operands
         logits = hidden.float() @ weight.float() + bias.float()
         return _masked_bce_mean(logits, labels, mask)
-
-
-def _autocast_operands(hidden, weight):
-    """Under autocast the projection's operands (hidden, weight) take the autocast dtype, as a Linear's
-    would: the hidden states stream at half the bytes; the bias and the loss stay fp32."""
-    if isinstance(hidden, torch.Tensor):
-        return autocast_operands(hidden.device.type, hidden, weight)
-    return hidden, weight
 
 
 def rtd_loss_from_logits_reference(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
@@ -297,52 +292,17 @@ def _masked_bce_mean(logits, labels, mask):
 
 
 # ----------------------------------------------------------------------------- autograd
-# The Triton path is a pair of torch custom ops per function (forward, backward) with fake
-# (shape-only) implementations, so torch.compile(fullgraph=True) traces each as one opaque node
-# and a CUDA graph can capture it; register_autograd ties the backward op to the forward op.
-# Schemas are spelled out rather than inferred from annotations (this file uses
-# ``from __future__ import annotations``, which older torch cannot infer from).
-_T4 = "(Tensor, Tensor, Tensor, Tensor)"
-
-
-@torch.library.custom_op("electra_fast::rtd_loss_fwd", mutates_args=(), schema=(
-    f"(Tensor hidden, Tensor weight, Tensor bias, Tensor labels, Tensor mask) -> {_T4}"))
-def _rtd_fwd_op(hidden, weight, bias, labels, mask):
-    """(loss, n_safe, dlogit (N,) fp32, dlogit sum): everything the backward needs besides inputs."""
-    loss, n_safe, dlogit, dlogit_sum, _ = _rtd_forward(hidden, weight, bias, labels, mask)
-    return loss, n_safe, dlogit, dlogit_sum
-
-
-@_rtd_fwd_op.register_fake
-def _(hidden, weight, bias, labels, mask):
-    if recording():  # the same launcher as the real op, recording its plan without launching
-        return _rtd_forward(hidden, weight, bias, labels, mask, launch=False)[:4]
+# The Triton path as torch custom ops (kernels/custom_ops.py): for each function a forward op whose
+# registered gradient calls a backward op (rtd_loss) or is a plain scale of the stored dlogit
+# (rtd_loss_from_logits).
+def _rtd_fwd_fake(hidden, weight, bias, labels, mask):
     scalar = lambda: hidden.new_empty((), dtype=torch.float32)
     return scalar(), scalar(), hidden.new_empty(labels.numel(), dtype=torch.float32), scalar()
 
 
-@torch.library.custom_op("electra_fast::rtd_loss_bwd", mutates_args=(), schema=(
-    "(Tensor hidden, Tensor weight, Tensor dlogit, Tensor scale) -> (Tensor, Tensor)"))
-def _rtd_bwd_op(hidden, weight, dlogit, scale):
-    """(dhidden like hidden, dweight (H,) fp32) for dlogit scaled by the 0-dim ``scale``."""
-    return _rtd_bwd_impl(hidden, weight, dlogit, scale)
-
-
-def _rtd_bwd_impl(hidden, weight, dlogit, scale, launch=True):
-    H = hidden.shape[-1]
-    h2d = hidden.reshape(-1, H)
-    if h2d.stride(-1) != 1:
-        h2d = h2d.contiguous()
-    dh, dw = _rtd_backward(h2d, weight, dlogit, scale, hidden.dtype, launch)
-    return dh.view(hidden.shape), dw
-
-
-@_rtd_bwd_op.register_fake
-def _(hidden, weight, dlogit, scale):
-    if recording():
-        return _rtd_bwd_impl(hidden, weight, dlogit, scale, launch=False)
-    return torch.empty_like(hidden, memory_format=torch.contiguous_format), \
-        weight.new_empty(weight.shape, dtype=torch.float32)
+def _rtd_bwd_fake(hidden, weight, dlogit, scale):
+    return (torch.empty_like(hidden, memory_format=torch.contiguous_format),
+            weight.new_empty(weight.shape, dtype=torch.float32))
 
 
 def _rtd_setup_context(ctx, inputs, output):
@@ -359,33 +319,7 @@ def _rtd_backward_rule(ctx, grad, *unused_grads):
     return dhidden, dweight.to(weight.dtype), (dlogit_sum * scale).to(ctx.bias_dtype), None, None
 
 
-_rtd_fwd_op.register_autograd(_rtd_backward_rule, setup_context=_rtd_setup_context)
-
-
-@torch.library.custom_op("electra_fast::rtd_loss_from_logits_fwd", mutates_args=(), schema=(
-    "(Tensor logits, Tensor labels, Tensor mask) -> (Tensor, Tensor, Tensor)"))
-def _rtd_logits_fwd_op(logits, labels, mask):
-    """(loss, n_safe, dlogit (N,) fp32)."""
-    return _rtd_logits_forward(logits, labels, mask)
-
-
-def _rtd_logits_forward(logits, labels, mask, launch=True):
-    N = logits.numel()
-    num_blocks = max(1, triton.cdiv(N, _LOGITS_BLOCK))
-    dlogit = torch.empty(N, dtype=torch.float32, device=logits.device)
-    partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=logits.device)
-    if N:
-        KernelPlan("rtd_loss_from_logits.fwd", _rtd_logits_fwd_kernel, (num_blocks,),
-                   (_flat(logits), _flat(labels), _flat(mask), dlogit, partial, N, num_blocks),
-                   dict(BLOCK=_LOGITS_BLOCK), 4, _NUM_STAGES).run(launch)
-    loss, n_safe = _mean(partial.sum(dim=1))
-    return loss, n_safe, dlogit
-
-
-@_rtd_logits_fwd_op.register_fake
-def _(logits, labels, mask):
-    if recording():
-        return _rtd_logits_forward(logits, labels, mask, launch=False)
+def _rtd_logits_fwd_fake(logits, labels, mask):
     scalar = lambda: logits.new_empty((), dtype=torch.float32)
     return scalar(), scalar(), logits.new_empty(logits.numel(), dtype=torch.float32)
 
@@ -401,7 +335,17 @@ def _rtd_logits_backward_rule(ctx, grad, *unused_grads):
     return (dlogit * (grad.float() / n_safe)).to(ctx.logits_dtype).view(ctx.logits_shape), None, None
 
 
-_rtd_logits_fwd_op.register_autograd(_rtd_logits_backward_rule, setup_context=_rtd_logits_setup_context)
+_rtd_bwd_op = triton_op(
+    "rtd_loss_bwd", "(Tensor hidden, Tensor weight, Tensor dlogit, Tensor scale) -> (Tensor, Tensor)",
+    _rtd_backward, _rtd_bwd_fake)
+_rtd_fwd_op = triton_op(
+    "rtd_loss_fwd",
+    "(Tensor hidden, Tensor weight, Tensor bias, Tensor labels, Tensor mask) -> (Tensor, Tensor, Tensor, Tensor)",
+    _rtd_forward, _rtd_fwd_fake, backward=_rtd_backward_rule, setup_context=_rtd_setup_context)
+_rtd_logits_fwd_op = triton_op(
+    "rtd_loss_from_logits_fwd", "(Tensor logits, Tensor labels, Tensor mask) -> (Tensor, Tensor, Tensor)",
+    _rtd_logits_forward, _rtd_logits_fwd_fake, backward=_rtd_logits_backward_rule,
+    setup_context=_rtd_logits_setup_context)
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -415,15 +359,13 @@ def rtd_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, lab
     Differentiable w.r.t. hidden, weight and bias. ``backend``: "triton", "reference" or None
     (see ``select_backend``); ``debug`` also range-checks CUDA labels (a device sync).
     """
-    if select_backend(hidden.device, backend, fake=is_fake(hidden)) == "triton":
-        return rtd_loss_triton(hidden, weight, bias, labels, mask, debug=debug)
-    return rtd_loss_reference(hidden, weight, bias, labels, mask, debug=debug)
+    fn = implementation(hidden, backend, rtd_loss_triton, rtd_loss_reference)
+    return fn(hidden, weight, bias, labels, mask, debug=debug)
 
 
 def rtd_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
                          backend: str | None = None, debug: bool = False) -> torch.Tensor:
     """rtd_loss for trainers that already have the logits (...): same labels, mask and result.
     Differentiable w.r.t. logits."""
-    if select_backend(logits.device, backend, fake=is_fake(logits)) == "triton":
-        return rtd_loss_from_logits_triton(logits, labels, mask, debug=debug)
-    return rtd_loss_from_logits_reference(logits, labels, mask, debug=debug)
+    fn = implementation(logits, backend, rtd_loss_from_logits_triton, rtd_loss_from_logits_reference)
+    return fn(logits, labels, mask, debug=debug)

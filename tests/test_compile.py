@@ -127,7 +127,6 @@ def _head_inputs(M=20, E=16, V=50, with_bias=True):
     return hidden, weight, bias, targets, seed
 
 
-@pytest.mark.skipif(not gh._HAS_CUSTOM_OP, reason="torch.library.custom_op needs torch >= 2.4")
 @pytest.mark.skipif(DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_generator_head_ops_pass_opcheck(with_bias):

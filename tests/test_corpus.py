@@ -3,7 +3,6 @@
 import json
 import random
 import re
-import secrets
 
 import pytest
 
@@ -11,9 +10,7 @@ from electra_fast.corpus import CorpusError, corpus_files, default_corpus, read_
 
 
 @pytest.fixture
-def rnd():
-    seed = secrets.randbits(32)
-    print(f"random seed {seed}")  # shown when a test fails
+def rnd(seed):
     return random.Random(seed)
 
 

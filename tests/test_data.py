@@ -4,7 +4,6 @@ import json
 import math
 import os
 import random
-import secrets
 
 import numpy as np
 import pytest
@@ -25,13 +24,6 @@ from electra_fast.data import (
 from electra_fast.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
 
 CLS, SEP, MASK = 2, 3, 4
-
-
-@pytest.fixture
-def seed():
-    s = secrets.randbits(32)
-    print(f"random seed {s}")  # shown when a test fails
-    return s
 
 
 # ----------------------------------------------------------------------------- build_examples

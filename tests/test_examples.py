@@ -14,10 +14,11 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fused_ops_step.py"
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_fused_ops_example_runs(backend):
-    env = dict(os.environ, ELECTRA_FAST_BACKEND=backend)
+    env = dict(os.environ)
     if backend == "triton" and "TRITON_INTERPRET" not in os.environ:
         env["TRITON_INTERPRET"] = "1"
-    res = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([sys.executable, str(EXAMPLE), backend], capture_output=True, text=True, env=env,
+                         timeout=300)
     assert res.returncode == 0, res.stderr
     m = re.fullmatch(r"mlm_loss=(\S+) disc_loss=(\S+) replaced=(\S+)\n", res.stdout)
     assert m, res.stdout

@@ -11,8 +11,9 @@ import torch
 from electra_fast import checkpoint
 from electra_fast.config import ElectraConfig
 from electra_fast.export import main
-from electra_fast.finetune import SequenceClassifier, load_pretrained
+from electra_fast.finetune import load_pretrained
 from electra_fast.model import Electra
+from electra_fast.recipe import SequenceClassifier
 from electra_fast.tokenizer import load_tokenizer
 
 transformers = pytest.importorskip("transformers")

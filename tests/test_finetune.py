@@ -13,17 +13,7 @@ import torch
 
 from electra_fast import checkpoint
 from electra_fast.config import ElectraConfig
-from electra_fast.finetune import (
-    PROBE_TASKS,
-    Pretrained,
-    SequenceClassifier,
-    _pair_lengths,
-    layerwise_param_groups,
-    load_classifier,
-    lr_factor,
-    main,
-    probe_data,
-)
+from electra_fast.finetune import PROBE_TASKS, Pretrained, _pair_lengths, main, probe_data
 from electra_fast.glue import (
     GLUE_TASKS,
     compute_metrics,
@@ -34,6 +24,7 @@ from electra_fast.glue import (
     spearman,
 )
 from electra_fast.model import Electra
+from electra_fast.recipe import SequenceClassifier, layerwise_param_groups, load_classifier, lr_factor
 from electra_fast.tokenizer import load_tokenizer
 
 WORDS = "the a cat dog red blue runs sits big small tree house car green fast slow happy sad old new".split()
@@ -132,9 +123,9 @@ def _finetune(run: Path, task: str, data: Path, out: Path, *extra: str) -> dict:
 # ----------------------------------------------------------------------------- metrics
 
 
-def test_metrics_match_scipy_and_hand_counts():
+def test_metrics_match_scipy_and_hand_counts(seed):
     scipy_stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     x = rng.normal(size=200)
     y = x + rng.normal(size=200)
     y[:50] = np.round(y[:50])  # ties: Spearman must average their ranks
@@ -271,9 +262,9 @@ def test_glue_layouts(tmp_path, task):
     assert GLUE_TASKS["mnli"].dev_files == ("dev_matched.tsv", "dev_mismatched.tsv")
 
 
-def test_user_csv_by_name_and_index(tmp_path, run_dir):
+def test_user_csv_by_name_and_index(tmp_path, run_dir, seed):
     """--task tsv on a CSV: quoted fields with commas, columns by header name and by index."""
-    rng = random.Random()
+    rng = random.Random(seed)
     d = tmp_path / "csv"
     for name, count in (("train", 500), ("dev", 100)):
         rows = ["id,text,extra,label"]
@@ -308,23 +299,23 @@ def _check_outputs(out: Path, res: dict, dev_file: Path, task: str) -> None:
     assert metrics[t.metric] == pytest.approx(res["best"]["value"], abs=1e-6)
 
 
-def test_sst2_single_sentence_learns(tmp_path, run_dir):
-    make_sst2(tmp_path / "data", random.Random())
+def test_sst2_single_sentence_learns(tmp_path, run_dir, seed):
+    make_sst2(tmp_path / "data", random.Random(seed))
     res = _finetune(run_dir, "sst2", tmp_path / "data", tmp_path / "out")
     assert res["best"]["dev"]["dev"]["accuracy"] >= 0.9, res["epochs"]
     _check_outputs(tmp_path / "out", res, tmp_path / "data" / "dev.tsv", "sst2")
 
 
-def test_mrpc_pair_learns(tmp_path, run_dir):
-    make_mrpc(tmp_path / "data", random.Random())
+def test_mrpc_pair_learns(tmp_path, run_dir, seed):
+    make_mrpc(tmp_path / "data", random.Random(seed))
     res = _finetune(run_dir, "mrpc", tmp_path / "data", tmp_path / "out")
     best = res["best"]["dev"]["dev"]
     assert best["accuracy"] >= 0.9 and best["f1"] >= 0.9, res["epochs"]
     _check_outputs(tmp_path / "out", res, tmp_path / "data" / "dev.tsv", "mrpc")
 
 
-def test_stsb_regression_learns(tmp_path, run_dir):
-    make_stsb(tmp_path / "data", random.Random())
+def test_stsb_regression_learns(tmp_path, run_dir, seed):
+    make_stsb(tmp_path / "data", random.Random(seed))
     res = _finetune(run_dir, "stsb", tmp_path / "data", tmp_path / "out")
     best = res["best"]["dev"]["dev"]
     assert best["pearson"] >= 0.8 and best["spearman"] >= 0.8, res["epochs"]
@@ -424,8 +415,8 @@ def test_probe_cli_compares_pretrained_and_random(tmp_path, run_dir, capsys):
 # ----------------------------------------------------------------------------- bad input
 
 
-def _bad_cases(tmp_path: Path, run_dir: Path) -> dict:
-    rng = random.Random()
+def _bad_cases(tmp_path: Path, run_dir: Path, seed: int) -> dict:
+    rng = random.Random(seed)
     good = tmp_path / "good"
     make_sst2(good, rng, n=(20, 10))
     bad_label = tmp_path / "bad_label"
@@ -478,8 +469,8 @@ BAD = ["label outside the set", "missing column (GLUE)", "missing column (user)"
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_input_gives_one_error_line(tmp_path, run_dir, capsys, case):
-    cases, run = _bad_cases(tmp_path, run_dir)
+def test_bad_input_gives_one_error_line(tmp_path, run_dir, capsys, case, seed):
+    cases, run = _bad_cases(tmp_path, run_dir, seed)
     argv, words = cases[case]
     if "--checkpoint" not in argv:
         argv = ["--checkpoint", run, *argv]

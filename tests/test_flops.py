@@ -9,7 +9,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from electra_fast import ElectraConfig
 from electra_fast.baselines import HFElectra, random_masked_batch
-from electra_fast.harness import backend_env
 from electra_fast.model import Electra
 from electra_fast.proxies import count_flops
 
@@ -20,7 +19,7 @@ def counted(model: torch.nn.Module, batch: dict) -> int:
     # SDPA's math backend: the counter has no formula for the CPU's fused attention kernel and would
     # leave attention out; the math path's batched matmuls are the same FLOPs.
     torch.manual_seed(0)
-    with sdpa_kernel([SDPBackend.MATH]), backend_env("reference"):
+    with sdpa_kernel([SDPBackend.MATH]):
         return count_flops(model, batch)
 
 
@@ -29,7 +28,7 @@ def test_flops_per_token_formula_matches_the_flop_counter(preset, seq_len):
     cfg = ElectraConfig.preset(preset, dropout=0.0, attention_dropout=0.0)
     T = seq_len or cfg.max_seq_length
     batch = random_masked_batch(cfg, B, T)
-    ours = counted(Electra(cfg), batch)
+    ours = counted(Electra(cfg, backend="reference"), batch)
     want = cfg.flops_per_token(T) * B * T
     # the counter does not see the discriminator's H -> 1 product (6 H FLOPs per token: the RTD
     # loss multiplies and sums rather than calling a matmul); everything else is counted exactly
@@ -52,7 +51,7 @@ def test_small_preset_step_flops_at_least_15_percent_below_hf():
     pytest.importorskip("transformers")
     cfg = ElectraConfig.preset("small", dropout=0.0, attention_dropout=0.0)
     batch = random_masked_batch(cfg, B)
-    ours = counted(Electra(cfg), batch)
+    ours = counted(Electra(cfg, backend="reference"), batch)
     hf = counted(HFElectra(cfg), batch)
     print(f"\nsmall preset, per sequence of 128: ours {ours / B / 1e9:.2f} GFLOP, HF {hf / B / 1e9:.2f} GFLOP, "
           f"ours/HF = {ours / hf:.3f}")

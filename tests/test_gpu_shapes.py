@@ -5,10 +5,15 @@ small odd shapes that the interpreter can run; these use what one step of the Sm
 presets launches under bf16 autocast: M = batch x max_predictions masked rows, E the embedding
 size, V = 30522, bf16 hidden states and weights. Each output is checked element by element
 (rtol and atol together) against a float64 computation on the same bf16-rounded inputs.
+
+They also run what the CPU tests cannot: under the interpreter bf16 inputs take the generator head's
+fp32 variant (``DOT_F32``, ``kernels.dispatch.interpreter_fp32_variant``); here the bf16 tensor-core
+variant a GPU launches is checked against the op's own reference.
 """
 
 import pytest
 import torch
+from electra_fast.kernels.launches import record_launches
 
 from electra_fast.config import ElectraConfig
 from electra_fast.ops import generator_loss_and_sample, rtd_loss
@@ -67,6 +72,35 @@ def test_generator_head_at_training_shapes(preset):
         torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=atol, msg=f"{preset} {name}")
     assert torch.equal(samples[~valid], targets[~valid])
     assert bool(((samples[valid] >= 0) & (samples[valid] < weight.shape[0])).all())
+
+
+def test_generator_head_gpu_variant_matches_the_reference():
+    """The bf16 tensor-core variant (DOT_F32 False in every launch, forward and backward) against
+    ``generator_loss_and_sample_reference`` on the same bf16 inputs at the Small step's shape. The
+    reference draws the kernel's Philox uniforms, so samples differ only where fp32 summation order
+    moves a near-tie: at most 1% of the rows."""
+    hidden, weight, bias, targets = _head_inputs("small")
+    seed = torch.tensor([11], device="cuda")
+    results = {}
+    for backend in ("triton", "reference"):
+        h, w, b = (t.clone().requires_grad_() for t in (hidden, weight, bias))
+        with record_launches() as launches:
+            loss, samples, argmax = generator_loss_and_sample(h, w, b, targets, seed=seed, return_argmax=True,
+                                                              backend=backend)
+            loss.backward()
+        results[backend] = (loss, samples, argmax, h.grad, w.grad, b.grad, launches)
+    variants = {(lch.kernel, lch.constexprs["DOT_F32"]) for lch in results["triton"][-1] if "DOT_F32" in lch.constexprs}
+    assert {k for k, _ in variants} == {"_generator_head_fwd_kernel", "_generator_head_bwd_dh_kernel",
+                                        "_generator_head_bwd_dw_kernel"}, variants
+    assert all(dot_f32 is False for _, dot_f32 in variants), variants
+    (loss, samples, argmax, dh, dw, db, _), (r_loss, r_samples, r_argmax, r_dh, r_dw, r_db, _) = (
+        results["triton"], results["reference"])
+    torch.testing.assert_close(loss, r_loss, rtol=1e-4, atol=1e-5)
+    for name, got, want in (("dh", dh, r_dh), ("dW", dw, r_dw), ("db", db, r_db)):
+        torch.testing.assert_close(got.double(), want.double(), rtol=2e-2, atol=2e-2 * float(want.abs().max()),
+                                   msg=name)
+    assert float((samples == r_samples).float().mean()) >= 0.99
+    assert float((argmax == r_argmax).float().mean()) >= 0.99
 
 
 @pytest.mark.parametrize("preset", ["small", "base"])

@@ -30,12 +30,6 @@ print(json.dumps(files))
 """
 
 
-# The one cycle left, outside this test's change (issue 17): finetune imports squad inside functions
-# (the --task squad path) and squad imports finetune's shared pieces at module level. Moving those
-# pieces out of finetune removes it; then delete this edge (the test says when it is gone).
-KNOWN_CYCLE_EDGES = {("electra_fast.finetune", "electra_fast.squad")}
-
-
 def package_modules() -> dict[str, str]:
     """name -> source file of every module of electra_fast, each imported in one fresh interpreter."""
     res = subprocess.run([sys.executable, "-c", IMPORT_ALL], capture_output=True, text=True, timeout=300,
@@ -112,9 +106,8 @@ def test_every_module_imports_and_the_import_graph_has_no_cycle():
     graph = {name: package_imports(name, path, set(files)) for name, path in sources.items()}
     assert "electra_fast.harness" in graph["electra_fast.bench"] and "electra_fast.harness" in graph[
         "electra_fast.proxies"]
-    for a, b in KNOWN_CYCLE_EDGES:
-        assert b in graph[a] and a in graph[b] and find_cycle({a: {b}, b: {a}}), \
-            f"{a} <-> {b} is no longer a cycle: remove it from KNOWN_CYCLE_EDGES"
-        graph[a].discard(b)
+    # finetune and squad share the fine-tuning recipe; squad never imports finetune
+    assert "electra_fast.recipe" in graph["electra_fast.squad"] and "electra_fast.finetune" not in graph[
+        "electra_fast.squad"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)

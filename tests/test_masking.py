@@ -1,14 +1,13 @@
 """Dynamic masking (electra_fast.masking, csrc/masking.cpp) against the rules of
 google-research/electra pretrain_helpers.mask, for both backends.
 
-Inputs are fresh random batches every run. Each test prints its data seed (shown by pytest when
-the test fails); rerun one with MASKING_TEST_SEED=<seed> to reproduce it.
+Inputs are fresh random batches every run, from the test's seed (tests/conftest.py: reported when
+the test fails; rerun one with ELECTRA_TEST_SEED=<seed> to reproduce it).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import warnings
 
@@ -41,9 +40,7 @@ SIGMAS = 5.0
 
 
 @pytest.fixture
-def rng(request) -> np.random.Generator:
-    seed = int(os.environ.get("MASKING_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
-    print(f"data seed for {request.node.name}: MASKING_TEST_SEED={seed}")
+def rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 

@@ -22,30 +22,29 @@ def _replace():
 
 
 CASES = [
-    (lambda a: ops.generator_loss_and_sample(*a, seed=0), _head, 1, "weight"),
-    (lambda a: ops.generator_loss_and_sample(*a, seed=0), _head, 2, "bias"),
-    (lambda a: ops.generator_loss_and_sample(*a, seed=0), _head, 3, "targets"),
-    (lambda a: ops.replace_tokens(*a), _replace, 1, "positions"),
-    (lambda a: ops.replace_tokens(*a), _replace, 2, "samples"),
-    (lambda a: ops.replace_tokens(*a), _replace, 3, "weights"),
-    (lambda a: ops.rtd_loss(*a), _rtd, 1, "weight"),
-    (lambda a: ops.rtd_loss(*a), _rtd, 2, "bias"),
-    (lambda a: ops.rtd_loss(*a), _rtd, 3, "labels"),
-    (lambda a: ops.rtd_loss(*a), _rtd, 4, "mask"),
-    (lambda a: ops.rtd_loss_from_logits(a[0][..., 0], a[3], a[4]), _rtd, 3, "labels"),
-    (lambda a: ops.rtd_loss_from_logits(a[0][..., 0], a[3], a[4]), _rtd, 4, "mask"),
+    (lambda a, b: ops.generator_loss_and_sample(*a, seed=0, backend=b), _head, 1, "weight"),
+    (lambda a, b: ops.generator_loss_and_sample(*a, seed=0, backend=b), _head, 2, "bias"),
+    (lambda a, b: ops.generator_loss_and_sample(*a, seed=0, backend=b), _head, 3, "targets"),
+    (lambda a, b: ops.replace_tokens(*a, backend=b), _replace, 1, "positions"),
+    (lambda a, b: ops.replace_tokens(*a, backend=b), _replace, 2, "samples"),
+    (lambda a, b: ops.replace_tokens(*a, backend=b), _replace, 3, "weights"),
+    (lambda a, b: ops.rtd_loss(*a, backend=b), _rtd, 1, "weight"),
+    (lambda a, b: ops.rtd_loss(*a, backend=b), _rtd, 2, "bias"),
+    (lambda a, b: ops.rtd_loss(*a, backend=b), _rtd, 3, "labels"),
+    (lambda a, b: ops.rtd_loss(*a, backend=b), _rtd, 4, "mask"),
+    (lambda a, b: ops.rtd_loss_from_logits(a[0][..., 0], a[3], a[4], backend=b), _rtd, 3, "labels"),
+    (lambda a, b: ops.rtd_loss_from_logits(a[0][..., 0], a[3], a[4], backend=b), _rtd, 4, "mask"),
 ]
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("call,make,index,name", CASES, ids=[f"{i}-{c[3]}" for i, c in enumerate(CASES)])
-def test_argument_on_another_device_is_rejected_by_name(backend, call, make, index, name, monkeypatch):
+def test_argument_on_another_device_is_rejected_by_name(backend, call, make, index, name):
     try:
         ops.backend("cpu", backend)
     except ValueError as e:
         pytest.skip(str(e))
-    monkeypatch.setenv("ELECTRA_FAST_BACKEND", backend)
     args = list(make())
     args[index] = args[index].to("meta")
     with pytest.raises(ValueError, match=rf"\b{name}\b.*meta"):
-        call(args)
+        call(args, backend)

@@ -13,7 +13,8 @@ import torch
 from test_finetune import make_run, make_sst2, make_stsb, one_thread  # noqa: F401 - the fixture
 
 from electra_fast import predict
-from electra_fast.finetune import load_classifier, main
+from electra_fast.finetune import main
+from electra_fast.recipe import load_classifier
 from electra_fast.tokenizer import load_tokenizer
 
 TINY = ["--epochs", "1", "--seq-len", "32", "--no-progress", "--batch-size", "16"]

@@ -8,7 +8,6 @@ import json
 import lzma
 import os
 import random
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -33,13 +32,6 @@ def make_docs(rnd: random.Random, n: int) -> list[list[str]]:
 
 def as_text(docs) -> str:
     return "\n\n".join("\n".join(d) for d in docs) + "\n"
-
-
-@pytest.fixture
-def seed():
-    s = secrets.randbits(32)
-    print(f"random seed {s}")  # shown when a test fails
-    return s
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import json
 import random
-import secrets
 
 import numpy as np
 import pytest
@@ -11,9 +10,7 @@ from electra_fast.tokenizer import SPECIAL_TOKENS, TokenizerError, load_tokenize
 
 
 @pytest.fixture
-def rnd():
-    seed = secrets.randbits(32)
-    print(f"random seed {seed}")
+def rnd(seed):
     return random.Random(seed)
 
 

@@ -51,7 +51,7 @@ def _final_params(run: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path):
+def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path, seed):
     data = _corpus(tmp_path / "corpus", seed=1)
     steps, every = 24, 5
     # one vocabulary file for both runs (also what a user who passes --vocab does)
@@ -67,7 +67,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(tmp_path
     assert sorted(want) == list(range(3, steps + 1, 3))
 
     run = tmp_path / "killed"
-    rng = random.Random()
+    rng = random.Random(seed)
     kills = sorted(rng.sample([s for s in range(every + 1, steps - 1) if s % every], 3))
     proc = _cli(*common, "--out", str(run))
     for target in kills:
@@ -156,8 +156,8 @@ def test_schedule_is_warmup_times_linear_decay():
     assert lr_lambda(100, 10, 100) == 0.0
 
 
-def test_roc_auc_against_pairwise_definition():
-    g = torch.Generator().manual_seed(int(time.time()))
+def test_roc_auc_against_pairwise_definition(seed):
+    g = torch.Generator().manual_seed(seed)
     scores = torch.randn(300, generator=g).round(decimals=1).numpy()  # ties included
     labels = (torch.rand(300, generator=g) < 0.3).numpy()
     pos, neg = scores[labels], scores[~labels]
@@ -165,7 +165,7 @@ def test_roc_auc_against_pairwise_definition():
     assert roc_auc(scores, labels) == pytest.approx(want, abs=1e-12)
 
 
-def test_evaluate_separates_hidden_positions_and_their_baselines():
+def test_evaluate_separates_hidden_positions_and_their_baselines(seed):
     """evaluate's MLM numbers against a direct count from the generator's full logits: accuracy
     over all masked positions, over the hidden ([MASK]ed) ones, and both baselines (copy the
     visible token, else the most frequent; the most frequent at hidden positions)."""
@@ -174,7 +174,6 @@ def test_evaluate_separates_hidden_positions_and_their_baselines():
     from electra_fast.masking import mask_batch
     from electra_fast.model import Electra
 
-    seed = int(time.time())
     g = torch.Generator().manual_seed(seed)
     V, T, B = 50, 37, 5
     cfg = ElectraConfig.preset("tiny", vocab_size=V, max_seq_length=T, max_position_embeddings=64,

@@ -61,16 +61,15 @@ def record_step(preset: str, mode: str) -> list:
 
     from electra_fast import ops
     from electra_fast.config import ElectraConfig
-    from electra_fast.harness import backend_env
     from electra_fast.proxies import step_launches
 
     launches = step_launches(preset, mode)
     cfg = ElectraConfig.preset(preset)
-    with backend_env("triton"), FakeTensorMode(), record_launches() as extra:
+    with FakeTensorMode(), record_launches() as extra:
         logits = torch.zeros(cfg.batch_size, cfg.max_seq_length, requires_grad=True,
                              dtype=torch.bfloat16 if mode == "bf16" else torch.float32)
         labels = torch.zeros(cfg.batch_size, cfg.max_seq_length, dtype=torch.bool)
-        ops.rtd_loss_from_logits(logits, labels, labels).backward()
+        ops.rtd_loss_from_logits(logits, labels, labels, backend="triton").backward()
     return [*launches, *extra]
 
 
