@@ -244,7 +244,10 @@ def _without(args: list[str], *flags: str) -> list[str]:
 
 
 def _run_config(out: Path) -> ElectraConfig:
-    return ElectraConfig.from_json(out / "config.json")
+    """The model config of a finished run (its config.json also names the run's op backend)."""
+    info = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    info.pop("backend", None)
+    return ElectraConfig.from_dict(info)
 
 
 def equal_compute_steps(cfg: ElectraConfig, electra_steps: int) -> int:
