@@ -102,60 +102,81 @@ def build_examples(
         raise ValueError(f"max_seq_length={max_seq_length}; it must be at least 5 ([CLS] A [SEP] B [SEP])")
 
     def next_shape() -> tuple[int, bool]:
+        """(target length, single segment?) of the next example."""
         target = max_seq_length
         if rng.random() < short_seq_prob:
             target = int(rng.integers(5, max_seq_length + 1))
         return target, bool(rng.random() < single_segment_prob)
 
-    def make(chunk: list[Sequence[int]], target: int, single: bool) -> tuple[list[int], list[int]]:
-        a: list[int] = []
-        b: list[int] = []
-        first_target = (target - 3) // 2
-        for s in chunk:
-            if single or (
-                not b
-                and (
-                    not a or len(a) + len(s) < first_target or (len(a) < first_target and rng.random() < 0.5)
-                )
-            ):
-                a.extend(s)
-            else:
-                b.extend(s)
-        ids = [cls_id, *a, sep_id]
-        if b:
-            ids += [*b, sep_id]
-        return ids, [0] * (len(a) + 2) + [1] * (len(ids) - len(a) - 2)
-
+    # rng draws come in the official order: a shape, the A / B choices of that example, the next
+    # shape (the generator below resumes only after the example was made)
     for doc in tokenized_docs:
-        sentences = [s for s in doc if len(s)]
-        i = start = 0  # the next tokens are sentences[i][start:]
-        chunk: list[Sequence[int]] = []
-        length = 0
-        target, single = next_shape()
-        while i < len(sentences):
-            budget = target - (2 if single else 3)  # room left for [CLS] / [SEP]
-            s = sentences[i]
-            rest = len(s) - start
-            full = length + rest >= budget
-            if length + rest > budget:  # the overflow starts the next example
-                cut = budget - length
-                if word_start is not None:  # cut before the word that straddles the boundary
-                    c = cut
-                    while c > 0 and not word_start[s[start + c]]:
-                        c -= 1
-                    cut = c if c > 0 or chunk else cut  # a word longer than the budget is cut anyway
-                piece, start = s[start : start + cut], start + cut
-            else:
-                piece, i, start = (s[start:] if start else s), i + 1, 0
-            if len(piece):
-                chunk.append(piece)
-                length += len(piece)
-            if full:
-                yield make(chunk, target, single)
-                chunk, length = [], 0
-                target, single = next_shape()
-        if chunk:
-            yield make(chunk, target, single)
+        for pieces, target, single in _cut_document(doc, next_shape, word_start):
+            yield _example(pieces, target, single, cls_id, sep_id, rng)
+
+
+def _cut_document(
+    doc: Sequence[Sequence[int]], next_shape: Callable[[], tuple[int, bool]], word_start: np.ndarray | None
+) -> Iterator[tuple[list[Sequence[int]], int, bool]]:
+    """The pieces of each example of one document, with its (target, single): sentences fill an
+    example up to its budget; the one that overflows is cut by position and its tail starts the
+    next example."""
+    sentences = [s for s in doc if len(s)]
+    i = start = 0  # the next tokens are sentences[i][start:]
+    pieces: list[Sequence[int]] = []
+    length = 0
+    target, single = next_shape()
+    while i < len(sentences):
+        budget = target - (2 if single else 3)  # room left for [CLS] / [SEP]
+        s = sentences[i]
+        rest = len(s) - start
+        full = length + rest >= budget
+        if length + rest > budget:  # the overflow starts the next example
+            cut = _cut_at_word(s, start, budget - length, word_start, first=not pieces)
+            piece, start = s[start : start + cut], start + cut
+        else:
+            piece, i, start = (s[start:] if start else s), i + 1, 0
+        if len(piece):
+            pieces.append(piece)
+            length += len(piece)
+        if full:
+            yield pieces, target, single
+            pieces, length = [], 0
+            target, single = next_shape()
+    if pieces:
+        yield pieces, target, single
+
+
+def _cut_at_word(s: Sequence[int], start: int, cut: int, word_start: np.ndarray | None, first: bool) -> int:
+    """How many tokens of ``s[start:]`` fit: ``cut``, moved back to the start of the word it would
+    split (given ``word_start``); a word longer than a whole example (``first`` piece) is cut anyway."""
+    if word_start is None:
+        return cut
+    c = cut
+    while c > 0 and not word_start[s[start + c]]:
+        c -= 1
+    return c if c > 0 or not first else cut
+
+
+def _example(
+    pieces: list[Sequence[int]], target: int, single: bool, cls_id: int, sep_id: int, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
+    """``[CLS] A [SEP] B [SEP]`` (or ``[CLS] A [SEP]``) and its segment ids from an example's pieces."""
+    a: list[int] = []
+    b: list[int] = []
+    first_target = (target - 3) // 2
+    for s in pieces:
+        if single or (
+            not b
+            and (not a or len(a) + len(s) < first_target or (len(a) < first_target and rng.random() < 0.5))
+        ):
+            a.extend(s)
+        else:
+            b.extend(s)
+    ids = [cls_id, *a, sep_id]
+    if b:
+        ids += [*b, sep_id]
+    return ids, [0] * (len(a) + 2) + [1] * (len(ids) - len(a) - 2)
 
 
 # ----------------------------------------------------------------------------- 2. the corpus, streamed
@@ -528,10 +549,7 @@ def prepare_corpus(
     log = log or (lambda msg: None)
     t0 = time.time()
     out = Path(out_dir).absolute()
-    parked = out.with_name(f".{out.name}.old")
-    if not out.exists() and (parked / "manifest.json").is_file():  # a swap cut short: the old folder is whole
-        os.replace(parked, out)
-    old = read_manifest(out)
+    old = _existing_manifest(out)
     src = Source(source, errors=errors, text_field=text_field, skip_unreadable=skip_unreadable, known=old)
     key = _settings_key(src, max_seq_length, seed, holdout_fraction)
     vocab_spec = {"vocab_size": vocab_size, "sample_bytes": vocab_sample_bytes, "min_frequency": 2}
@@ -543,6 +561,27 @@ def prepare_corpus(
     _check_out(out)
     if num_workers is None:
         num_workers = (os.cpu_count() or 1) if src.size >= PARALLEL_MIN_CHARS else 0
+    manifest = _build(src, out, key, tokenizer, vocab_spec, vocab_size=vocab_size,
+                      vocab_sample_bytes=vocab_sample_bytes, max_seq_length=max_seq_length, seed=seed,
+                      holdout_fraction=holdout_fraction, num_workers=num_workers, progress=progress, log=log)  # fmt: skip
+    _summary(manifest, out, time.time() - t0, src, log)
+    return load_dataset(out)
+
+
+def _existing_manifest(out: Path) -> dict:
+    """The manifest of the shards already in ``out`` ({} if none), after finishing a swap that
+    was cut short (the old folder, whole, is still parked beside it)."""
+    parked = out.with_name(f".{out.name}.old")
+    if not out.exists() and (parked / "manifest.json").is_file():
+        os.replace(parked, out)
+    return read_manifest(out)
+
+
+def _build(src: Source, out: Path, key: dict, tokenizer: ElectraTokenizer | None, vocab_spec: dict, *,
+           vocab_size: int, vocab_sample_bytes: int, max_seq_length: int, seed: int, holdout_fraction: float,
+           num_workers: int, progress: bool, log: Callable[[str], None]) -> dict:  # fmt: skip
+    """Vocabulary (unless given), shards and manifest in a building folder beside ``out``, swapped
+    in when complete; returns the manifest."""
     building = out.with_name(f".{out.name}.building-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
@@ -562,8 +601,7 @@ def prepare_corpus(
         if pool is not None:
             pool.terminate()
         shutil.rmtree(building, ignore_errors=True)
-    _summary(manifest, out, time.time() - t0, src, log)
-    return load_dataset(out)
+    return manifest
 
 
 def _manifest(src: Source, key: dict, tok: ElectraTokenizer, vocab_spec, shards: _Shards, T: int) -> dict:
