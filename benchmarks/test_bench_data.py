@@ -16,7 +16,8 @@
   (parent + workers, sampled from /proc every 50 ms).
 - loader: a synthetic shard set of BENCH_LOADER_GB GB (rows of 128, random lengths 64-128),
   evicted from the page cache first (``posix_fadvise(DONTNEED)``), then ``PretrainingLoader``
-  batches of 128 with masking for a fixed number of batches: real tokens/s, cold cache included.
+  batches of 128 with masking for a fixed number of batches: real tokens/s, cold cache included
+  (torch imported beforehand, as in training: the loader imports it at its first batch).
 Results: RESULTS.md ("Data pipeline").
 """
 
@@ -225,6 +226,8 @@ def _synthetic_shards(folder: Path, gigabytes: float, T: int = 128, vocab: int =
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise to evict the cache")
 def test_loader_cold_cache_tokens_per_s(benchmark, tmp_path):
+    import torch  # noqa: F401  # training imports it long before the first batch: its ~1.7 s here is not loader time
+
     from electra_fast.loader import PretrainingLoader
 
     rows = _synthetic_shards(tmp_path, LOADER_GB)
