@@ -1,7 +1,9 @@
 """WordPiece tokenisation (BERT uncased style) through the ``tokenizers`` package.
 
-``train_tokenizer`` learns a vocabulary from documents in about a second; ``load_tokenizer`` reads
-a BERT ``vocab.txt`` or a ``tokenizer.json``. Both return an ``ElectraTokenizer``: the ids of the
+``train_tokenizer`` learns a vocabulary from documents (the embedded corpus in about a second)
+through bounded word counts (``count_words``, ``WordCounts``, ``train_from_word_counts``: memory
+does not grow with the corpus); ``load_tokenizer`` reads a BERT ``vocab.txt`` or a
+``tokenizer.json``. Both return an ``ElectraTokenizer``: the ids of the
 special tokens, batch encoding without specials (the example builder adds [CLS] / [SEP] itself),
 and the word-start table that whole-word masking needs.
 """
