@@ -8,13 +8,16 @@
 - tokenise / pack: the embedded default corpus (``corpus.default_corpus``, ~1.4 MB of prose),
   vocabulary 4096 trained on it once per session (the tiny preset's).
 - prepare: ``python -m electra_fast.prepare`` in a child process on a generated corpus (Zipfian
-  words over a 60k-word lexicon, sentences of 5-30 words, documents of 1-40 sentences) at each
-  size in BENCH_PREPARE_MB, vocabulary 30522 trained on it, all cores. Records MB/s and the peak
+  words over a 60k-word lexicon, 10% of them (BENCH_OPEN_SHARE) from an open-ended one so that
+  distinct words keep growing with the text as in real corpora; sentences of 5-30 words,
+  documents of 1-40 sentences) at each size in BENCH_PREPARE_MB, vocabulary 30522 trained on it,
+  all cores. Records MB/s and the peak
   resident memory: of the largest single process (``ru_maxrss``) and of the whole process tree
   (parent + workers, sampled from /proc every 50 ms).
 - loader: a synthetic shard set of BENCH_LOADER_GB GB (rows of 128, random lengths 64-128),
   evicted from the page cache first (``posix_fadvise(DONTNEED)``), then ``PretrainingLoader``
-  batches of 128 with masking for a fixed number of batches: real tokens/s, cold cache included.
+  batches of 128 with masking for a fixed number of batches: real tokens/s, cold cache included
+  (torch imported beforehand, as in training: the loader imports it at its first batch).
 Results: RESULTS.md ("Data pipeline").
 """
 
@@ -40,6 +43,7 @@ from electra_fast.tokenizer import train_tokenizer
 VOCAB = 4096  # the tiny preset's vocabulary (electra_fast.train)
 PREPARE_MB = [int(x) for x in os.environ.get("BENCH_PREPARE_MB", "32,128").split(",")]
 LOADER_GB = float(os.environ.get("BENCH_LOADER_GB", "1"))
+OPEN_SHARE = float(os.environ.get("BENCH_OPEN_SHARE", "0.1"))
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +84,13 @@ def test_pack_throughput(benchmark, corpus, tmp_path):
 # ----------------------------------------------------------------------------- whole preparation
 
 
-def generate_corpus(path: Path, megabytes: int, seed: int = 0) -> int:
-    """Plain text, one sentence per line, blank lines between documents; returns its bytes."""
+def generate_corpus(path: Path, megabytes: int, seed: int = 0, open_share: float = 0.0) -> int:
+    """Plain text, one sentence per line, blank lines between documents; returns its bytes.
+
+    Words come from a fixed 60k-word lexicon (Zipf-like frequencies); with ``open_share`` > 0
+    that share of them comes instead from an open-ended lexicon (ranks drawn from Zipf(1.2), spelt
+    as syllables), so the number of distinct words keeps growing with the text as in real corpora
+    (Heaps' law), which is what the vocabulary trainer's memory follows."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("etaoinshrdlcumwfgypbvkjxqz"))
     lexicon = ["".join(rng.choice(letters, rng.integers(1, 11))) for _ in range(60_000)]
@@ -92,11 +101,16 @@ def generate_corpus(path: Path, megabytes: int, seed: int = 0) -> int:
         while written < megabytes << 20:
             words = rng.choice(len(lexicon), 200_000, p=p)
             lengths = rng.integers(5, 31, 20_000)
+            tokens = [lexicon[w] for w in words]
+            if open_share > 0:
+                for i, rank in zip(np.flatnonzero(rng.random(len(words)) < open_share),
+                                   rng.zipf(1.2, len(words)).tolist()):  # fmt: skip
+                    tokens[i] = _open_word(rank)
             pos, lines = 0, []
             for n in lengths:
                 if pos + n > len(words):
                     break
-                lines.append(" ".join(lexicon[w] for w in words[pos : pos + n]) + ".")
+                lines.append(" ".join(tokens[pos : pos + n]) + ".")
                 pos += n
                 if rng.random() < 0.05:
                     lines.append("")  # ends a document (about 20 sentences each)
@@ -104,6 +118,19 @@ def generate_corpus(path: Path, megabytes: int, seed: int = 0) -> int:
             f.write(text)
             written += len(text)
     return path.stat().st_size
+
+
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70
+
+
+def _open_word(rank: int) -> str:
+    """The word of a rank in the open-ended lexicon: its digits in base 70, as syllables."""
+    out = []
+    while True:
+        rank, d = divmod(rank, len(_SYLLABLES))
+        out.append(_SYLLABLES[d])
+        if rank == 0:
+            return "".join(out)
 
 
 def _tree_rss(pid: int) -> int:
@@ -126,7 +153,7 @@ def _tree_rss(pid: int) -> int:
 @pytest.mark.parametrize("megabytes", PREPARE_MB)
 def test_prepare_throughput_and_memory(benchmark, tmp_path, megabytes):
     src = tmp_path / "corpus.txt"
-    size = generate_corpus(src, megabytes)
+    size = generate_corpus(src, megabytes, open_share=OPEN_SHARE)
     peak = {"tree": 0}
 
     def run():
@@ -155,7 +182,7 @@ def test_prepare_throughput_and_memory(benchmark, tmp_path, megabytes):
     m = json.loads((out / "manifest.json").read_text())
     seconds = benchmark.stats.stats.median if benchmark.stats else float("nan")
     benchmark.extra_info.update(
-        corpus_mb=round(size / 1e6, 1), mb_per_s=round(size / 1e6 / seconds, 2),
+        corpus_mb=round(size / 1e6, 1), open_share=OPEN_SHARE, mb_per_s=round(size / 1e6 / seconds, 2),
         tokens=sum(m["num_tokens"].values()), peak_rss_largest_process_mb=round(
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         peak_rss_tree_mb=round(peak["tree"] / 2**20), workers=os.cpu_count(), summary=peak["summary"],
@@ -199,6 +226,8 @@ def _synthetic_shards(folder: Path, gigabytes: float, T: int = 128, vocab: int =
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise to evict the cache")
 def test_loader_cold_cache_tokens_per_s(benchmark, tmp_path):
+    import torch  # noqa: F401  # training imports it long before the first batch: its ~1.7 s here is not loader time
+
     from electra_fast.loader import PretrainingLoader
 
     rows = _synthetic_shards(tmp_path, LOADER_GB)

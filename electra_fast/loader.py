@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,12 +99,20 @@ def _map(path: Path, dtype, shape: tuple) -> np.ndarray:
     return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
 
+def _mmap_of(arr: np.ndarray) -> mmap.mmap | None:
+    """The memory map under an array from ``_map`` (None for an in-memory array). numpy 2 puts a
+    memoryview between them, whose exporter is ``.obj``, not ``.base``."""
+    obj = arr
+    while obj is not None and not isinstance(obj, mmap.mmap):
+        obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
+    return obj
+
+
 def _will_need(arr: np.ndarray, rows: np.ndarray, block_rows: int) -> None:
     """Ask the kernel to read blocks of rows ahead, asynchronously (MADV_WILLNEED): with
-    read-ahead off, a cold buffer would otherwise fault in one 4 KB page per row."""
-    mm = arr
-    while mm is not None and not isinstance(mm, mmap.mmap):
-        mm = getattr(mm, "base", None)
+    read-ahead off, a cold buffer would otherwise fault in one 4 KB page per row, each a
+    synchronous read."""
+    mm = _mmap_of(arr)
     if mm is None or not hasattr(mmap, "MADV_WILLNEED"):
         return
     row_bytes = arr.strides[0]
@@ -255,6 +264,7 @@ class PretrainingLoader:
         self.index = 0  # next batch within the epoch
         self._layout: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, block order, buffer ends)
         self._buffers: dict[tuple[int, int], np.ndarray] = {}  # (epoch, buffer) -> row order, two kept
+        self._advised: deque[tuple[int, int]] = deque(maxlen=4)  # (epoch, buffer) whose blocks were asked for
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -290,19 +300,30 @@ class PretrainingLoader:
             rows = (chosen[:, None] * BLOCK_ROWS + np.arange(BLOCK_ROWS)).ravel()
             rows = rows[rows < len(self.dataset.splits[self.split])]
             order = np.random.default_rng([_U64 & self.seed, epoch, g]).permutation(rows)
-            split = self.dataset.splits[self.split]
-            ahead = blocks[g * BUFFER_BLOCKS : (g + 2) * BUFFER_BLOCKS]  # this buffer and the next
-            for arr in (split.input_ids, split.token_type_ids, split.lengths):  # start reading their blocks
-                _will_need(arr, ahead, BLOCK_ROWS)
             if len(self._buffers) >= 2:
                 self._buffers.pop(next(iter(self._buffers)))
             self._buffers[(epoch, g)] = order
         return self._buffers[(epoch, g)]
 
+    def _read_ahead(self, epoch: int, g: int) -> None:
+        """Ask the kernel for the blocks of buffer g and of the next one, once each (MADV_WILLNEED):
+        they arrive in large reads while earlier batches are served, instead of a synchronous 4 KB
+        read for each row of a cold buffer."""
+        blocks, ends = self._epoch_layout(epoch)
+        split = self.dataset.splits[self.split]
+        for h in (g, g + 1):
+            if h < len(ends) and (epoch, h) not in self._advised:
+                self._advised.append((epoch, h))
+                for arr in (split.input_ids, split.token_type_ids, split.lengths):
+                    _will_need(arr, blocks[h * BUFFER_BLOCKS : (h + 1) * BUFFER_BLOCKS], BLOCK_ROWS)
+
     def rows_at(self, epoch: int, positions: np.ndarray) -> np.ndarray:
         """The example indices at positions of an epoch's (all ranks') visiting order."""
         _, ends = self._epoch_layout(epoch)
         groups = np.searchsorted(ends, positions, side="right")
+        if len(groups) and (groups == groups[0]).all():  # a batch inside one buffer: the usual case
+            g = int(groups[0])
+            return self._buffer(epoch, g)[positions - (ends[g - 1] if g else 0)]
         starts = np.concatenate([[0], ends])[groups]
         out = np.empty(len(positions), dtype=np.int64)
         for g in np.unique(groups):
@@ -314,7 +335,10 @@ class PretrainingLoader:
         """This rank's example indices for batch b of an epoch: rank r of w reads positions
         r, r + w, ... of the epoch order, cut to ``per_rank``."""
         mine = np.arange(b * self.batch_size, min((b + 1) * self.batch_size, self.per_rank))
-        return self.rows_at(epoch, mine * self.world_size + self.rank)
+        positions = mine * self.world_size + self.rank
+        _, ends = self._epoch_layout(epoch)
+        self._read_ahead(epoch, int(np.searchsorted(ends, positions[0], side="right")))
+        return self.rows_at(epoch, positions)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """This rank's example indices for a whole epoch, in visiting order (for inspection;

@@ -7,12 +7,13 @@ Reads top to bottom as the data flows:
 
 1. ``build_examples``: pack the sentences of one document into ``[CLS] A [SEP] B [SEP]`` examples
    (rules of the official ``build_pretraining_dataset.py``, see its docstring), in linear time.
-2. ``prepare_corpus``: stream the corpus (``corpus.read_corpus``) once to train a WordPiece
-   vocabulary (or a deterministic uniform sample of it, ``vocab_sample_bytes``), once more to
-   tokenise and pack it in chunks on worker processes into fixed-width shards (numpy arrays of
-   ids, segment ids and lengths, plus ``manifest.json``), split into train / holdout by document.
-   Nothing holds the corpus in memory; peak memory is a constant (chunks in flight, the
-   tokenizer, the trainer's word counts).
+2. ``prepare_corpus``: stream the corpus (``corpus.read_corpus``) once to count the words of a
+   deterministic uniform sample of it (``vocab_sample_bytes``) and train a WordPiece vocabulary
+   on the most frequent ones (``tokenizer.MAX_WORDS``), once more to tokenise and pack it in
+   chunks on worker processes into fixed-width shards (numpy arrays of ids, segment ids and
+   lengths, plus ``manifest.json``), split into train / holdout by document. Nothing holds the
+   corpus in memory; peak memory is a constant (chunks in flight, the tokenizer, the bounded
+   word counts and the trainer's structures for them).
 3. The folder is identified by a content key (a sha256 of the corpus bytes and every setting),
    not by paths or timestamps: a moved, copied or touched corpus reuses its shards, and a
    rebuild is written beside the folder and swapped in at the end, never deleting good shards
@@ -22,6 +23,7 @@ Reads top to bottom as the data flows:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
@@ -52,7 +54,16 @@ from .loader import (
     shards_intact,
     split_files,
 )
-from .tokenizer import ElectraTokenizer, TokenizerError, load_tokenizer, train_tokenizer
+from .tokenizer import (
+    MAX_WORDS,
+    ElectraTokenizer,
+    TokenizerError,
+    WordCounts,
+    batched_lines,
+    count_words,
+    load_tokenizer,
+    train_from_word_counts,
+)
 
 SHORT_SEQ_PROB = 0.05  # build_pretraining_dataset.py: "small chance for random-length" example
 SINGLE_SEGMENT_PROB = 0.1  # build_pretraining_dataset.py: "small chance to only have one segment"
@@ -102,60 +113,81 @@ def build_examples(
         raise ValueError(f"max_seq_length={max_seq_length}; it must be at least 5 ([CLS] A [SEP] B [SEP])")
 
     def next_shape() -> tuple[int, bool]:
+        """(target length, single segment?) of the next example."""
         target = max_seq_length
         if rng.random() < short_seq_prob:
             target = int(rng.integers(5, max_seq_length + 1))
         return target, bool(rng.random() < single_segment_prob)
 
-    def make(chunk: list[Sequence[int]], target: int, single: bool) -> tuple[list[int], list[int]]:
-        a: list[int] = []
-        b: list[int] = []
-        first_target = (target - 3) // 2
-        for s in chunk:
-            if single or (
-                not b
-                and (
-                    not a or len(a) + len(s) < first_target or (len(a) < first_target and rng.random() < 0.5)
-                )
-            ):
-                a.extend(s)
-            else:
-                b.extend(s)
-        ids = [cls_id, *a, sep_id]
-        if b:
-            ids += [*b, sep_id]
-        return ids, [0] * (len(a) + 2) + [1] * (len(ids) - len(a) - 2)
-
+    # rng draws come in the official order: a shape, the A / B choices of that example, the next
+    # shape (the generator below resumes only after the example was made)
     for doc in tokenized_docs:
-        sentences = [s for s in doc if len(s)]
-        i = start = 0  # the next tokens are sentences[i][start:]
-        chunk: list[Sequence[int]] = []
-        length = 0
-        target, single = next_shape()
-        while i < len(sentences):
-            budget = target - (2 if single else 3)  # room left for [CLS] / [SEP]
-            s = sentences[i]
-            rest = len(s) - start
-            full = length + rest >= budget
-            if length + rest > budget:  # the overflow starts the next example
-                cut = budget - length
-                if word_start is not None:  # cut before the word that straddles the boundary
-                    c = cut
-                    while c > 0 and not word_start[s[start + c]]:
-                        c -= 1
-                    cut = c if c > 0 or chunk else cut  # a word longer than the budget is cut anyway
-                piece, start = s[start : start + cut], start + cut
-            else:
-                piece, i, start = (s[start:] if start else s), i + 1, 0
-            if len(piece):
-                chunk.append(piece)
-                length += len(piece)
-            if full:
-                yield make(chunk, target, single)
-                chunk, length = [], 0
-                target, single = next_shape()
-        if chunk:
-            yield make(chunk, target, single)
+        for pieces, target, single in _cut_document(doc, next_shape, word_start):
+            yield _example(pieces, target, single, cls_id, sep_id, rng)
+
+
+def _cut_document(
+    doc: Sequence[Sequence[int]], next_shape: Callable[[], tuple[int, bool]], word_start: np.ndarray | None
+) -> Iterator[tuple[list[Sequence[int]], int, bool]]:
+    """The pieces of each example of one document, with its (target, single): sentences fill an
+    example up to its budget; the one that overflows is cut by position and its tail starts the
+    next example."""
+    sentences = [s for s in doc if len(s)]
+    i = start = 0  # the next tokens are sentences[i][start:]
+    pieces: list[Sequence[int]] = []
+    length = 0
+    target, single = next_shape()
+    while i < len(sentences):
+        budget = target - (2 if single else 3)  # room left for [CLS] / [SEP]
+        s = sentences[i]
+        rest = len(s) - start
+        full = length + rest >= budget
+        if length + rest > budget:  # the overflow starts the next example
+            cut = _cut_at_word(s, start, budget - length, word_start, first=not pieces)
+            piece, start = s[start : start + cut], start + cut
+        else:
+            piece, i, start = (s[start:] if start else s), i + 1, 0
+        if len(piece):
+            pieces.append(piece)
+            length += len(piece)
+        if full:
+            yield pieces, target, single
+            pieces, length = [], 0
+            target, single = next_shape()
+    if pieces:
+        yield pieces, target, single
+
+
+def _cut_at_word(s: Sequence[int], start: int, cut: int, word_start: np.ndarray | None, first: bool) -> int:
+    """How many tokens of ``s[start:]`` fit: ``cut``, moved back to the start of the word it would
+    split (given ``word_start``); a word longer than a whole example (``first`` piece) is cut anyway."""
+    if word_start is None:
+        return cut
+    c = cut
+    while c > 0 and not word_start[s[start + c]]:
+        c -= 1
+    return c if c > 0 or not first else cut
+
+
+def _example(
+    pieces: list[Sequence[int]], target: int, single: bool, cls_id: int, sep_id: int, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
+    """``[CLS] A [SEP] B [SEP]`` (or ``[CLS] A [SEP]``) and its segment ids from an example's pieces."""
+    a: list[int] = []
+    b: list[int] = []
+    first_target = (target - 3) // 2
+    for s in pieces:
+        if single or (
+            not b
+            and (not a or len(a) + len(s) < first_target or (len(a) < first_target and rng.random() < 0.5))
+        ):
+            a.extend(s)
+        else:
+            b.extend(s)
+    ids = [cls_id, *a, sep_id]
+    if b:
+        ids += [*b, sep_id]
+    return ids, [0] * (len(a) + 2) + [1] * (len(ids) - len(a) - 2)
 
 
 # ----------------------------------------------------------------------------- 2. the corpus, streamed
@@ -239,37 +271,36 @@ def vocabulary_sample(docs: Iterable[Document], rate: float) -> Iterator[Documen
 
 
 def train_vocabulary(src: Source, vocab_size: int, sample_bytes: int, log: Callable[[str], None],
-                     progress: bool = False) -> ElectraTokenizer:  # fmt: skip
+                     progress: bool = False, pool=None, num_workers: int = 0) -> ElectraTokenizer:  # fmt: skip
     """A WordPiece vocabulary learnt from a uniform sample of about ``sample_bytes`` of the
-    corpus, chosen by document hash (all of it when smaller). The trainer reads the sample twice
-    (characters, then words), each pass streamed from the files."""
+    corpus, chosen by document hash (all of it when smaller), read once: the words of each chunk
+    are counted (on the worker processes when there are some) into bounded counts
+    (``tokenizer.WordCounts``: the MAX_WORDS most frequent), which the trainer learns from. Its
+    memory grows with the distinct words it is given, so that bound is what keeps a large corpus
+    (whose rare words never stop coming) within a constant."""
     if vocab_size < 16:
         raise TokenizerError(f"--vocab-size {vocab_size} is too small; use at least 16")
+    from tqdm.auto import tqdm
+
     rate = min(1.0, sample_bytes / max(1, src.size))
     share = "the corpus" if rate >= 1 else f"a {rate:.1%} sample of the corpus (--vocab-sample)"
     log(f"training a WordPiece vocabulary of {vocab_size} on {share}")
-    passes = iter(("vocabulary: characters", "vocabulary: words"))
+    counts = WordCounts(MAX_WORDS)
+    with tqdm(total=src.size, desc="vocabulary: counting words", unit="B", unit_scale=True, disable=not progress,
+              dynamic_ncols=True) as bar:  # fmt: skip
 
-    def one_pass() -> Iterator[Document]:
-        from tqdm.auto import tqdm
-
-        with tqdm(total=src.size, desc=next(passes, "vocabulary"), unit="B", unit_scale=True,
-                  disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
+        def read() -> Iterator[Document]:
             for doc in src.documents():
                 bar.update(sum(map(len, doc)))
                 yield doc
 
-    return train_tokenizer(_Passes(lambda: vocabulary_sample(one_pass(), rate)), vocab_size)
-
-
-class _Passes:
-    """Iterable any number of times, each pass a fresh stream (the corpus is never held)."""
-
-    def __init__(self, start: Callable[[], Iterator[Document]]):
-        self.start = start
-
-    def __iter__(self) -> Iterator[Document]:
-        return self.start()
+        lines = (line for doc in vocabulary_sample(read(), rate) for line in doc)
+        batches = batched_lines(lines, CHUNK_CHARS)
+        for c in _in_order(pool, count_words, batches, 2 * num_workers) if pool else map(count_words, batches):
+            counts.update(c)
+    if counts.dropped:
+        log(f"vocabulary: kept the {MAX_WORDS:,} most frequent words ({counts.dropped:,} rarer ones left out)")
+    return train_from_word_counts(counts, vocab_size)
 
 
 # ----------------------------------------------------------------------------- 3. tokenise + pack on workers
@@ -347,11 +378,11 @@ def _rows(examples: list, max_len: int, pad_id: int, dtype: np.dtype) -> dict[st
     return {"input_ids": arr, "token_type_ids": seg, "lengths": lengths}
 
 
-def _in_order(pool, jobs: Iterable, window: int) -> Iterator:
-    """pool.imap with at most ``window`` chunks in flight: imap would read the whole corpus ahead."""
+def _in_order(pool, fn: Callable, jobs: Iterable, window: int) -> Iterator:
+    """pool.imap(fn, jobs) with at most ``window`` jobs in flight: imap would read the whole corpus ahead."""
     pending: deque = deque()
     for job in jobs:
-        pending.append(pool.apply_async(_pack_chunk, (job,)))
+        pending.append(pool.apply_async(fn, (job,)))
         if len(pending) >= window:
             yield pending.popleft().get()
     while pending:
@@ -408,7 +439,7 @@ def _pack(src: Source, tok: ElectraTokenizer, folder: Path, max_seq_length: int,
     is_held = src.holdout_rule(holdout_fraction, seed)
     jobs = ((i, chunk, flags, max_seq_length, seed, str(folder / "tokenizer.json"))
             for i, chunk, flags in _chunks(src, is_held, holdout_fraction > 0))  # fmt: skip
-    results = _in_order(pool, jobs, 2 * num_workers) if pool is not None else (_pack_chunk(j, tok) for j in jobs)
+    results = _in_order(pool, _pack_chunk, jobs, 2 * num_workers) if pool is not None else (_pack_chunk(j, tok) for j in jobs)
     shards = _Shards(folder, tok.vocab_size)
     bar = tqdm(total=src.size, desc="tokenising + packing", unit="B", unit_scale=True, disable=not progress,
                dynamic_ncols=True)  # fmt: skip
@@ -473,6 +504,15 @@ def _check_out(out: Path) -> None:
             raise CorpusError(f"--out {out} holds other files ({', '.join(foreign[:3])}); choose a new or empty folder")
 
 
+def _return_freed_memory() -> None:
+    """Hand the memory the vocabulary trainer freed back to the system (glibc keeps it for reuse
+    otherwise, and the process would hold the trainer's peak for the hours of packing)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _swap_in(building: Path, out: Path) -> None:
     """Replace ``out`` by the finished ``building`` folder; the old shards go only after the new
     ones are in place (a crash in between leaves them in ``.NAME.old``)."""
@@ -528,13 +568,11 @@ def prepare_corpus(
     log = log or (lambda msg: None)
     t0 = time.time()
     out = Path(out_dir).absolute()
-    parked = out.with_name(f".{out.name}.old")
-    if not out.exists() and (parked / "manifest.json").is_file():  # a swap cut short: the old folder is whole
-        os.replace(parked, out)
-    old = read_manifest(out)
+    old = _existing_manifest(out)
     src = Source(source, errors=errors, text_field=text_field, skip_unreadable=skip_unreadable, known=old)
     key = _settings_key(src, max_seq_length, seed, holdout_fraction)
-    vocab_spec = {"vocab_size": vocab_size, "sample_bytes": vocab_sample_bytes, "min_frequency": 2}
+    vocab_spec = {"vocab_size": vocab_size, "sample_bytes": vocab_sample_bytes, "min_frequency": 2,
+                  "max_words": MAX_WORDS}  # fmt: skip
     if _reusable(old, out, key, tokenizer, vocab_spec):
         ds = load_dataset(out)
         ds.reused = True
@@ -543,6 +581,27 @@ def prepare_corpus(
     _check_out(out)
     if num_workers is None:
         num_workers = (os.cpu_count() or 1) if src.size >= PARALLEL_MIN_CHARS else 0
+    manifest = _build(src, out, key, tokenizer, vocab_spec, vocab_size=vocab_size,
+                      vocab_sample_bytes=vocab_sample_bytes, max_seq_length=max_seq_length, seed=seed,
+                      holdout_fraction=holdout_fraction, num_workers=num_workers, progress=progress, log=log)  # fmt: skip
+    _summary(manifest, out, time.time() - t0, src, log)
+    return load_dataset(out)
+
+
+def _existing_manifest(out: Path) -> dict:
+    """The manifest of the shards already in ``out`` ({} if none), after finishing a swap that
+    was cut short (the old folder, whole, is still parked beside it)."""
+    parked = out.with_name(f".{out.name}.old")
+    if not out.exists() and (parked / "manifest.json").is_file():
+        os.replace(parked, out)
+    return read_manifest(out)
+
+
+def _build(src: Source, out: Path, key: dict, tokenizer: ElectraTokenizer | None, vocab_spec: dict, *,
+           vocab_size: int, vocab_sample_bytes: int, max_seq_length: int, seed: int, holdout_fraction: float,
+           num_workers: int, progress: bool, log: Callable[[str], None]) -> dict:  # fmt: skip
+    """Vocabulary (unless given), shards and manifest in a building folder beside ``out``, swapped
+    in when complete; returns the manifest."""
     building = out.with_name(f".{out.name}.building-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
@@ -551,8 +610,9 @@ def prepare_corpus(
         tok = tokenizer
         if tok is None:
             t_vocab = time.time()
-            tok = train_vocabulary(src, vocab_size, vocab_sample_bytes, log, progress)
+            tok = train_vocabulary(src, vocab_size, vocab_sample_bytes, log, progress, pool, num_workers)
             log(f"vocabulary: {tok.vocab_size} tokens in {time.time() - t_vocab:.1f} s")
+            _return_freed_memory()
         tok.save(building)  # vocab.txt + tokenizer.json: the folder is readable on its own
         shards = _pack(src, tok, building, max_seq_length, seed, holdout_fraction, pool, num_workers, progress)
         manifest = _manifest(src, key, tok, tokenizer is None and vocab_spec, shards, max_seq_length)
@@ -562,8 +622,7 @@ def prepare_corpus(
         if pool is not None:
             pool.terminate()
         shutil.rmtree(building, ignore_errors=True)
-    _summary(manifest, out, time.time() - t0, src, log)
-    return load_dataset(out)
+    return manifest
 
 
 def _manifest(src: Source, key: dict, tok: ElectraTokenizer, vocab_spec, shards: _Shards, T: int) -> dict:

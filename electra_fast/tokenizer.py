@@ -1,7 +1,9 @@
 """WordPiece tokenisation (BERT uncased style) through the ``tokenizers`` package.
 
-``train_tokenizer`` learns a vocabulary from documents in about a second; ``load_tokenizer`` reads
-a BERT ``vocab.txt`` or a ``tokenizer.json``. Both return an ``ElectraTokenizer``: the ids of the
+``train_tokenizer`` learns a vocabulary from documents (the embedded corpus in about a second)
+through bounded word counts (``count_words``, ``WordCounts``, ``train_from_word_counts``: memory
+does not grow with the corpus); ``load_tokenizer`` reads a BERT ``vocab.txt`` or a
+``tokenizer.json``. Both return an ``ElectraTokenizer``: the ids of the
 special tokens, batch encoding without specials (the example builder adds [CLS] / [SEP] itself),
 and the word-start table that whole-word masking needs.
 """
@@ -9,9 +11,13 @@ and the word-start table that whole-word masking needs.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import os
+import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +26,24 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 # [PAD] first so that padding is id 0, as in BERT's vocab.txt and the model's pad_token_id.
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CONTINUATION_PREFIX = "##"
+MAX_WORDS = 500_000  # distinct words the vocabulary trainer is given at most: bounds its memory
+COUNT_CHUNK_CHARS = 1 << 20  # text counted per call to count_words
 
 
 class TokenizerError(ValueError):
     """A vocabulary file cannot be used; the message says what is wrong with it."""
 
 
+def _bert_normalizer(lowercase: bool) -> normalizers.BertNormalizer:
+    return normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+    )
+
+
 def _bert_pipeline(tok: Tokenizer, lowercase: bool = True) -> Tokenizer:
     """BERT's text handling: clean control characters, split CJK characters, lowercase and strip
     accents (uncased), split on whitespace and punctuation, join "##" pieces when decoding."""
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
-    )
+    tok.normalizer = _bert_normalizer(lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
     return tok
@@ -136,40 +148,129 @@ def train_tokenizer(
     *,
     min_frequency: int = 2,
     lowercase: bool = True,
+    max_words: int = MAX_WORDS,
 ) -> ElectraTokenizer:
     """Learn a WordPiece vocabulary (BERT uncased normalisation, "##" continuations, the special
-    tokens at ids 0-4) from documents given as lists of lines.
+    tokens at ids 0-4) from documents given as lists of lines, read once (streamed).
 
-    Reproducible: the same documents give the same vocab.txt, byte for byte, in every process.
-    The ``tokenizers`` trainer numbers the "##" pieces it meets in the random order of a hash map
-    and breaks ties between equally frequent merges by those numbers, so both the order and (on
-    ties) the set of tokens would vary; here every "##c" is numbered up front in sorted order (one
-    cheap pass over the characters) and the result is put in ``canonical_order``.
+    Memory is bounded: the trainer learns from word counts (``count_words``) of at most
+    ``max_words`` distinct words, the most frequent (``WordCounts``); below that the result is the
+    one the trainer gives when fed the text itself. Reproducible: the same documents give the same
+    vocab.txt, byte for byte, in every process (``train_from_word_counts``)."""
+    _check_vocab_size(vocab_size)
+    counts = WordCounts(max_words)
+    for lines in batched_lines((line for doc in documents for line in doc), COUNT_CHUNK_CHARS):
+        counts.update(count_words(lines, lowercase))
+    return train_from_word_counts(counts, vocab_size, min_frequency=min_frequency, lowercase=lowercase)
 
-    ``documents`` is read twice (characters, then training) and streamed both times when it can
-    be iterated again (a list, or an object whose ``__iter__`` starts a new pass); a one-shot
-    iterator is turned into a list first. Memory follows the number of distinct words."""
+
+def _check_vocab_size(vocab_size: int) -> None:
     if vocab_size <= len(SPECIAL_TOKENS):
         raise TokenizerError(
             f"vocab_size={vocab_size}; it must leave room for word pieces after {len(SPECIAL_TOKENS)} specials"
         )
-    if iter(documents) is documents:  # a one-shot iterator: the alphabet pass needs a second read
-        documents = list(documents)
-    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=lowercase,
-                                      lowercase=lowercase)  # fmt: skip
+
+
+def batched_lines(lines: Iterable[str], chars: int) -> Iterator[list[str]]:
+    """The lines in lists of about ``chars`` characters: a line goes to list k when the text
+    before it holds between k * chars and (k + 1) * chars characters."""
+    seen = 0
+
+    def batch_of(line: str) -> int:
+        nonlocal seen
+        seen += len(line)
+        return (seen - len(line)) // chars
+
+    for _, batch in itertools.groupby(lines, key=batch_of):
+        yield list(batch)
+
+
+_ASCII_SPACE = re.compile("[ \t\n\r]+")  # what BERT's normaliser and pre-tokenizer treat as space in ASCII
+_ASCII_CONTROL = dict.fromkeys([*range(9), 11, 12, *range(14, 32), 127])  # control characters: dropped
+_ASCII_WORD = re.compile(r"[^ \t\n\r!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")  # runs of letters / digits, or one punctuation mark
+
+
+
+def count_words(lines: Iterable[str], lowercase: bool = True) -> Counter:
+    """Each word of the lines as BERT's pipeline cuts them (clean, split CJK, lowercase and strip
+    accents when uncased, split on whitespace and punctuation) and how often it occurs: what the
+    WordPiece trainer learns from. Words in ASCII take a shortcut (``_ascii_words``) with the
+    same result; the rest goes through the ``tokenizers`` normaliser and pre-tokenizer."""
+    norm, pre = _bert_normalizer(lowercase), pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for batch in batched_lines(lines, 1 << 16):  # 64 KB at a time: the normaliser slows on long strings
+        text = "\n".join(batch)
+        other = ""
+        if not text.isascii():  # words split at ASCII whitespace: a word is one or the other
+            pieces = _ASCII_SPACE.split(text)
+            text = " ".join(w for w in pieces if w.isascii())
+            other = " ".join(w for w in pieces if not w.isascii())
+        counts.update(_ascii_words(text, lowercase))
+        if other:
+            counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(other)))
+    return counts
+
+
+def _ascii_words(text: str, lowercase: bool) -> list[str]:
+    """BERT's normaliser and pre-tokenizer on ASCII text (8x less CPU on generated English-like
+    text): control characters dropped, lowercased (uncased), split at whitespace and around each
+    ASCII punctuation mark."""
+    text = text.translate(_ASCII_CONTROL)
+    return _ASCII_WORD.findall(text.lower() if lowercase else text)
+
+
+class WordCounts:
+    """Word counts of a stream with at most ``2 * max_words`` words held: past that only the
+    ``max_words`` most frequent so far stay (ties broken by the word), so memory is bounded
+    whatever the corpus. A function of the counts and the order they come in, nothing else."""
+
+    def __init__(self, max_words: int = MAX_WORDS):
+        if max_words < 1:
+            raise ValueError(f"max_words={max_words}; it must be at least 1")
+        self.max_words = max_words
+        self.counts: Counter = Counter()
+        self.dropped = 0  # words let go when over the bound (their counts so far are lost)
+
+    def update(self, counts: dict[str, int]) -> None:
+        self.counts.update(counts)
+        if len(self.counts) > 2 * self.max_words:
+            self._keep_most_frequent()
+
+    def _keep_most_frequent(self) -> None:
+        kept = heapq.nlargest(self.max_words, self.counts.items(), key=lambda kv: (kv[1], kv[0]))
+        self.dropped += len(self.counts) - len(kept)
+        self.counts = Counter(dict(kept))
+
+    def final(self) -> Counter:
+        """The ``max_words`` most frequent words and their counts."""
+        if len(self.counts) > self.max_words:
+            self._keep_most_frequent()
+        return self.counts
+
+
+def train_from_word_counts(counts: WordCounts, vocab_size: int, *, min_frequency: int = 2,
+                           lowercase: bool = True) -> ElectraTokenizer:  # fmt: skip
+    """A WordPiece vocabulary learnt from word counts (``count_words``); empties ``counts``.
+
+    The ``tokenizers`` trainer has no entry for counts, so it is fed each word as often as it
+    occurs, split on whitespace only (the words are normalised and cut already). It numbers the
+    "##" pieces it meets in the random order of a hash map and breaks ties between equally frequent
+    merges by those numbers, so both the order and (on ties) the set of tokens would vary; here
+    every "##c" is numbered up front in sorted order and the result is put in ``canonical_order``."""
+    _check_vocab_size(vocab_size)
+    words = counts.final()
+    counts.counts = Counter()
+    chars = {c for w in words for c in w}
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        # "##c" for every character up front: the trainer would otherwise number these symbols in
-        # the random order of a hash map, and ties between merges are broken by those numbers
-        special_tokens=SPECIAL_TOKENS + continuation_alphabet(documents, norm),
+        special_tokens=SPECIAL_TOKENS + sorted(CONTINUATION_PREFIX + c for c in chars if not _splits_off(c)),
         continuing_subword_prefix=CONTINUATION_PREFIX,
         show_progress=False,
     )
-    tok = _bert_pipeline(
-        Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)), lowercase
-    )
-    tok.train_from_iterator((line for doc in documents for line in doc), trainer)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(_repeated(words), trainer)
     vocab = canonical_order(tok.get_vocab(with_added_tokens=True))
     tok = _bert_pipeline(  # fresh: only the five specials are special tokens
         Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)),
@@ -178,6 +279,26 @@ def train_tokenizer(
     tok.add_special_tokens(SPECIAL_TOKENS)
     _bert_post_processor(tok)
     return ElectraTokenizer(tok, name="trained tokenizer")
+
+
+def _repeated(words: Counter) -> Iterator[str]:
+    """Space-separated text holding each word as often as counted, in pieces of about 4 KB (the
+    trainer's memory grows with the piece size; it buffers 256 of them), emptying ``words``."""
+    piece: list[str] = []
+    size = 0
+    while words:
+        w, k = words.popitem()
+        per_piece = max(1, 4096 // (len(w) + 1))
+        while k > per_piece:
+            yield (w + " ") * per_piece
+            k -= per_piece
+        piece.append((w + " ") * k)
+        size += k * (len(w) + 1)
+        if size >= 4096:
+            yield "".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield "".join(piece)
 
 
 def _splits_off(c: str) -> bool:
@@ -190,16 +311,6 @@ def _splits_off(c: str) -> bool:
         or unicodedata.category(c).startswith(("P", "C"))
         or 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2FA1F or 0xF900 <= o <= 0xFAFF
     )  # fmt: skip
-
-
-def continuation_alphabet(documents: Iterable[Sequence[str]], norm) -> list[str]:
-    """Sorted "##c" for every character that can continue a word after normalisation."""
-    raw: set[str] = set()
-    for doc in documents:
-        for line in doc:
-            raw.update(line)
-    chars = {c for r in raw for c in norm.normalize_str(r)}
-    return sorted(CONTINUATION_PREFIX + c for c in chars if not _splits_off(c))
 
 
 def canonical_order(vocab: dict[str, int] | Iterable[str]) -> dict[str, int]:

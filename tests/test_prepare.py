@@ -162,6 +162,24 @@ def test_packing_a_huge_sentence_tiles_it_exactly():
     assert flat == sentence and all(len(ids) <= 128 for ids, _ in examples)
 
 
+def test_vocabulary_learns_from_bounded_word_counts(tmp_path, seed, monkeypatch):
+    """The trainer's memory follows the distinct words it is given: preparation gives it at most
+    MAX_WORDS (the most frequent), says so, and keys the folder by that bound."""
+    rnd = random.Random(seed)
+    docs = make_docs(rnd, 200)
+    rare = [[" ".join(f"{w}{i}{j}" for j, w in enumerate(line.split())) for line in d] for i, d in enumerate(docs)]
+    (tmp_path / "c.txt").write_text(as_text(docs + rare))  # every word of `rare` occurs once
+    given = []
+    real = prepare.train_from_word_counts
+    monkeypatch.setattr(prepare, "train_from_word_counts", lambda c, v: given.append(len(c.final())) or real(c, v))
+    monkeypatch.setattr(prepare, "MAX_WORDS", 150)  # the lexicon of make_docs has 200 words
+    said = []
+    ds = prepare_corpus(tmp_path / "c.txt", tmp_path / "out", vocab_size=120, max_seq_length=32, progress=False,
+                        log=said.append)  # fmt: skip
+    assert given == [150] and ds.manifest["vocab_spec"]["max_words"] == 150
+    assert any(x.startswith("vocabulary: kept the 150 most frequent words (") for x in said)
+
+
 def test_vocabulary_sample_is_uniform_and_fixed(seed):
     docs = make_docs(random.Random(seed), 2000)
     a, b = list(vocabulary_sample(docs, 0.3)), list(vocabulary_sample(docs, 0.3))

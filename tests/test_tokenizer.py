@@ -136,3 +136,80 @@ def test_word_starts_keeps_shape(trained):
     ws = tok.word_starts(ids)
     assert ws.shape == (3, 7) and ws.dtype == bool
     assert ws.tolist() == [[not tok.id_to_token(i).startswith("##") for i in row] for row in ids.tolist()]
+
+
+# ----------------------------------------------------------------------------- training from word counts
+
+
+def trained_on_text(lines, vocab_size, lowercase=True):
+    """The reference: the tokenizers trainer fed the lines themselves through BERT's pipeline (what
+    train_tokenizer did before it counted words), "##c" numbered up front from the raw characters."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    from electra_fast.tokenizer import _splits_off, canonical_order
+
+    norm = normalizers.BertNormalizer(strip_accents=lowercase, lowercase=lowercase)
+    chars = {c for r in set("".join(lines)) for c in norm.normalize_str(r)}
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=2, continuing_subword_prefix="##", show_progress=False,
+        special_tokens=SPECIAL_TOKENS + sorted("##" + c for c in chars if not _splits_off(c)),
+    )  # fmt: skip
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer, tok.pre_tokenizer = norm, pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(lines, trainer)
+    return list(canonical_order(tok.get_vocab(with_added_tokens=True)))
+
+
+ASCII_TEXT = "abcdefghijklmnopqrsABCDEZ0123456789" + "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" + "\x00\x07\x0b\x0c\x1c\x7f"
+
+
+def multilingual_docs(rnd, n_docs=80, ascii_only=False):
+    """Cased words with accents, Greek (final sigma), Turkish dotted I, CJK, emoji, digits,
+    punctuation, tabs, control and combining characters (or only ASCII ones)."""
+    alphabet = ASCII_TEXT + ("" if ascii_only else "ÉéÜüñçΣσςİıДжКк中文字日本語😀٣’\u0301\u0308\u0085\u3000")
+    lexicon = ["".join(rnd.choices(alphabet, k=rnd.randint(1, 8))) for _ in range(400)]
+    weights = [1 / (i + 1) for i in range(len(lexicon))]
+    seps = [" "] * 12 + ["\t", "  ", "\r", " \x07 "] + ([] if ascii_only else ["\u00a0"])
+    return [["".join(w + rnd.choice(seps) for w in rnd.choices(lexicon, weights, k=rnd.randint(3, 20))).strip()
+             for _ in range(rnd.randint(1, 6))] for _ in range(n_docs)]  # fmt: skip
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_word_counts_give_the_vocabulary_the_text_gives(rnd, lowercase, ascii_only):
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    from electra_fast.tokenizer import count_words
+
+    docs = multilingual_docs(rnd, ascii_only=ascii_only)
+    lines = [line for doc in docs for line in doc]
+    norm, pre = normalizers.BertNormalizer(strip_accents=lowercase, lowercase=lowercase), pre_tokenizers.BertPreTokenizer()
+    per_line = Counter(w for line in lines for w, _ in pre.pre_tokenize_str(norm.normalize_str(line)))
+    assert count_words(lines, lowercase) == per_line
+    for vocab_size in (rnd.randint(120, 300), 2000):
+        tok = train_tokenizer(docs, vocab_size, lowercase=lowercase)
+        assert tok.vocab == trained_on_text(lines, vocab_size, lowercase), vocab_size
+
+
+def test_the_trainer_is_given_only_the_most_frequent_words(rnd):
+    """max_words bounds what the trainer holds (its memory): it learns from the max_words most
+    frequent words exactly as from a text holding only those."""
+    from collections import Counter
+
+    from electra_fast.tokenizer import WordCounts
+
+    docs = synthetic_docs(rnd, n_docs=200)  # lowercase words and "." : str.split cuts them as BERT does
+    lines = [line.replace(".", " .") for doc in docs for line in doc]
+    counts = Counter(w for line in lines for w in line.split())
+    m = rnd.randint(len(counts) // 2 + 1, len(counts) - 1)  # pruned once, at the end: exactly the top m
+    top = {w for w, _ in sorted(counts.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:m]}  # ties: by word
+    only_top = [" ".join(w for w in line.split() if w in top) for line in lines]
+    assert train_tokenizer([[x] for x in lines], 300, max_words=m).vocab == trained_on_text(only_top, 300)
+
+    bounded = WordCounts(max_words=50)  # a stream of new words never holds more than 2 x max_words
+    for i in range(40):
+        bounded.update({"the": 1000, **{f"w{i}x{j}": 1 for j in range(30)}})
+        assert len(bounded.counts) <= 100
+    assert bounded.dropped > 1000 and bounded.final()["the"] == 40_000 and len(bounded.final()) == 50
