@@ -230,7 +230,10 @@ def test_tied_encoders_need_equal_sizes():
 
 def test_tiny_preset_learns_on_fixed_batches(seed):
     """200 optimiser steps on CPU over a fixed set of batches of real text (the embedded corpus):
-    MLM loss falls and the discriminator beats the all-"original" baseline."""
+    MLM loss falls and the discriminator beats the all-"original" baseline.
+
+    Over 30 fresh seeds (benchmarks/RESULTS.md, "Test seeds") the loss fell by 5.51-6.19 and the
+    accuracy beat the baseline by 0.034-0.062: the bounds sit near half the smallest of each."""
     from electra_fast.corpus import default_corpus
     from electra_fast.masking import mask_batch
     from electra_fast.tokenizer import train_tokenizer
@@ -270,7 +273,7 @@ def test_tiny_preset_learns_on_fixed_batches(seed):
                      out.metrics["replaced_fraction"].item()))
     h = np.array(hist)
     first, last = h[:10, 0].mean(), h[-20:, 0].mean()
-    assert last < first - 1.0, (first, last)
+    assert last < first - 3.0, (first, last)
     acc, baseline = h[-20:, 1].mean(), 1 - h[-20:, 2].mean()
     print(f"mlm loss {first:.3f} -> {last:.3f}; disc accuracy {acc:.4f} against the all-original {baseline:.4f}")
-    assert acc > baseline + 0.002, (acc, baseline)
+    assert acc > baseline + 0.015, (acc, baseline)
