@@ -688,7 +688,7 @@ def _reference_uniform(seed: torch.Tensor, r0: int, r1: int, V: int) -> torch.Te
     the (1,) int64 seed, so the draws do not depend on the chunking and need no host read of the seed.
     Eager on the CPU (where reading the seed costs nothing) the C++ extension draws the same bits."""
     if seed.device.type == "cpu" and not torch.compiler.is_compiling() and _cpu_philox() is not None:
-        u = _cpu_philox()(int(seed.reshape(-1)[0]), r0, r1, V, _PHILOX_CONSTANTS, _UNIFORM_SCALE, U_EPS, 1.0 - U_EPS)
+        u = _cpu_philox()(_cpu_seed(seed), r0, r1, V, _PHILOX_CONSTANTS, _UNIFORM_SCALE, U_EPS, 1.0 - U_EPS)
         return torch.from_numpy(u)
     return _reference_uniform_torch(seed, r0, r1, V)
 
@@ -699,6 +699,12 @@ def _reference_uniform_torch(seed: torch.Tensor, r0: int, r1: int, V: int) -> to
     rows = (torch.arange(r0, r1, device=seed.device) & _M32)[:, None]  # the kernel's uint32 row counter
     words = torch.stack(torch.broadcast_tensors(*_philox(seed, g, rows)), dim=-1)
     return _clamped_uniform_reference(words.reshape(r1 - r0, -1)[:, :V])
+
+
+def _cpu_seed(seed: torch.Tensor) -> int:
+    """The (1,) int64 seed of a CPU tensor as a Python int: the one host read of the eager CPU reference
+    (a CPU tensor already lives on the host, so it syncs nothing; a GPU seed never comes here)."""
+    return int(seed.reshape(-1)[0])
 
 
 def _cpu_philox():

@@ -39,7 +39,8 @@ def test_tasks_are_balanced_deterministic_and_split_by_file(tasks):
     pairs = [("m", a, b) for a, b in zip(tasks["order"].splits["train"].text_a, tasks["order"].splits["train"].text_b)]
     ex = T._word_order_examples(pairs, 50, np.random.default_rng(7))
     assert set(words.labels) == {"as_written", "swapped"} and len(ex) == 50
-    src = {a for _, a, _ in pairs}
+    assert all(t == " ".join(t.split()) for t in words.text_a)  # spacing never tells the label
+    src = {" ".join(a.split()) for _, a, _ in pairs}  # examples are single-spaced, whatever their label
     for text, label in zip(ex.text_a, ex.labels):
         if label == "as_written":
             assert text in src
