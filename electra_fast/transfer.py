@@ -243,13 +243,6 @@ def _without(args: list[str], *flags: str) -> list[str]:
     return kept
 
 
-def _run_config(out: Path) -> ElectraConfig:
-    """The model config of a finished run (its config.json also names the run's op backend)."""
-    info = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    info.pop("backend", None)
-    return ElectraConfig.from_dict(info)
-
-
 def equal_compute_steps(cfg: ElectraConfig, electra_steps: int) -> int:
     """MLM steps with the model FLOPs of ``electra_steps`` ELECTRA steps of the same config and batch."""
     return max(1, round(electra_steps * cfg.flops_per_token() / cfg.flops_per_token(objective="mlm")))
@@ -259,7 +252,8 @@ def pretrain(out: Path, train_args: list[str], seed: int, log=print) -> list[Enc
     """ELECTRA with ``train_args``, then the MLM baseline with the same arguments and equal model FLOPs."""
     log("pre-training ELECTRA")
     _train(out / "electra", [*train_args, "--seed", str(seed)], log)
-    cfg = _run_config(out / "electra")
+    electra = load_run(out / "electra", log=lambda m: None)
+    cfg = electra.model.config
     steps = equal_compute_steps(cfg, cfg.train_steps)
     warmup = max(0, round(cfg.warmup_steps * steps / cfg.train_steps))
     ratio = cfg.flops_per_token() / cfg.flops_per_token(objective="mlm")
@@ -267,17 +261,13 @@ def pretrain(out: Path, train_args: list[str], seed: int, log=print) -> list[Enc
         f"{cfg.flops_per_token() / 1e6:.1f} vs {cfg.flops_per_token(objective='mlm') / 1e6:.1f} MFLOP per token)")
     _train(out / "mlm", [*_without(train_args, "--steps", "--warmup"), "--seed", str(seed), "--objective", "mlm",
                          "--steps", str(steps), "--warmup", str(warmup)], log)
-    encoders = []
-    for name in ("electra", "mlm"):
-        pre = load_run(out / name, log=lambda m: None)
-        encoders.append(Encoder(name, pre.model, {"run": str(out / name), "source": pre.source,
-                                                  "flops_per_token": pre.model.config.flops_per_token(
-                                                      objective=pre.model.objective),
-                                                  "steps": pre.model.config.train_steps}))
-        if name == "electra":
-            tokenizer = pre.tokenizer
-        elif pre.tokenizer.vocab_hash() != tokenizer.vocab_hash():
-            raise RuntimeError("the ELECTRA and MLM runs trained different vocabularies; they must share one")
+    mlm = load_run(out / "mlm", log=lambda m: None)
+    if mlm.tokenizer.vocab_hash() != electra.tokenizer.vocab_hash():
+        raise RuntimeError("the ELECTRA and MLM runs trained different vocabularies; they must share one")
+    encoders = [Encoder(name, pre.model, {"run": str(out / name), "source": pre.source,
+                                          "flops_per_token": pre.model.config.flops_per_token(objective=pre.model.objective),
+                                          "steps": pre.model.config.train_steps})
+                for name, pre in (("electra", electra), ("mlm", mlm))]
     encoders.append(Encoder("random", None, {"init": "fresh weights of the ELECTRA run's config, per seed"}))
     return encoders
 

@@ -32,6 +32,8 @@ compiles exactly those.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -707,6 +709,7 @@ def _cpu_seed(seed: torch.Tensor) -> int:
     return int(seed.reshape(-1)[0])
 
 
+@functools.cache
 def _cpu_philox():
     """``electra_fast._C.philox_uniforms`` (csrc/philox.cpp), or None where the extension is not built."""
     try:

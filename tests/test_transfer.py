@@ -8,6 +8,7 @@ import pytest
 
 from electra_fast import ElectraConfig
 from electra_fast import transfer as T
+from electra_fast.finetune import load_run
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_a_small_transfer_run_end_to_end(tmp_path, capsys):
         for sc in task["scores"].values():
             assert len(sc["values"]) == 2 and 0 <= sc["min"] <= sc["mean"] <= sc["max"] <= 1
     mlm = saved["encoders"]["mlm"]
-    assert mlm["steps"] == T.equal_compute_steps(T._run_config(tmp_path / "pretrain/electra"), 4)
+    assert mlm["steps"] == T.equal_compute_steps(load_run(tmp_path / "pretrain/electra", log=lambda m: None).model.config, 4)
     table = T.format_table(res)
     assert "ELECTRA" in table and "MLM (equal FLOPs)" in table and "random init" in table and "bag of words" in table
     again = T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=1, task_names=("words", "topic"))
