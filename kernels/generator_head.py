@@ -547,21 +547,11 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ign
     return dh, dw, db
 
 
-def generator_loss_and_sample_triton(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    seed: int | torch.Tensor,
-    ignore_index: int = -100,
-    return_argmax: bool = False,
-    block_m: int | None = None,
-    block_v: int | None = None,
-    vocab_splits: int | None = None,
-    debug: bool = False,
-):
+def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                     targets: torch.Tensor, *, temperature: float = 1.0, seed: int | torch.Tensor,
+                                     ignore_index: int = -100, return_argmax: bool = False,
+                                     block_m: int | None = None, block_v: int | None = None,
+                                     vocab_splits: int | None = None, debug: bool = False):
     """Fused generator head on the Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1).
 
     hidden [M, E] (the masked positions), weight [V, E] (tied word embeddings), bias [V] or
@@ -600,18 +590,10 @@ def generator_loss_and_sample_triton(
 # --------------------------------------------------------------------------------------------
 
 
-def generator_loss_and_sample_reference(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    seed: int | torch.Tensor,
-    ignore_index: int = -100,
-    return_argmax: bool = False,
-    debug: bool = False,
-):
+def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                        targets: torch.Tensor, *, temperature: float = 1.0,
+                                        seed: int | torch.Tensor, ignore_index: int = -100,
+                                        return_argmax: bool = False, debug: bool = False):
     """Same contract as :func:`generator_loss_and_sample_triton`, materialising [M, V] fp32 logits.
 
     Differentiable by plain autograd. The Gumbel noise is the kernel's Philox noise ported to plain
@@ -806,24 +788,14 @@ _generator_head_fwd_op = triton_op(
     _fwd_impl, _fwd_fake, backward=_backward_rule, setup_context=_setup_context)
 
 
-def generator_loss_and_sample(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    seed: int | torch.Tensor,
-    ignore_index: int = -100,
-    return_argmax: bool = False,
-    backend: str | None = None,
-):
+def generator_loss_and_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              targets: torch.Tensor, *, backend: str | None = None, **options):
     """MLM loss and Gumbel-max samples of the ELECTRA generator head at the masked positions.
 
-    ``backend``: "triton", "reference", or "auto" / None: triton for CUDA tensors, the reference for
-    the rest ("triton" on CPU tensors needs TRITON_INTERPRET=1). See
-    :func:`generator_loss_and_sample_triton` for the contract.
+    ``options`` are the keywords of :func:`generator_loss_and_sample_triton` (``seed``, required;
+    ``temperature``, ``ignore_index``, ``return_argmax``, ``debug``), which also states the
+    contract. ``backend``: "triton", "reference", or "auto" / None: triton for CUDA tensors, the
+    reference for the rest ("triton" on CPU tensors needs TRITON_INTERPRET=1).
     """
     fn = implementation(hidden, backend, generator_loss_and_sample_triton, generator_loss_and_sample_reference)
-    return fn(hidden, weight, bias, targets, temperature=temperature, seed=seed, ignore_index=ignore_index,
-              return_argmax=return_argmax)
+    return fn(hidden, weight, bias, targets, **options)
