@@ -12,6 +12,11 @@ splits' partial states. The backward recomputes the tiles (one pass over vocab t
 row block for dL/dh, one pass over row blocks per vocab tile for dL/dW and dL/db:
 deterministic, no atomics, never an [M, V] tensor).
 
+Wide embeddings (Base, Large: E > 256) make the logits compute bound, and there a chunked formulation
+is closer to the roofline (``_launch_chunked``): per chunk of rows, cuBLAS logits in fp32, one Triton
+pass for loss, samples and softmax - onehot, and two cuBLAS matmuls for the gradients, all in the
+forward; three sweeps of the logit space instead of five.
+
 The noise is keyed by (seed, row, vocab index) through Triton's counter-based Philox: one call
 ``tl.philox(seed, v // 4, row, 0, 0)`` gives four 32-bit words, word ``v % 4`` being vocabulary
 index v's (a tile holds four interleaved words, so each 10-round call serves four logits), never
@@ -42,7 +47,7 @@ import triton.language as tl
 from .checks import describe, is_integer, reads_values, require_float, require_same_device
 from .custom_ops import triton_op
 from .dispatch import autocast_projection, implementation, interpreter_fp32_variant, interpreting, is_fake
-from .launches import KernelPlan, hbm_bytes, record_extern, record_reference
+from .launches import L2_RESIDENT_BYTES, KernelPlan, hbm_bytes, record_extern, record_reference
 
 # Philox uniforms (kernel and reference) are clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
 U_EPS = 1e-7
@@ -115,6 +120,34 @@ def _word_update(acc, cols, V, tgt, u, inv_temperature, m_new, s_i, tgt_logit, b
 
 
 @triton.jit
+def _fold_tile(a0, a1, a2, a3, g, V, tgt, seed, row_ctr, inv_temperature, m_i, s_i, tgt_logit, best, best_idx,
+               amax_idx, RETURN_ARGMAX: tl.constexpr):
+    """Fold one vocabulary tile into a row block's running state. The tile is four words: ``a<j>`` holds
+    the fp32 logits of columns 4 g + j (Philox counters ``g``; bias added). Returns the new state
+    (max logit, sum of exp(logit - max), target logit, best Gumbel score and index, argmax)."""
+    c0 = g * 4
+    # Online log-sum-exp over the whole tile; column 4 g[0] < V is real, so m_new is finite.
+    t0 = tl.max(tl.where((c0 < V)[None, :], a0, float("-inf")), 1)
+    t1 = tl.max(tl.where((c0 + 1 < V)[None, :], a1, float("-inf")), 1)
+    t2 = tl.max(tl.where((c0 + 2 < V)[None, :], a2, float("-inf")), 1)
+    t3 = tl.max(tl.where((c0 + 3 < V)[None, :], a3, float("-inf")), 1)
+    m_new = tl.maximum(tl.maximum(m_i, tl.maximum(t0, t1)), tl.maximum(t2, t3))
+    if RETURN_ARGMAX:
+        amax_idx = tl.where(m_new > m_i, 2**31 - 1, amax_idx)  # a new maximum: its index comes below
+    s_i = s_i * tl.exp(m_i - m_new)
+    r0, r1, r2, r3 = _philox_uniforms(seed, row_ctr * 0 + g.to(tl.uint32)[None, :], row_ctr)
+    s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
+        a0, c0, V, tgt, r0, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX)
+    s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
+        a1, c0 + 1, V, tgt, r1, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX)
+    s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
+        a2, c0 + 2, V, tgt, r2, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX)
+    s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
+        a3, c0 + 3, V, tgt, r3, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX)
+    return m_new, s_i, tgt_logit, best, best_idx, amax_idx
+
+
+@triton.jit
 def _logits_tile(acc, h, W, cols, ks, E: tl.constexpr, V, DOT_F32: tl.constexpr):
     w = _load_tile(W, cols, cols < V, ks, E, DOT_F32)  # (BLOCK_V // 4, BLOCK_E)
     return _dot(h, tl.trans(w), acc, DOT_F32)
@@ -172,29 +205,9 @@ def _generator_head_fwd_kernel(
             a1 += tl.load(B + c0 + 1, mask=c0 + 1 < V, other=0.0).to(tl.float32)[None, :]
             a2 += tl.load(B + c0 + 2, mask=c0 + 2 < V, other=0.0).to(tl.float32)[None, :]
             a3 += tl.load(B + c0 + 3, mask=c0 + 3 < V, other=0.0).to(tl.float32)[None, :]
-        # Online log-sum-exp over the whole tile; column v0 < V is real, so m_new is finite.
-        t0 = tl.max(tl.where((c0 < V)[None, :], a0, float("-inf")), 1)
-        t1 = tl.max(tl.where((c0 + 1 < V)[None, :], a1, float("-inf")), 1)
-        t2 = tl.max(tl.where((c0 + 2 < V)[None, :], a2, float("-inf")), 1)
-        t3 = tl.max(tl.where((c0 + 3 < V)[None, :], a3, float("-inf")), 1)
-        m_new = tl.maximum(tl.maximum(m_i, tl.maximum(t0, t1)), tl.maximum(t2, t3))
-        if RETURN_ARGMAX:
-            amax_idx = tl.where(m_new > m_i, 2**31 - 1, amax_idx)  # a new maximum: its index comes below
-        s_i = s_i * tl.exp(m_i - m_new)
-        m_i = m_new
-        r0, r1, r2, r3 = _philox_uniforms(seed, zero + g.to(tl.uint32)[None, :], row_ctr)
-        s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
-            a0, c0, V, tgt, r0, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
-            RETURN_ARGMAX)
-        s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
-            a1, c0 + 1, V, tgt, r1, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
-            RETURN_ARGMAX)
-        s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
-            a2, c0 + 2, V, tgt, r2, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
-            RETURN_ARGMAX)
-        s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
-            a3, c0 + 3, V, tgt, r3, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
-            RETURN_ARGMAX)
+        m_i, s_i, tgt_logit, best, best_idx, amax_idx = _fold_tile(
+            a0, a1, a2, a3, g, V, tgt, seed, row_ctr, inv_temperature, m_i, s_i, tgt_logit, best, best_idx,
+            amax_idx, RETURN_ARGMAX)
 
     out = split.to(tl.int64) * M + rows
     tl.store(PART_M + out, m_i, mask=row_ok)
@@ -240,11 +253,84 @@ def _generator_head_combine_kernel(
 
 
 @triton.jit
+def _load_word(ROW, B, cols, row_ok, V, HAS_BIAS: tl.constexpr):
+    """fp32 logits (+ bias) at columns ``cols`` of the rows that start at pointers ``ROW``; -inf past V."""
+    ok = cols < V
+    x = tl.load(ROW[:, None] + cols[None, :], mask=row_ok[:, None] & ok[None, :], other=float("-inf"))
+    if HAS_BIAS:
+        x += tl.load(B + cols, mask=ok, other=0.0).to(tl.float32)[None, :]
+    return x
+
+
+@triton.jit
+def _generator_head_rows_kernel(
+    LOGITS, B, TARGETS, SEED,  # [C, V] fp32 logits of rows r0 .. r0 + C (no bias), [V], [M] int64, [1] int64
+    LSE, ROW_LOSS, SAMPLES, ARGMAX, DLOG,  # [M] fp32, [M] fp32, [M] int64, [M] int64, [C, ld] (ld >= V)
+    r0, C, V, ld, inv_temperature, ignore_index,
+    HAS_BIAS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    """The chunked head's pass over materialised logits (Base, Large: see ``_launch_chunked``).
+
+    A persistent grid: program p takes row blocks p, p + nprog, ... of the chunk. For each row block, pass 1
+    reads its logits in four-word tiles (the fused kernel's layout: the same Philox words, so the same
+    samples from equal logits) for log-sum-exp, loss, Gumbel-max sample and argmax; pass 2 (WRITE_GRAD)
+    re-reads them, while still in L2, and writes softmax - onehot (unscaled, 0 at ignored rows and in the
+    padding columns V .. ld) in DLOG's dtype for the two gradient matmuls."""
+    Q: tl.constexpr = BLOCK_V // 4
+    seed = tl.load(SEED)
+    for blk in range(tl.program_id(0), tl.cdiv(C, BLOCK_R), tl.num_programs(0)):
+        local = blk * BLOCK_R + tl.arange(0, BLOCK_R)
+        row_ok = local < C
+        rows = r0 + local
+        row_ptr = LOGITS + local.to(tl.int64) * V
+        tgt = tl.load(TARGETS + rows, mask=row_ok, other=ignore_index)
+        valid = row_ok & (tgt != ignore_index)
+        row_ctr = tl.zeros((BLOCK_R, Q), tl.uint32) + rows.to(tl.uint32)[:, None]
+        m_i = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+        s_i = tl.zeros((BLOCK_R,), tl.float32)
+        tgt_logit = tl.zeros((BLOCK_R,), tl.float32)
+        best = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+        best_idx = tl.full((BLOCK_R,), 2**31 - 1, tl.int32)
+        amax_idx = tl.full((BLOCK_R,), 2**31 - 1, tl.int32)
+        for v0 in range(0, V, BLOCK_V):
+            g = v0 // 4 + tl.arange(0, Q)
+            c0 = g * 4
+            m_i, s_i, tgt_logit, best, best_idx, amax_idx = _fold_tile(
+                _load_word(row_ptr, B, c0, row_ok, V, HAS_BIAS), _load_word(row_ptr, B, c0 + 1, row_ok, V, HAS_BIAS),
+                _load_word(row_ptr, B, c0 + 2, row_ok, V, HAS_BIAS), _load_word(row_ptr, B, c0 + 3, row_ok, V, HAS_BIAS),
+                g, V, tgt, seed, row_ctr, inv_temperature, m_i, s_i, tgt_logit, best, best_idx, amax_idx,
+                RETURN_ARGMAX)
+        m_safe = tl.where(row_ok, m_i, 0.0)
+        lse = m_safe + tl.log(tl.where(row_ok, s_i, 1.0))
+        tl.store(LSE + rows, lse, mask=row_ok)
+        tl.store(ROW_LOSS + rows, tl.where(valid, lse - tgt_logit, 0.0), mask=row_ok)
+        tl.store(SAMPLES + rows, tl.where(valid, best_idx.to(tl.int64), tgt), mask=row_ok)
+        if RETURN_ARGMAX:
+            tl.store(ARGMAX + rows, amax_idx.to(tl.int64), mask=row_ok)
+        if WRITE_GRAD:
+            for v0 in range(0, ld, BLOCK_V):
+                cols = v0 + tl.arange(0, BLOCK_V)
+                col_ok = cols < V
+                x = tl.load(row_ptr[:, None] + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+                p = _dlogits(x, B, cols, col_ok, tgt, valid, lse, HAS_BIAS)
+                tl.store(DLOG + local.to(tl.int64)[:, None] * ld + cols[None, :], p.to(DLOG.dtype.element_ty),
+                         mask=row_ok[:, None] & (cols < ld)[None, :])
+
+
+@triton.jit
 def _softmax_minus_onehot(h, w, B, cols, col_ok, tgt, valid, lse,
                           HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
     """Recomputed (softmax(logits) - onehot(target)) for one (row block, vocab tile); 0 where ignored."""
     logits = _dot(h, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_V), tl.float32), DOT_F32)
+    return _dlogits(logits, B, cols, col_ok, tgt, valid, lse, HAS_BIAS)
+
+
+@triton.jit
+def _dlogits(logits, B, cols, col_ok, tgt, valid, lse, HAS_BIAS: tl.constexpr):
+    """softmax(logits + b) - onehot(target) of fp32 logits [rows, cols] (bias not yet added); 0 where
+    ignored or past V."""
     if HAS_BIAS:
         logits += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     p = tl.exp(logits - lse[:, None])
@@ -506,6 +592,117 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
     return loss, samples, argmax, lse, n_valid
 
 
+# The chunked formulation (Base, Large): wide embeddings make the logits compute-bound, where cuBLAS
+# matmuls beat a kernel that streams W once per row block. Per chunk of rows: logits = h @ W.T in fp32
+# (cuBLAS), one pass for loss, samples and softmax - onehot (the rows kernel), then dL/dh = dlogits @ W and
+# dL/dW += dlogits.T @ h (cuBLAS, fp32 accumulation): three sweeps of the logit space per step, all in the
+# forward. The gradients are kept unscaled ([M, E] and [V, E (+8)] fp32) and scaled in the backward.
+_CHUNK_BYTES = 1 << 30  # fp32 logits and dlogits of one chunk
+ROWS_KERNEL = dict(BLOCK_R=1, BLOCK_V=1024, num_warps=8, num_stages=1)
+
+
+def _use_chunked(E: int, chunk_rows: int | None) -> bool:
+    """The chunked formulation when asked (``chunk_rows`` > 0), never when ``chunk_rows`` == 0, and by
+    default for embeddings wider than 256 (Base, Large), where the cost model puts it within 1.5x of the
+    ideal and the fused kernels at 6-12x."""
+    return chunk_rows > 0 if chunk_rows is not None else E > 256
+
+
+def _chunk_size(M: int, V: int, chunk_rows: int | None) -> int:
+    if chunk_rows:
+        return chunk_rows
+    return max(128, min(M, _CHUNK_BYTES // (V * 6)) // 128 * 128)
+
+
+def _grad_columns(E: int, has_bias: bool) -> int:
+    """Columns of the unscaled dL/dW accumulator: dL/db rides along as column E (h gets a column of ones,
+    padded to a multiple of 8 columns for the tensor cores)."""
+    return E + 8 if has_bias else E
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b (+ acc) in fp32 from operands in their own dtype: cuBLAS with fp32 output (``out_dtype``) for
+    CUDA half types, an fp32 matmul of the upcast operands elsewhere (the interpreter's CPU tensors)."""
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+        if acc is None:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        return torch.addmm(acc, a, b, out_dtype=torch.float32)
+    if acc is None:
+        return torch.mm(a.float(), b.float())
+    return torch.addmm(acc, a.float(), b.float())
+
+
+def _mm_cost(m: int, n: int, k: int, elt: int, out_elt: int = 4, acc: bool = False) -> tuple[float, float]:
+    return 2.0 * m * n * k, (m * k + k * n) * elt + m * n * out_elt * (2 if acc else 1)
+
+
+def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, need_grads,
+                    chunk_rows, launch=True):
+    """The chunked head (see ``_use_chunked``). Returns (loss, samples, argmax or None, lse, n_valid, dh, dwb):
+    dh [M, E] and dwb [V, E (+8)] the unscaled fp32 gradients (empty unless ``need_grads``)."""
+    M, E = hidden.shape
+    V = weight.shape[0]
+    device, dtype, elt = hidden.device, hidden.dtype, hidden.element_size()
+    f32 = dict(dtype=torch.float32, device=device)
+    n_valid = (targets != ignore_index).sum()
+    lse, row_loss = torch.empty(M, **f32), torch.empty(M, **f32)
+    samples = torch.empty(M, dtype=torch.int64, device=device)
+    argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
+    ea = _grad_columns(E, bias is not None)
+    dh = torch.empty(M if need_grads else 0, E, **f32)
+    dwb = torch.zeros(V if need_grads else 0, ea, **f32) if M == 0 or not launch else None
+    C = _chunk_size(M, V, chunk_rows)
+    ld = triton.cdiv(V, 8) * 8  # dlogits rows 16-byte aligned for cuBLAS
+    dlog = torch.empty(min(C, M) if need_grads else 0, ld, dtype=dtype, device=device)
+    if need_grads and bias is not None:  # [h | 1 | 0 ...]: dL/db is column E of dlogits.T @ h_aug
+        h_aug = torch.zeros(min(C, M), ea, dtype=dtype, device=device)
+        h_aug[:, E] = 1
+    seed_t = _seed_tensor(seed, device)
+    cfg = ROWS_KERNEL
+    for r0 in range(0, M, C):
+        c = min(C, M - r0)
+        hc = hidden[r0:r0 + c]
+        record_extern("generator_head.logits", "cublas.mm", *_mm_cost(c, V, E, elt), hidden=hc, weight=weight)
+        logits = _mm_f32(hc, weight.T) if launch else torch.empty(c, V, **f32)
+        programs = min(NUM_SMS, triton.cdiv(c, cfg["BLOCK_R"]))
+        # Pass 2 re-reads a row block right after pass 1: from L2 while every program's rows fit there.
+        reread = 0 if programs * cfg["BLOCK_R"] * V * 4 <= L2_RESIDENT_BYTES else c * V * 4
+        rows_bytes = c * V * 4 + reread + (c * ld * elt if need_grads else 0) + c * 28 + V * _belt(bias, weight)
+        KernelPlan(
+            "generator_head.rows", _generator_head_rows_kernel, (programs,),
+            (logits, bias if bias is not None else weight, targets, seed_t, lse, row_loss, samples,
+             argmax if return_argmax else samples, dlog if need_grads else logits, r0, c, V, ld,
+             1.0 / temperature, ignore_index),
+            dict(HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, WRITE_GRAD=need_grads,
+                 BLOCK_R=cfg["BLOCK_R"], BLOCK_V=cfg["BLOCK_V"]),
+            cfg["num_warps"], cfg["num_stages"], (0.0, rows_bytes),
+        ).run(launch)
+        if need_grads:
+            d = dlog[:c, :V]
+            record_extern("generator_head.grad_h", "cublas.mm", *_mm_cost(c, E, V, elt), dlogits=d, weight=weight)
+            ha = hc
+            if bias is not None:
+                ha = h_aug[:c]
+                if launch:
+                    ha[:, :E].copy_(hc)
+            record_extern("generator_head.grad_w", "cublas.addmm" if r0 else "cublas.mm",
+                          *_mm_cost(V, ea, c, elt, acc=r0 > 0), dlogits=d, hidden=ha)
+            if launch:
+                dh[r0:r0 + c] = _mm_f32(d, weight)
+                dwb = _mm_f32(d.T, ha, dwb if r0 else None)
+    loss = row_loss.sum() / n_valid.clamp(min=1).to(torch.float32)
+    return loss, samples, argmax, lse, n_valid, dh, dwb
+
+
+def _scale_chunked_grads(grad_loss, n_valid, dh, dwb, hidden, weight, bias, need_dh, need_dw):
+    """The chunked head's backward: its unscaled gradients times grad_loss / n_valid, in the inputs' dtypes."""
+    scale = grad_loss.to(torch.float32) / n_valid.clamp(min=1).to(torch.float32)
+    E = hidden.shape[1]
+    return ((dh * scale).to(hidden.dtype) if need_dh else None,
+            (dwb[:, :E] * scale).to(weight.dtype) if need_dw else None,
+            (dwb[:, E] * scale).to(bias.dtype) if need_dw and bias is not None else None)
+
+
 def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index,
                      block_m, block_v, need_dh, need_dw, launch=True):
     """Runs the backward kernels that are needed (``launch=False``: records them only).
@@ -551,7 +748,8 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
                                      targets: torch.Tensor, *, temperature: float = 1.0, seed: int | torch.Tensor,
                                      ignore_index: int = -100, return_argmax: bool = False,
                                      block_m: int | None = None, block_v: int | None = None,
-                                     vocab_splits: int | None = None, debug: bool = False):
+                                     vocab_splits: int | None = None, chunk_rows: int | None = None,
+                                     debug: bool = False):
     """Fused generator head on the Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1).
 
     hidden [M, E] (the masked positions), weight [V, E] (tied word embeddings), bias [V] or
@@ -562,7 +760,9 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
     argmax [M] int64 is the argmax of the logits (for MLM accuracy). ``seed`` may be a
     one-element integer device tensor, so a captured CUDA graph can draw fresh samples per
     replay. ``block_m``/``block_v`` override the block sizes and ``vocab_splits`` the forward's
-    vocabulary splits (tests: the samples do not depend on either); ``debug`` enables the
+    vocabulary splits (tests: the samples do not depend on either); ``chunk_rows`` picks the
+    formulation: 0 the fused kernels, n > 0 the chunked one (cuBLAS logits, n rows at a time), None
+    (default) chunked for embeddings wider than 256 (Base, Large); ``debug`` enables the
     target range check on CUDA tensors (it syncs).
 
     Under autocast (``torch.autocast("cuda" | "cpu", dtype=torch.bfloat16)``) hidden and weight are
@@ -576,12 +776,16 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
     if vocab_splits is not None and (isinstance(vocab_splits, bool) or not isinstance(vocab_splits, int)
                                      or vocab_splits < 1):
         raise ValueError(f"vocab_splits must be an int >= 1; got {vocab_splits!r}")
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
+                                   or chunk_rows < 0):
+        raise ValueError(f"chunk_rows must be None or an int >= 0; got {chunk_rows!r}")
     if hidden.device.type != "cuda" and not interpreting() and not is_fake(hidden):
         raise ValueError(f"the triton backend needs CUDA tensors (got {hidden.device}); on the CPU set "
                          "TRITON_INTERPRET=1 before importing triton, or use the reference backend")
-    loss, samples, argmax, _, _ = _generator_head_fwd_op(
+    need_grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    loss, samples, argmax, *_ = _generator_head_fwd_op(
         hidden, weight, bias, targets, _seed_tensor(seed, hidden.device), float(temperature), ignore_index,
-        bool(return_argmax), block_m, block_v, vocab_splits)
+        bool(return_argmax), block_m, block_v, vocab_splits, chunk_rows, need_grads)
     return (loss, samples, argmax) if return_argmax else (loss, samples)
 
 
@@ -716,24 +920,37 @@ def _clamped_uniform_reference(words: torch.Tensor) -> torch.Tensor:
 # calls a backward op. The seed is a (1,) int64 tensor argument: a captured graph that refills it
 # draws fresh samples each replay.
 def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
-              vocab_splits=None, launch=True):
-    """(loss, samples, argmax, lse, n_valid); argmax is empty unless asked."""
+              vocab_splits=None, chunk_rows=None, need_grads=False, launch=True):
+    """(loss, samples, argmax, lse, n_valid, dh, dwb); argmax is empty unless asked, dh and dwb (the chunked
+    head's unscaled gradients) empty on the fused path or without ``need_grads``."""
     hidden = hidden.contiguous()
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    loss, samples, argmax, lse, n_valid = _launch_forward(
-        hidden, weight, bias, targets.contiguous().long(), temperature, seed, ignore_index, return_argmax,
-        block_m, block_v, launch, vocab_splits)
-    return loss, samples, argmax if argmax is not None else samples.new_empty(0), lse, n_valid
+    targets = targets.contiguous().long()
+    if _use_chunked(hidden.shape[1], chunk_rows):
+        loss, samples, argmax, lse, n_valid, dh, dwb = _launch_chunked(
+            hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, need_grads, chunk_rows,
+            launch)
+    else:
+        loss, samples, argmax, lse, n_valid = _launch_forward(
+            hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, block_m, block_v,
+            launch, vocab_splits)
+        dh, dwb = hidden.new_empty(0, dtype=torch.float32), hidden.new_empty(0, dtype=torch.float32)
+    return loss, samples, argmax if argmax is not None else samples.new_empty(0), lse, n_valid, dh, dwb
 
 
 def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
-              vocab_splits=None):
-    M = hidden.shape[0]
+              vocab_splits=None, chunk_rows=None, need_grads=False):
+    M, E = hidden.shape
     scalar = hidden.new_empty((), dtype=torch.float32)
     samples = hidden.new_empty(M, dtype=torch.int64)
     argmax = hidden.new_empty(M if return_argmax else 0, dtype=torch.int64)
-    return scalar, samples, argmax, hidden.new_empty(M, dtype=torch.float32), hidden.new_empty((), dtype=torch.int64)
+    grads = need_grads and _use_chunked(E, chunk_rows)
+    dh = hidden.new_empty((M, E) if grads else (0,), dtype=torch.float32)
+    dwb = hidden.new_empty((weight.shape[0], _grad_columns(E, bias is not None)) if grads else (0,),
+                           dtype=torch.float32)
+    return (scalar, samples, argmax, hidden.new_empty(M, dtype=torch.float32),
+            hidden.new_empty((), dtype=torch.int64), dh, dwb)
 
 
 def _bwd_impl(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
@@ -758,20 +975,25 @@ def _bwd_fake(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_ind
 
 
 def _setup_context(ctx, inputs, output):
-    hidden, weight, bias, targets, _, _, ignore_index, _, block_m, block_v, _ = inputs
-    _, _, _, lse, n_valid = output
-    ctx.save_for_backward(hidden, weight, bias, targets, lse, n_valid)
+    hidden, weight, bias, targets, _, _, ignore_index, _, block_m, block_v, _, chunk_rows, _ = inputs
+    _, _, _, lse, n_valid, dh, dwb = output
+    ctx.chunked = _use_chunked(hidden.shape[1], chunk_rows)
+    ctx.save_for_backward(hidden, weight, bias, targets, lse, n_valid, dh, dwb)
     ctx.ignore_index, ctx.block_m, ctx.block_v = ignore_index, block_m, block_v
 
 
 def _backward_rule(ctx, grad_loss, *unused_grads):
-    hidden, weight, bias, targets, lse, n_valid = ctx.saved_tensors
+    hidden, weight, bias, targets, lse, n_valid, dh_unscaled, dwb = ctx.saved_tensors
     need_dh = ctx.needs_input_grad[0]
     need_dw = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-    dh, dw, db = _generator_head_bwd_op(grad_loss, hidden, weight, bias, targets, lse, n_valid,
-                                        ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
+    if ctx.chunked:  # the gradients were computed in the forward (need_grads): scale them
+        dh, dw, db = _scale_chunked_grads(grad_loss, n_valid, dh_unscaled, dwb, hidden, weight, bias, need_dh,
+                                          need_dw)
+    else:
+        dh, dw, db = _generator_head_bwd_op(grad_loss, hidden, weight, bias, targets, lse, n_valid,
+                                            ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
     return (dh if need_dh else None, dw if ctx.needs_input_grad[1] else None,
-            db if ctx.needs_input_grad[2] else None, None, None, None, None, None, None, None, None)
+            db if ctx.needs_input_grad[2] else None) + (None,) * 10
 
 
 _generator_head_bwd_op = triton_op(
@@ -783,8 +1005,8 @@ _generator_head_bwd_op = triton_op(
 _generator_head_fwd_op = triton_op(
     "generator_head_fwd",
     "(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor seed, float temperature, "
-    "int ignore_index, bool return_argmax, int? block_m, int? block_v, int? vocab_splits=None) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "int ignore_index, bool return_argmax, int? block_m, int? block_v, int? vocab_splits=None, "
+    "int? chunk_rows=None, bool need_grads=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     _fwd_impl, _fwd_fake, backward=_backward_rule, setup_context=_setup_context)
 
 

@@ -18,7 +18,7 @@ With no recorder active, recording costs one truth test of a module-level list.
 
 Cost model: a launcher may attach the FLOPs and HBM bytes its grid and tiles imply (``KernelPlan.cost``,
 computed by the op's own cost function from the same block sizes it launches with), and work an op
-hands to a library (a cuBLAS matmul inside the generator head's backward) is recorded with
+hands to a library (the chunked generator head's cuBLAS matmuls) is recorded with
 :func:`record_extern`. ``electra_fast.proxies.cost_table`` turns the records into implied H100 times.
 An operand no larger than :data:`L2_RESIDENT_BYTES` counts once however often programs reload it
 (it stays in L2 while the launch runs); a larger one counts every load a program issues.

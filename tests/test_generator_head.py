@@ -183,6 +183,64 @@ def test_split_edge_cases(backend):
     assert loss.item() == 0.0 and torch.equal(samples, targets)
 
 
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("chunk_rows", [16, 37, 1])
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_chunked_head_matches_fp64(backend, chunk_rows, dtype, with_bias):
+    """The chunked formulation (Base and Large by default; forced here at small shapes): loss and gradients
+    against the fp64 oracle with chunk boundaries inside the rows (37 = 16 + 16 + 5), one chunk, and
+    one row per chunk, V = 1000 (not a multiple of the rows kernel's tile nor of 8)."""
+    inputs = make_inputs(37, 48, 1000, dtype, with_bias)
+    check_against_oracle(backend, *inputs, dtype, chunk_rows=chunk_rows)
+
+
+@pytest.mark.parametrize("V, chunk_rows", [(333, 16), (1000, 7), (129, 61)])
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_chunked_samples_equal_the_fused_kernels_and_the_reference(backend, V, chunk_rows):
+    """fp32: the rows kernel draws the fused kernels' Philox words from the same logits, so samples and
+    argmax are equal across formulations and chunk sizes, and losses agree to fp32 rounding."""
+    seed = fresh_seed()
+    hidden, weight, bias, targets = make_inputs(61, 48, V)
+    kwargs = dict(seed=seed, temperature=0.7, return_argmax=True)
+    want = gh.generator_loss_and_sample_reference(hidden, weight, bias, targets, **kwargs)
+    fused = run(backend, hidden, weight, bias, targets, chunk_rows=0, **kwargs)
+    chunked = run(backend, hidden, weight, bias, targets, chunk_rows=chunk_rows, **kwargs)
+    for got in (fused, chunked):
+        differ = (got[1] != want[1]).nonzero()[:, 0].tolist()
+        assert not differ, f"seed {seed}: rows {differ} of 61 sample differently"
+        assert torch.equal(got[2], want[2]), f"seed {seed}"
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_chunked_edge_cases(backend):
+    """One row; every row ignored (zero loss and gradients); and without gradients (eval: no dlogits,
+    no gradient matmuls) the same loss and samples as with them."""
+    check_against_oracle(backend, *make_inputs(1, 48, 333, ignore_frac=0.0), torch.float32, chunk_rows=4)
+    hidden, weight, bias, targets = make_inputs(21, 48, 333)
+    targets.fill_(IGNORE)
+    loss, samples = run(backend, hidden, weight, bias, targets, seed=3, chunk_rows=8)
+    assert loss.item() == 0.0 and torch.equal(samples, targets)
+    loss.backward()
+    assert all(torch.count_nonzero(t.grad) == 0 for t in (hidden, weight, bias))
+    hidden, weight, bias, targets = make_inputs(29, 48, 333)
+    with_grads = run(backend, hidden, weight, bias, targets, seed=4, chunk_rows=8)
+    with torch.no_grad():
+        without = run(backend, hidden, weight, bias, targets, seed=4, chunk_rows=8)
+    assert torch.equal(with_grads[0].detach(), without[0]) and torch.equal(with_grads[1], without[1])
+
+
+def test_chunked_is_the_default_for_wide_embeddings_only():
+    assert not gh._use_chunked(128, None) and not gh._use_chunked(256, None)  # tiny, small: fused kernels
+    assert gh._use_chunked(768, None) and gh._use_chunked(1024, None)  # base, large
+    assert gh._use_chunked(128, 16) and not gh._use_chunked(768, 0)
+    assert gh._chunk_size(20224, 30522, None) % 128 == 0 and gh._chunk_size(20224, 30522, None) * 30522 * 6 <= 2**30
+    assert gh._chunk_size(100, 30522, None) == 128 and gh._chunk_size(100, 30522, 7) == 7
+    with pytest.raises(ValueError, match="chunk_rows"):
+        gh.generator_loss_and_sample_triton(*make_inputs(4, 16, 50), seed=0, chunk_rows=-1)
+
+
 @triton.jit
 def _uniforms_kernel(SEED, OUT, row0, R, V, BLOCK_M: tl.constexpr, Q: tl.constexpr):
     """OUT[r, v] = the forward kernel's uniform of vocabulary index v at row row0 + r (its own helper)."""

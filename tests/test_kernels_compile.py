@@ -26,6 +26,8 @@ ROW = re.compile(r"^(\S+)\s+(bf16|fp32|bf16\+fp32)\s+(\S+)\s+(sm_80|sm_90a)\s+(\
 PRESETS = {"tiny", "small", "base", "large"}
 LIMIT = {"sm_80": 163 * 1024, "sm_90a": 227 * 1024}
 HEAD = ("generator_head_fwd", "generator_head_combine", "generator_head_bwd_dh", "generator_head_bwd_dw")
+CHUNKED_HEAD = ("generator_head_rows",)  # Base and Large: the chunked head (cuBLAS logits + one rows kernel)
+HEAD_PRESETS = {"tiny", "small"}
 RTD = ("rtd_fwd", "rtd_bwd")
 
 
@@ -68,10 +70,12 @@ def test_variants_cover_every_preset_and_precision(compile_report):
     for r in records:
         by_arch.setdefault((r["kernel"], r["preset"], r["dtype"], json.dumps(r["constexprs"])), set()).add(r["arch"])
     assert all(archs == {"sm_80", "sm_90a"} for archs in by_arch.values()), "a variant lacks one architecture"
-    for kernel in HEAD + RTD + ("rtd_logits_fwd",):
-        for dtype in ("bf16", "fp32"):
-            presets = {p for r in records if r["kernel"] == kernel and dtype in r["dtypes"] for p in r["presets"]}
-            assert presets == PRESETS, f"{kernel} {dtype}: presets {presets}"
+    for kernels, want in ((HEAD, HEAD_PRESETS), (CHUNKED_HEAD, PRESETS - HEAD_PRESETS),
+                          (RTD + ("rtd_logits_fwd",), PRESETS)):
+        for kernel in kernels:
+            for dtype in ("bf16", "fp32"):
+                presets = {p for r in records if r["kernel"] == kernel and dtype in r["dtypes"] for p in r["presets"]}
+                assert presets == want, f"{kernel} {dtype}: presets {presets}"
     presets = {p for r in records if r["kernel"] == "replace_tokens" for p in r["presets"]}
     assert presets == PRESETS
     # deduplicated: no two records of one architecture describe the same compilation
