@@ -649,8 +649,8 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
     samples = torch.empty(M, dtype=torch.int64, device=device)
     argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
     ea = _grad_columns(E, bias is not None)
-    dh = torch.empty(M if need_grads else 0, E, **f32)
-    dwb = torch.zeros(V if need_grads else 0, ea, **f32) if M == 0 or not launch else None
+    dh = torch.empty((M, E) if need_grads else (0,), **f32)
+    dwb = torch.zeros((V, ea) if need_grads else (0,), **f32) if M == 0 or not launch or not need_grads else None
     C = _chunk_size(M, V, chunk_rows)
     ld = triton.cdiv(V, 8) * 8  # dlogits rows 16-byte aligned for cuBLAS
     dlog = torch.empty(min(C, M) if need_grads else 0, ld, dtype=dtype, device=device)
@@ -986,10 +986,10 @@ def _backward_rule(ctx, grad_loss, *unused_grads):
     hidden, weight, bias, targets, lse, n_valid, dh_unscaled, dwb = ctx.saved_tensors
     need_dh = ctx.needs_input_grad[0]
     need_dw = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-    if ctx.chunked:  # the gradients were computed in the forward (need_grads): scale them
+    if ctx.chunked and dwb.dim() == 2:  # the gradients were computed in the forward (need_grads): scale them
         dh, dw, db = _scale_chunked_grads(grad_loss, n_valid, dh_unscaled, dwb, hidden, weight, bias, need_dh,
                                           need_dw)
-    else:
+    else:  # the fused backward kernels (also the chunked head's, had the forward no gradients to keep)
         dh, dw, db = _generator_head_bwd_op(grad_loss, hidden, weight, bias, targets, lse, n_valid,
                                             ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
     return (dh if need_dh else None, dw if ctx.needs_input_grad[1] else None,

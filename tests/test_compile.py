@@ -132,10 +132,12 @@ def _head_inputs(M=20, E=16, V=50, with_bias=True):
 def test_generator_head_ops_pass_opcheck(with_bias):
     hidden, weight, bias, targets, seed = _head_inputs(with_bias=with_bias)
     for return_argmax in (True, False):
-        torch.library.opcheck(gh._generator_head_fwd_op,
-                              (hidden, weight, bias, targets, seed, 0.7, -100, return_argmax, None, None))
-    loss, _, _, lse, n_valid = gh._generator_head_fwd_op(hidden, weight, bias, targets, seed, 1.0, -100, False,
-                                                         None, None)
+        for chunk_rows, need_grads in ((None, False), (8, True), (8, False)):  # fused; chunked, with grads or not
+            torch.library.opcheck(gh._generator_head_fwd_op,
+                                  (hidden, weight, bias, targets, seed, 0.7, -100, return_argmax, None, None, None,
+                                   chunk_rows, need_grads))
+    loss, _, _, lse, n_valid, _, _ = gh._generator_head_fwd_op(hidden, weight, bias, targets, seed, 1.0, -100,
+                                                               False, None, None)
     grad = torch.rand((), device=DEVICE)
     for need_dh, need_dw in ((True, True), (False, True), (True, False)):
         torch.library.opcheck(gh._generator_head_bwd_op,
