@@ -139,17 +139,29 @@ def pick(impl, fused, eager, reference):
 
 
 # ----------------------------------------------------------------------------- GPU suites
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPLS + ["fused-other"])
 @pytest.mark.parametrize("preset", list(GEN_SHAPES))
 def test_generator_head(benchmark, cuda, preset, impl):
-    from electra_fast.ops import generator_loss_and_sample
+    """"fused" is the op as training calls it (Small: the fused kernels; Base: the chunked formulation);
+    "fused-other" forces the other formulation (``chunk_rows``), to check the default's choice on the card.
+    extra_info["roofline_share"]: the cost model's ideal time for the head (electra_fast.proxies.head_ideal,
+    H100 peaks) over the measured mean."""
+    from electra_fast.kernels.generator_head import _use_chunked, generator_loss_and_sample_triton
+
+    from electra_fast.proxies import head_ideal
 
     benchmark.group = f"generator_head-{preset}"
     inputs = generator_inputs(**GEN_SHAPES[preset], device=cuda, dtype=torch.bfloat16)
-    fused = lambda h, w, b, t: generator_loss_and_sample(h, w, b, t, seed=1234, backend="triton")
+    other = 0 if _use_chunked(GEN_SHAPES[preset]["E"], None) else 4096
+    fused = lambda h, w, b, t: generator_loss_and_sample_triton(h, w, b, t, seed=1234,
+                                                               chunk_rows=other if impl == "fused-other" else None)
     eager = lambda h, w, b, t: generator_head_eager(h, w, b, t, 1234)
     # compiled: the eager head (the reference's torch.Generator would break the graph)
-    run_benchmark(benchmark, pick(impl, fused, eager, eager), inputs, backward=True, device=cuda)
+    run_benchmark(benchmark, pick(impl.split("-")[0], fused, eager, eager), inputs, backward=True, device=cuda)
+    ideal_us = head_ideal(PRESETS[preset], "bf16")["ideal_us"]
+    benchmark.extra_info["ideal_us"] = round(ideal_us, 1)
+    if benchmark.stats:  # None under --benchmark-disable
+        benchmark.extra_info["roofline_share"] = round(ideal_us * 1e-6 / benchmark.stats.stats.mean, 3)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
