@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, help=f"maximum sequence length (default: {_preset_values('max_seq_length')})")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {_preset_values('learning_rate')})")
     p.add_argument("--mask-prob", type=float, help=f"masking probability (default: {_preset_values('mask_prob')})")
+    p.add_argument("--disc-weight", type=float,
+                   help="weight of the discriminator's loss against the generator's (the paper's lambda; default: "
+                        f"{_preset_values('disc_weight')})")
     p.add_argument("--whole-word", action=argparse.BooleanOptionalAction, default=None,
                    help="mask whole words (all their WordPiece pieces together); default: on for tiny, "
                         "off for the official presets")
@@ -173,6 +176,8 @@ def validate_args(args, given: set[str]) -> None:
         raise TrainError(f"--lr must be a finite number > 0, got {args.lr}")
     if args.mask_prob is not None and not 0 < args.mask_prob < 1:
         raise TrainError(f"--mask-prob must be in (0, 1), got {args.mask_prob}")
+    if args.disc_weight is not None and not (math.isfinite(args.disc_weight) and args.disc_weight > 0):
+        raise TrainError(f"--disc-weight must be a finite number > 0, got {args.disc_weight}")
     if not (math.isfinite(args.save_every_minutes) and args.save_every_minutes > 0):
         raise TrainError(f"--save-every-minutes must be a finite number > 0, got {args.save_every_minutes}")
     if args.tensorboard is None:
@@ -242,7 +247,8 @@ def resolve_config(args, saved: dict | None) -> ElectraConfig:
         return cfg.replace(train_steps=args.steps) if args.steps else cfg
     over = {}
     for flag, name in (("steps", "train_steps"), ("warmup", "warmup_steps"), ("batch_size", "batch_size"),
-                       ("seq_len", "max_seq_length"), ("lr", "learning_rate"), ("mask_prob", "mask_prob")):
+                       ("seq_len", "max_seq_length"), ("lr", "learning_rate"), ("mask_prob", "mask_prob"),
+                       ("disc_weight", "disc_weight")):
         v = getattr(args, flag)
         if v is not None:
             over[name] = v

@@ -78,6 +78,7 @@ def _cases(w: Path) -> dict[str, tuple]:
         "train --lr inf": (train.main, [*t, "--lr", "inf"], ["--lr", "finite"]),
         "train --lr -1": (train.main, [*t, "--lr", "-1"], ["--lr", "> 0"]),
         "train --mask-prob 1.5": (train.main, [*t, "--mask-prob", "1.5"], ["--mask-prob", "(0, 1)"]),
+        "train --disc-weight 0": (train.main, [*t, "--disc-weight", "0"], ["--disc-weight", "> 0"]),
         "train --save-every-minutes nan": (train.main, [*t, "--save-every-minutes", "nan"], ["--save-every-minutes"]),
         "train --seq-len 4096": (train.main, [*t, "--seq-len", "4096"], ["--seq-len", "position embeddings"]),
         "train --grad-accum 3 (batch 128)": (train.main, [*t, "--grad-accum", "3"], ["--grad-accum", "divisible"]),

@@ -230,3 +230,12 @@ def test_whole_word_masking_defaults_on_for_tiny_only_and_is_saved_with_the_run(
                  *flags]) == 0
     state = load_checkpoint(list_checkpoints(run)[-1])
     assert state["run_args"]["whole_word"] is expected
+
+
+def test_disc_weight_flag_reaches_the_config():
+    """--disc-weight sets the paper's lambda (the discriminator loss's weight); the preset's value otherwise."""
+    from electra_fast.train import build_parser, resolve_config
+
+    given = resolve_config(build_parser().parse_args(["--disc-weight", "12.5"]), None)
+    default = resolve_config(build_parser().parse_args([]), None)
+    assert given.disc_weight == 12.5 and default.disc_weight == 50.0
