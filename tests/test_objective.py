@@ -243,8 +243,10 @@ def test_tiny_preset_learns_on_fixed_batches(seed):
     tok = train_tokenizer(docs, 512)
     ids = [i for enc in tok.encode_batch([ln for d in docs for ln in d]) for i in enc]
     T, B = 64, 16
+    # The paper's lambda = 50, as in the 30-seed runs behind the bounds (the tiny preset's own 10 trades a
+    # slower start of the discriminator for an encoder that transfers: benchmarks/RESULTS.md, issue 20).
     cfg = ElectraConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_length=T, num_layers=2,
-                               generator_num_layers=2)
+                               generator_num_layers=2, disc_weight=50.0)
     batches = []
     for _ in range(4):
         starts = rng.integers(0, len(ids) - T, size=B)

@@ -237,5 +237,6 @@ def test_disc_weight_flag_reaches_the_config():
     from electra_fast.train import build_parser, resolve_config
 
     given = resolve_config(build_parser().parse_args(["--disc-weight", "12.5"]), None)
-    default = resolve_config(build_parser().parse_args([]), None)
-    assert given.disc_weight == 12.5 and default.disc_weight == 50.0
+    tiny = resolve_config(build_parser().parse_args([]), None)
+    small = resolve_config(build_parser().parse_args(["--preset", "small"]), None)
+    assert given.disc_weight == 12.5 and tiny.disc_weight == 10.0 and small.disc_weight == 50.0
