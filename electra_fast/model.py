@@ -3,7 +3,7 @@
 Data flows one way (docs/ARCHITECTURE.md, sections 1-2):
     masked ids -> generator -> LM head at the masked rows only -> Gumbel-max samples
     -> corrupted ids -> discriminator -> per-token replaced/original logit
-    loss = mlm_loss + 50 * disc_loss
+    loss = mlm_loss + disc_weight * disc_loss   (the paper's 50; the tiny preset's 10)
 
 The generator head, the corruption and the RTD loss go through ``electra_fast.ops``: fused
 Triton kernels on CUDA tensors, plain PyTorch on the CPU, or the one ``Electra(backend=...)`` names

@@ -554,6 +554,22 @@ def _belt(bias, weight) -> int:
     return bias.element_size() if bias is not None else 0
 
 
+def _row_outputs(targets, ignore_index, M, device, return_argmax):
+    """The per-row outputs both formulations fill: n_valid (0-dim), lse and row loss (fp32), samples and
+    argmax (int64; argmax None unless asked)."""
+    n_valid = (targets != ignore_index).sum()
+    lse = torch.empty(M, dtype=torch.float32, device=device)
+    row_loss = torch.empty(M, dtype=torch.float32, device=device)
+    samples = torch.empty(M, dtype=torch.int64, device=device)
+    argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
+    return n_valid, lse, row_loss, samples, argmax
+
+
+def _per_valid_row(x: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+    """``x`` / n_valid in fp32 (the mean over non-ignored rows); 0.0, not NaN, when every row is ignored."""
+    return x.to(torch.float32) / n_valid.clamp(min=1).to(torch.float32)
+
+
 def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
                     block_m, block_v, launch=True, splits=None):
     """Runs the forward kernel (``launch=False``: only records it, for the fake implementation).
@@ -561,11 +577,7 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
     M, E = hidden.shape
     V = weight.shape[0]
     device = hidden.device
-    n_valid = (targets != ignore_index).sum()
-    lse = torch.empty(M, dtype=torch.float32, device=device)
-    row_loss = torch.empty(M, dtype=torch.float32, device=device)
-    samples = torch.empty(M, dtype=torch.int64, device=device)
-    argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
+    n_valid, lse, row_loss, samples, argmax = _row_outputs(targets, ignore_index, M, device, return_argmax)
     if M > 0:
         dot_f32 = _dot_f32(hidden)
         cfg = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)["fwd"]
@@ -587,9 +599,7 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
                  BLOCK_S=max(2, triton.next_power_of_2(n_splits))),
             comb["num_warps"], comb["num_stages"], (0.0, M * (n_splits * 24 + 8 + 24)),
         ).run(launch)
-    # Mean over the non-ignored rows; 0.0 (not NaN) when every row is ignored.
-    loss = row_loss.sum() / n_valid.clamp(min=1).to(torch.float32)
-    return loss, samples, argmax, lse, n_valid
+    return _per_valid_row(row_loss.sum(), n_valid), samples, argmax, lse, n_valid
 
 
 # The chunked formulation (Base, Large): wide embeddings make the logits compute-bound, where cuBLAS
@@ -644,13 +654,12 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
     V = weight.shape[0]
     device, dtype, elt = hidden.device, hidden.dtype, hidden.element_size()
     f32 = dict(dtype=torch.float32, device=device)
-    n_valid = (targets != ignore_index).sum()
-    lse, row_loss = torch.empty(M, **f32), torch.empty(M, **f32)
-    samples = torch.empty(M, dtype=torch.int64, device=device)
-    argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
+    n_valid, lse, row_loss, samples, argmax = _row_outputs(targets, ignore_index, M, device, return_argmax)
     ea = _grad_columns(E, bias is not None)
     dh = torch.empty((M, E) if need_grads else (0,), **f32)
-    dwb = torch.zeros((V, ea) if need_grads else (0,), **f32) if M == 0 or not launch or not need_grads else None
+    # dL/dW is written by the first chunk's matmul; zeros only where no chunk will write it
+    chunks_write_dw = need_grads and M > 0 and launch
+    dwb = None if chunks_write_dw else torch.zeros((V, ea) if need_grads else (0,), **f32)
     C = _chunk_size(M, V, chunk_rows)
     ld = triton.cdiv(V, 8) * 8  # dlogits rows 16-byte aligned for cuBLAS
     dlog = torch.empty(min(C, M) if need_grads else 0, ld, dtype=dtype, device=device)
@@ -690,13 +699,12 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
             if launch:
                 dh[r0:r0 + c] = _mm_f32(d, weight)
                 dwb = _mm_f32(d.T, ha, dwb if r0 else None)
-    loss = row_loss.sum() / n_valid.clamp(min=1).to(torch.float32)
-    return loss, samples, argmax, lse, n_valid, dh, dwb
+    return _per_valid_row(row_loss.sum(), n_valid), samples, argmax, lse, n_valid, dh, dwb
 
 
 def _scale_chunked_grads(grad_loss, n_valid, dh, dwb, hidden, weight, bias, need_dh, need_dw):
     """The chunked head's backward: its unscaled gradients times grad_loss / n_valid, in the inputs' dtypes."""
-    scale = grad_loss.to(torch.float32) / n_valid.clamp(min=1).to(torch.float32)
+    scale = _per_valid_row(grad_loss, n_valid)
     E = hidden.shape[1]
     return ((dh * scale).to(hidden.dtype) if need_dh else None,
             (dwb[:, :E] * scale).to(weight.dtype) if need_dw else None,
@@ -709,7 +717,7 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ign
     Returns (dh, dW, db); None where not needed."""
     M, E = hidden.shape
     V = weight.shape[0]
-    scale = (grad_loss.to(torch.float32) / n_valid.clamp(min=1).to(torch.float32)).reshape(1)
+    scale = _per_valid_row(grad_loss, n_valid).reshape(1)
     dot_f32 = _dot_f32(hidden)
     blocks = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)
     b = bias if bias is not None else weight
