@@ -312,10 +312,10 @@ class Electra(nn.Module):
         mlm_loss = mlm_mean * (n_pred / (n_pred + 1e-6))
         argmax = argmax.view(B, P)
         predictions = argmax if return_logits else None
-        metrics = {"mlm_accuracy": _masked_mean((argmax == masked_ids).float(), masked_weights)}
 
         if self.discriminator is None:  # the BERT baseline stops here
             zero = mlm_loss.new_zeros(())
+            metrics = _slot_accuracies(n_pred, masked_weights, masked_ids, argmax)
             return ElectraOutput(loss=mlm_loss, mlm_loss=mlm_loss, disc_loss=zero, metrics=metrics,
                                  samples=samples.view(B, P),
                                  mlm_predictions=predictions)
@@ -341,29 +341,31 @@ class Electra(nn.Module):
 
         with torch.no_grad():
             disc_logits = feats.detach() @ pred.weight.detach().view(-1) + pred.bias.detach()
+            metrics = _slot_accuracies(n_pred, masked_weights, masked_ids, argmax, samples.view(B, P))
             metrics.update(_rtd_metrics(disc_logits, is_replaced, real))
-            metrics["sampled_accuracy"] = _masked_mean(
-                (samples.view(B, P) == masked_ids.to(samples.dtype)).float(), masked_weights)
         return ElectraOutput(loss=loss, mlm_loss=mlm_loss, disc_loss=disc_loss, metrics=metrics,
                              disc_logits=disc_logits if return_logits else None,
                              is_replaced=is_replaced if return_logits else None, samples=samples,
                              mlm_predictions=predictions)
 
 
-def _masked_mean(x, w):
-    return (x * w).sum() / w.sum().clamp_min(1e-6)
+def _slot_accuracies(n_pred, weights, ids, argmax, samples=None):
+    """Accuracy of the generator's argmax (``mlm_accuracy``) and, given them, of its samples
+    (``sampled_accuracy``) over the real masked slots, in one reduction: they run every step."""
+    guesses = argmax[None] if samples is None else torch.stack([argmax, samples.to(argmax.dtype)])
+    acc = ((guesses == ids) * weights).sum(dim=(1, 2)) / n_pred.clamp_min(1e-6)
+    return dict(zip(("mlm_accuracy", "sampled_accuracy"), acc.unbind()))
 
 
 def _rtd_metrics(logits, labels, real):
     """Discriminator accuracy over real tokens; precision and recall on replaced tokens.
 
-    Four counts in one reduction (a handful of kernels: it runs every step)."""
+    Five counts in one reduction (a handful of kernels: it runs every step)."""
     pred = logits > 0
-    counts = (torch.stack([pred == labels, pred & labels, pred, labels]) & real).sum(dim=(1, 2)).float()
-    n_real = real.sum().float()
+    c = (torch.stack([pred == labels, pred & labels, pred, labels, real]) & real).sum(dim=(1, 2)).float()
+    correct, true_pos, pred_pos, replaced, n_real = c.unbind()
     # correct / real, true positives / predicted replaced, true positives / replaced, replaced / real
-    num = torch.stack([counts[0], counts[1], counts[1], counts[3]])
-    den = torch.stack([n_real, counts[2], counts[3], n_real]).clamp_min(1.0)
-    acc, precision, recall, replaced = (num / den).unbind()
+    num, den = torch.stack([correct, true_pos, true_pos, replaced, n_real, pred_pos, replaced, n_real]).view(2, 4)
+    acc, precision, recall, replaced = (num / den.clamp_min(1.0)).unbind()
     return {"disc_accuracy": acc, "disc_precision": precision, "disc_recall": recall,
             "replaced_fraction": replaced}

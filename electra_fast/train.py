@@ -337,51 +337,59 @@ class StepStats:
     resumed run logs exactly what the uninterrupted one would.
     """
 
+    COUNTERS = ("steps", "good", "skipped", "skipped_window", "bad_run", "first_bad", "stop_at")
+
     def __init__(self, keys: tuple[str, ...], device, max_bad_steps: int, step: int = 0):
         self.keys = (*keys, "grad_norm")
         self.max_bad_steps = max_bad_steps
-        f32 = dict(dtype=torch.float32, device=device)
         i64 = dict(dtype=torch.int64, device=device)
-        self.window = torch.zeros(len(self.keys), **f32)
-        self.good = torch.zeros((), **i64)
-        self.skipped = torch.zeros((), **i64)
-        self.skipped_window = torch.zeros((), **i64)
-        self.bad_run = torch.zeros((), **i64)
-        self.first_bad = torch.zeros((), **i64)
-        self.stop_at = torch.zeros((), **i64)
-        self.steps = torch.full((), step, **i64)
+        self.window = torch.zeros(len(self.keys), dtype=torch.float32, device=device)
+        # the counters live in one tensor, so that a step updates them with a dozen small kernels, not twenty
+        self.counts = torch.zeros(len(self.COUNTERS), **i64)
+        self.counts[0] = step
+        # steps, good, skipped, skipped_window += (1, 1, 0, 0) + bad * (0, -1, 1, 1)
+        self._inc = torch.tensor([1, 1, 0, 0], **i64)
+        self._per_bad = torch.tensor([0, -1, 1, 1], **i64)
+        # first_bad / stop_at take the step number when bad_run first reaches 1 / max_bad_steps
+        self._thresholds = torch.tensor([1, max_bad_steps], **i64)
+
+    def __getattr__(self, name: str) -> torch.Tensor:  # stats.good, stats.steps, ...: 0-dim views
+        if name in StepStats.COUNTERS:
+            return self.__dict__["counts"][StepStats.COUNTERS.index(name)]
+        raise AttributeError(name)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k) for k in ("window", "good", "skipped", "skipped_window", "bad_run",
-                                              "first_bad", "stop_at", "steps")}
+        """Every piece of state by name (the checkpoint's format); the counters are views of ``counts``."""
+        return {"window": self.window, **{k: getattr(self, k) for k in self.COUNTERS}}
+
+    def buffers(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the step writes in place (a CUDA graph keeps their addresses)."""
+        return self.window, self.counts
 
     @torch.no_grad()
     def update(self, values: torch.Tensor, found_inf: torch.Tensor) -> None:
         """Add one step: ``values`` (len(keys),) fp32, ``found_inf`` 0-dim bool (the step was skipped)."""
-        self.steps.add_(1)
-        self.window.add_(torch.where(found_inf, torch.zeros_like(values), values))
-        self.good.add_((~found_inf).long())
         bad = found_inf.long()
-        self.skipped.add_(bad)
-        self.skipped_window.add_(bad)
-        self.bad_run.mul_(bad).add_(bad)  # (run + 1) if skipped, else 0
-        self.first_bad.copy_(torch.where(found_inf & (self.first_bad == 0), self.steps, self.first_bad))
-        hit = (self.bad_run >= self.max_bad_steps) & (self.stop_at == 0)
-        self.stop_at.copy_(torch.where(hit, self.steps, self.stop_at))
+        self.window.add_(values.masked_fill(found_inf, 0.0))  # a fill, not a product: values may be NaN
+        c = self.counts
+        c[:4].add_(torch.addcmul(self._inc, self._per_bad, bad))
+        c[4].mul_(bad).add_(bad)  # bad_run: (run + 1) if skipped, else 0
+        first = (c[4] >= self._thresholds) & (c[5:] == 0)
+        c[5:].add_(first * c[0])  # first_bad, stop_at: 0 until their condition first holds
 
     def read(self) -> dict:
         """The window's means (NaN when every step was skipped) and the counters, in one host read; resets the window."""
-        t = self.tensors()
-        flat = torch.cat([t["window"].double(), *(t[k].double().view(1) for k in list(t)[1:])]).tolist()
         n = len(self.keys)
-        good, skipped, skipped_window, bad_run, first_bad, stop_at, steps = (int(x) for x in flat[n:])
+        flat = torch.cat([self.window.double(), self.counts.double()]).tolist()
+        counters = dict(zip(self.COUNTERS, (int(x) for x in flat[n:])))
+        good = counters["good"]
         means = {k: (v / good if good else float("nan")) for k, v in zip(self.keys, flat[:n])}
         self.window.zero_()
         self.good.zero_()
         self.skipped_window.zero_()
         self.first_bad.zero_()
-        return {"means": means, "good": good, "skipped": skipped, "skipped_window": skipped_window,
-                "first_bad": first_bad, "stop_at": stop_at, "steps": steps}
+        return {"means": means, **{k: counters[k] for k in ("good", "skipped", "skipped_window", "first_bad",
+                                                             "stop_at", "steps")}}
 
     def state_dict(self) -> dict:
         return {k: v.detach().clone() for k, v in self.tensors().items()}
@@ -453,14 +461,16 @@ def make_train_step(model: torch.nn.Module, optimizer, cfg: ElectraConfig, *, ob
                 out = fwd(**batch, seed=seeds[i:i + 1])
             (out.loss / n).backward()
             parts = {"loss": out.loss, "mlm_loss": out.mlm_loss, "disc_loss": out.disc_loss, **out.metrics}
-            v = torch.stack([parts[k].detach().float() for k in keys]) / n
+            v = torch.stack([parts[k].detach().float() for k in keys])
+            v = v / n if n > 1 else v
             values = v if values is None else values + v
         with torch.no_grad():
             for p in params:  # a parameter no loss reached this step (rare): a zero gradient
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            found_inf = ~(torch.isfinite(gnorm) & torch.isfinite(values[0]))
+            # x * 0 is 0 for a finite x and NaN for inf or NaN: one check covers the norm and the loss
+            found_inf = (gnorm + values[0]) * 0 != 0
             optimizer.found_inf.copy_(found_inf)
             optimizer.step()
             stats.update(torch.cat([values, gnorm.float().view(1)]), found_inf)
@@ -477,7 +487,7 @@ def make_train_step(model: torch.nn.Module, optimizer, cfg: ElectraConfig, *, ob
     dynamo.config.trace_autograd_ops = True  # trace loss.backward() into the compiled region
     cuda_graphs = device.type == "cuda"
     if cuda_graphs:  # state the graph reads and writes in place: keep its addresses fixed
-        for t in (*optimizer.tensors(), *stats.tensors().values()):
+        for t in (*optimizer.tensors(), *stats.buffers()):
             dynamo.mark_static_address(t)
     compiled = torch.compile(train_step, fullgraph=True, mode="reduce-overhead" if cuda_graphs else None)
     return TrainStep(compiled, stats, compiled=True, cuda_graphs=cuda_graphs, eager=train_step, params=params)

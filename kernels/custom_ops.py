@@ -38,5 +38,32 @@ def triton_op(name: str, schema: str, launch: Callable, fake: Callable, *, backw
 
     op.register_fake(fake_or_record)
     if backward is not None:
-        op.register_autograd(backward, setup_context=setup_context)
+        op.register_autograd(_first_grad_or_zeros(backward), setup_context=_no_zero_grads(setup_context))
     return op
+
+
+def _no_zero_grads(setup_context: Callable | None) -> Callable:
+    """Autograd hands unused outputs' gradients over as None instead of materialising zeros: our ops
+    return a loss and tensors kept for the backward, so the default costs a zeros kernel per extra output
+    per step."""
+
+    def setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        first = output[0] if isinstance(output, (tuple, list)) else output
+        ctx.first_output_shape, ctx.first_output_dtype, ctx.first_output_device = first.shape, first.dtype, first.device
+        if setup_context is not None:
+            setup_context(ctx, inputs, output)
+
+    return setup
+
+
+def _first_grad_or_zeros(backward: Callable) -> Callable:
+    """The backward rules read the first output's gradient (the loss's); with materialisation off it is
+    None when only another output reached the loss, and then zeros of the first output's shape."""
+
+    def rule(ctx, grad, *rest):
+        if grad is None:
+            grad = torch.zeros(ctx.first_output_shape, dtype=ctx.first_output_dtype, device=ctx.first_output_device)
+        return backward(ctx, grad, *rest)
+
+    return rule

@@ -201,6 +201,12 @@ def _rows(hidden: torch.Tensor) -> torch.Tensor:
     return h2d if h2d.stride(-1) == 1 else h2d.contiguous()
 
 
+def _partials(n_rows, *shape, device):
+    """An fp32 buffer of per-program partial sums: every program writes its whole slice, so it needs no
+    zero fill (a kernel per step) unless no program runs (no rows), when the sums must read as zeros."""
+    return (torch.empty if n_rows else torch.zeros)(shape, dtype=torch.float32, device=device)
+
+
 def _rtd_forward(hidden, weight, bias, labels, mask, launch=True):
     """Launch the fused forward (``launch=False``: only record it, for the fake implementation).
     Returns (loss, n_safe, dlogit (N,) fp32, dlogit sum): everything the backward needs besides inputs."""
@@ -209,7 +215,7 @@ def _rtd_forward(hidden, weight, bias, labels, mask, launch=True):
     block_m, block_h = _fwd_blocks(H)
     num_blocks = max(1, triton.cdiv(N, block_m))
     dlogit = torch.empty(N, dtype=torch.float32, device=hidden.device)
-    partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=hidden.device)
+    partial = _partials(N, 3, num_blocks, device=hidden.device)
     if N:
         KernelPlan("rtd_loss.fwd", _rtd_fwd_kernel, (num_blocks,),
                    (h2d, weight.contiguous(), bias, _flat(labels), _flat(mask), dlogit, partial,
@@ -226,7 +232,7 @@ def _rtd_backward(hidden, weight, dlogit, scale, launch=True):
     N, H = h2d.shape
     dh = torch.empty((N, H), dtype=hidden.dtype, device=h2d.device)
     block_m, block_h, rows_per_prog, chunks = _bwd_blocks(N, H)
-    dw_partial = torch.zeros(chunks, H, dtype=torch.float32, device=h2d.device)
+    dw_partial = _partials(N, chunks, H, device=h2d.device)
     if N:
         KernelPlan("rtd_loss.bwd", _rtd_bwd_kernel, (chunks, triton.cdiv(H, block_h)),
                    (h2d, weight.contiguous(), dlogit, scale, dh, dw_partial, N, H, h2d.stride(0), rows_per_prog),
@@ -239,7 +245,7 @@ def _rtd_logits_forward(logits, labels, mask, launch=True):
     N = logits.numel()
     num_blocks = max(1, triton.cdiv(N, _LOGITS_BLOCK))
     dlogit = torch.empty(N, dtype=torch.float32, device=logits.device)
-    partial = torch.zeros(3, num_blocks, dtype=torch.float32, device=logits.device)
+    partial = _partials(N, 3, num_blocks, device=logits.device)
     if N:
         KernelPlan("rtd_loss_from_logits.fwd", _rtd_logits_fwd_kernel, (num_blocks,),
                    (_flat(logits), _flat(labels), _flat(mask), dlogit, partial, N, num_blocks),
