@@ -2,6 +2,7 @@
 no host read in a steady-state step, background batches with an exact resume position, and
 background checkpoints that report a failed write."""
 
+import math
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ from train_helpers import SMALL, _corpus, _vocab
 from electra_fast.config import ElectraConfig
 from electra_fast.model import Electra
 from electra_fast.optim import AdamW, param_groups
-from electra_fast.train import STEP_METRICS, main, make_train_step
+from electra_fast.train import STEP_METRICS, StepStats, main, make_train_step
 
 
 def _batches(cfg, n, seed, pad_from=None):
@@ -160,6 +161,36 @@ def test_non_finite_step_is_skipped_on_the_device_and_counted():
     st = step.stats.read()
     assert (st["skipped"], st["skipped_window"], st["first_bad"], st["stop_at"]) == (2, 1, 3, 3)
     assert float(opt.step_count) == 1
+
+
+def test_step_counters_match_a_plain_python_count_over_random_runs_of_skipped_steps():
+    """StepStats keeps its counters in one tensor updated with a few vector ops; over a random
+    sequence of good and skipped steps, with reads in between, they equal a plain count."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    max_bad, start = 3, 7
+    stats = StepStats(("loss",), "cpu", max_bad, step=start)
+    steps, good, skipped, window_skipped, run, first_bad, stop_at, total = start, 0, 0, 0, 0, 0, 0, 0.0
+    for i in range(200):
+        bad = 50 <= i < 50 + max_bad or bool(torch.rand((), generator=gen) < 0.4)  # at least one full run
+        value = float(torch.rand((), generator=gen))
+        stats.update(torch.tensor([float("nan") if bad else value, 1.0]), torch.tensor(bad))
+        steps += 1
+        good, total = (good, total) if bad else (good + 1, total + value)
+        skipped, window_skipped = skipped + bad, window_skipped + bad
+        run = run + 1 if bad else 0
+        first_bad = steps if bad and not first_bad else first_bad
+        stop_at = steps if run >= max_bad and not stop_at else stop_at
+        if torch.rand((), generator=gen) < 0.1 or i == 199:
+            st = stats.read()
+            assert (st["steps"], st["good"], st["skipped"], st["skipped_window"], st["first_bad"], st["stop_at"]) \
+                == (steps, good, skipped, window_skipped, first_bad, stop_at)
+            if good:
+                assert st["means"]["loss"] == pytest.approx(total / good)
+            else:  # every step of the window skipped: NaN
+                assert math.isnan(st["means"]["loss"])
+            assert int(stats.bad_run) == run
+            good, window_skipped, first_bad, total = 0, 0, 0, 0.0
+    assert stop_at > 0
 
 
 # ------------------------------------------------------------------------------- host reads
