@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ElectraConfig
+from .config import PRESETS, ElectraConfig
 from .corpus import _import_quietly, _module_documents, _submodules
 from .finetune import encode, finetune, load_run
 from .glue import Examples, Task
@@ -209,11 +209,17 @@ class Encoder:
     info: dict
 
 
+def _stamp(cmd: list[str]) -> str:
+    """What a finished pre-training is reused for: its command and the presets it read its defaults from
+    (a changed preset default, e.g. the tiny learning rate, retrains under the same command)."""
+    return shlex.join(cmd) + "\n" + json.dumps(PRESETS, sort_keys=True)
+
+
 def _train(out: Path, args: list[str], log) -> None:
     """``python -m electra_fast.train`` into ``out`` (resumed when a previous call was interrupted)."""
     cmd = [sys.executable, "-m", "electra_fast.train", "--out", str(out), "--no-progress", "--log-every", "100", *args]
     done = out / "transfer-done"
-    if done.is_file() and done.read_text(encoding="utf-8") == shlex.join(cmd):
+    if done.is_file() and done.read_text(encoding="utf-8") == _stamp(cmd):
         log(f"  {out}: already trained by this command, reused")
         return
     if out.exists():
@@ -227,7 +233,7 @@ def _train(out: Path, args: list[str], log) -> None:
         raise RuntimeError(f"pre-training into {out} failed (exit {proc.returncode}):\n{tail}")
     summary = [line for line in proc.stdout.splitlines() if line.startswith(("done", "held-out", "eval"))]
     log(f"  {time.time() - t0:.0f} s; " + (" | ".join(summary)[-400:] if summary else "done"))
-    (out / "transfer-done").write_text(shlex.join(cmd[:-1] if cmd[-1] == "--overwrite" else cmd), encoding="utf-8")
+    (out / "transfer-done").write_text(_stamp(cmd[:-1] if cmd[-1] == "--overwrite" else cmd), encoding="utf-8")
 
 
 def _without(args: list[str], *flags: str) -> list[str]:

@@ -104,3 +104,13 @@ def test_a_small_transfer_run_end_to_end(tmp_path, capsys):
     assert redo["tasks"]["order"]["scores"]["electra"] == res["tasks"]["order"]["scores"]["electra"]
     T.run(tmp_path, [1, 2], args, sizes=(40, 20, 30), epochs=2, task_names=("order",))
     assert (folder / "results.json").stat().st_mtime_ns != stamp
+
+
+def test_a_changed_preset_default_retrains_under_the_same_command(monkeypatch):
+    """The reuse stamp of a finished pre-training holds the presets: the default run's command has no
+    flags, so a new preset default (say, the tiny learning rate) must not reuse the old run."""
+    cmd = ["python", "-m", "electra_fast.train", "--seed", "1234"]
+    before = T._stamp(cmd)
+    assert T._stamp(list(cmd)) == before
+    monkeypatch.setitem(T.PRESETS, "tiny", dict(T.PRESETS["tiny"], learning_rate=T.PRESETS["tiny"]["learning_rate"] * 2))
+    assert T._stamp(cmd) != before
