@@ -271,11 +271,20 @@ def pretrain(out: Path, train_args: list[str], seed: int, log=print) -> list[Enc
     if mlm.tokenizer.vocab_hash() != electra.tokenizer.vocab_hash():
         raise RuntimeError("the ELECTRA and MLM runs trained different vocabularies; they must share one")
     encoders = [Encoder(name, pre.model, {"run": str(out / name), "source": pre.source,
+                                          "weights": _weights_hash(pre.model),
                                           "flops_per_token": pre.model.config.flops_per_token(objective=pre.model.objective),
                                           "steps": pre.model.config.train_steps})
                 for name, pre in (("electra", electra), ("mlm", mlm))]
     encoders.append(Encoder("random", None, {"init": "fresh weights of the ELECTRA run's config, per seed"}))
     return encoders
+
+
+def _weights_hash(model: torch.nn.Module) -> str:
+    """A short hash of every weight: finished fine-tunings and task results are reused only for these weights."""
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 # ============================================================================ fine-tuning
@@ -316,10 +325,8 @@ def _job(spec: tuple) -> float:
         torch.set_num_threads(threads)
     for d in {run_dir, tokenizer_run} - {None} - set(_WORKER_RUNS):
         pre = load_run(d, log=lambda m: None)
-        weights = hashlib.sha256()  # a retrained run never reuses fine-tunings of the old weights
-        for t in pre.model.state_dict().values():
-            weights.update(t.detach().cpu().contiguous().numpy().tobytes())
-        _WORKER_RUNS[d] = (pre.model, pre.tokenizer, f"{pre.source}, weights {weights.hexdigest()[:16]}")
+        # a retrained run never reuses fine-tunings of the old weights
+        _WORKER_RUNS[d] = (pre.model, pre.tokenizer, f"{pre.source}, weights {_weights_hash(pre.model)}")
     cfg_model, tok, _ = _WORKER_RUNS[tokenizer_run]
     model, info = (None, {})
     if run_dir is not None:
@@ -404,13 +411,14 @@ def format_table(results: dict) -> str:
 
 
 def _previous(path: Path, results: dict) -> dict:
-    """Tasks a previous call wrote into ``path`` with the same seeds, pre-training arguments and
-    fine-tuning settings (an interrupted or extended benchmark keeps what it finished)."""
+    """Tasks a previous call wrote into ``path`` with the same seeds, pre-training arguments, encoders
+    (their runs, weights and steps) and fine-tuning settings (an interrupted or extended benchmark keeps
+    what it finished; a retrained encoder redoes every task)."""
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    same = all(old.get(k) == results[k] for k in ("seeds", "train_args", "hyperparameters"))
+    same = all(old.get(k) == results[k] for k in ("seeds", "train_args", "hyperparameters", "encoders"))
     return old.get("tasks", {}) if same and isinstance(old.get("tasks"), dict) else {}
 
 

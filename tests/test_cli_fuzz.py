@@ -222,8 +222,8 @@ def test_help_shows_real_defaults_and_never_default_none(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "tiny 2400, small 1000000, base 766000, large 400000" in out  # --steps by preset
-    assert "tiny 0.003, small 0.0005, base 0.0002, large 0.0002" in out  # --lr by preset
+    assert "tiny 2800, small 1000000, base 766000, large 400000" in out  # --steps by preset
+    assert "tiny 0.004, small 0.0005, base 0.0002, large 0.0002" in out  # --lr by preset
     assert "(default: 1234)" in out
 
 
