@@ -363,9 +363,9 @@ def _rtd_metrics(logits, labels, real):
     Five counts in one reduction (a handful of kernels: it runs every step)."""
     pred = logits > 0
     c = (torch.stack([pred == labels, pred & labels, pred, labels, real]) & real).sum(dim=(1, 2)).float()
-    correct, true_pos, pred_pos, replaced, n_real = c.unbind()
+    correct, true_pos, pred_pos, n_replaced, n_real = c.unbind()
     # correct / real, true positives / predicted replaced, true positives / replaced, replaced / real
-    num, den = torch.stack([correct, true_pos, true_pos, replaced, n_real, pred_pos, replaced, n_real]).view(2, 4)
+    num, den = torch.stack([correct, true_pos, true_pos, n_replaced, n_real, pred_pos, n_replaced, n_real]).view(2, 4)
     acc, precision, recall, replaced = (num / den.clamp_min(1.0)).unbind()
     return {"disc_accuracy": acc, "disc_precision": precision, "disc_recall": recall,
             "replaced_fraction": replaced}

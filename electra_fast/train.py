@@ -341,7 +341,6 @@ class StepStats:
 
     def __init__(self, keys: tuple[str, ...], device, max_bad_steps: int, step: int = 0):
         self.keys = (*keys, "grad_norm")
-        self.max_bad_steps = max_bad_steps
         i64 = dict(dtype=torch.int64, device=device)
         self.window = torch.zeros(len(self.keys), dtype=torch.float32, device=device)
         # the counters live in one tensor, so that a step updates them with a dozen small kernels, not twenty
