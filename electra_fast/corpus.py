@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 import inspect
 import io
+import itertools
 import json
 import lzma
 import os
@@ -516,24 +517,27 @@ def _import_quietly(name: str):
         return None
 
 
-def _module_documents(module) -> list[Document]:
-    """One document for the module (its docstring, its functions' and its short classes'), one
-    per longer public class (the class docstring and its methods'). A docstring alone is usually
-    one or two sentences: grouping them keeps examples full instead of mostly padding."""
+def module_docstrings(module) -> list[tuple[str | None, list[str]]]:
+    """Every docstring the corpus reads from ``module``, one entry each in reading order, as (owning
+    class's name or None, prose lines): the module's own, then its public members sorted by name: a
+    function's, or a class's own followed by its methods' and properties'. Members re-exported from
+    another module are read where they are defined."""
     name = module.__name__
-    docs: list[Document] = []
-    head = prose_lines(module.__doc__) if isinstance(module.__doc__, str) else []
+    out: list[tuple[str | None, list[str]]] = []
+    if isinstance(module.__doc__, str):
+        out.append((None, prose_lines(module.__doc__)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         members = sorted((k, v) for k, v in vars(module).items() if not k.startswith("_"))
-        for _, obj in members:
+        for key, obj in members:
             if getattr(obj, "__module__", None) != name:
                 continue  # re-exported from elsewhere: read it where it is defined
             if inspect.isfunction(obj) or inspect.isbuiltin(obj):
                 if isinstance(obj.__doc__, str):
-                    head += prose_lines(obj.__doc__)
+                    out.append((None, prose_lines(obj.__doc__)))
             elif inspect.isclass(obj):
-                body = prose_lines(obj.__doc__) if isinstance(obj.__doc__, str) else []
+                if isinstance(obj.__doc__, str):
+                    out.append((key, prose_lines(obj.__doc__)))
                 for attr, member in sorted(vars(obj).items()):
                     if attr.startswith("_") and not (attr == "__init__" and inspect.isfunction(member)):
                         continue  # slot wrappers repeat "Initialize self. See help(type(self))..."
@@ -546,11 +550,22 @@ def _module_documents(module) -> list[Document]:
                     ):
                         doc = getattr(member, "__doc__", None)
                         if isinstance(doc, str):
-                            body += prose_lines(doc)
-                if sum(map(len, body)) >= _MIN_DOCUMENT_CHARS:
-                    docs.append(body)
-                else:  # a short class reads on as part of its module's document
-                    head += body
+                            out.append((key, prose_lines(doc)))
+    return out
+
+
+def _module_documents(module) -> list[Document]:
+    """One document for the module (its docstring, its functions' and its short classes'), one
+    per longer public class (the class docstring and its methods'). A docstring alone is usually
+    one or two sentences: grouping them keeps examples full instead of mostly padding."""
+    head: list[str] = []
+    docs: list[Document] = []
+    for owner, group in itertools.groupby(module_docstrings(module), key=lambda entry: entry[0]):
+        lines = [line for _, doc in group for line in doc]
+        if owner is not None and sum(map(len, lines)) >= _MIN_DOCUMENT_CHARS:
+            docs.append(lines)
+        else:  # functions, and a short class, read on as part of the module's document
+            head += lines
     if head:
         docs.insert(0, head)
     return docs

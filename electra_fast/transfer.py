@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import PRESETS, ElectraConfig
-from .corpus import _import_quietly, _module_documents, _submodules
+from .corpus import _import_quietly, _submodules, module_docstrings
 from .finetune import encode, finetune, load_run
 from .glue import Examples, Task
 from .model import Electra
@@ -89,7 +89,12 @@ def _split_of(module: str) -> str:
 
 
 def source_documents() -> list[tuple[str, list[str]]]:
-    """(module name, sentences) for every documentation document of numpy's and torch's public modules."""
+    """(module name, sentences) for every docstring of numpy's and torch's public modules.
+
+    One docstring each, not the pre-training corpus's grouping of a module's docstrings into one
+    document: a pair of "consecutive sentences" must not run from the end of one function's
+    docstring into the start of the next one's, which the pair tasks would label as in order (or
+    as following) with nothing in the text to show it."""
     names = []
     for pkg in _SOURCE_PACKAGES:
         spec = importlib.util.find_spec(pkg)
@@ -100,9 +105,9 @@ def source_documents() -> list[tuple[str, list[str]]]:
     modules = [(n, sys.modules.get(n) or _import_quietly(n)) for n in names]
     docs, seen = [], set()
     for name, module in modules:
-        for doc in _module_documents(module) if module is not None else []:
-            key = doc[0] + "\0" + doc[-1]
-            if key not in seen:  # a docstring reached twice (aliases) counts once
+        for _, doc in module_docstrings(module) if module is not None else []:
+            key = "\0".join(doc)
+            if doc and key not in seen:  # a docstring reached twice (aliases, inheritance) counts once
                 seen.add(key)
                 docs.append((name, doc))
     return docs
@@ -445,7 +450,8 @@ def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int =
                "hyperparameters": dataclasses.asdict(hp), "encoders": {e.name: e.info for e in encoders},
                "versions": {"numpy": np.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}}
     previous = _previous(out / "transfer.json", results)
-    todo = {k: v for k, v in tasks.items() if previous.get(k, {}).get("sizes") != v.sizes()}
+    # reused only for the very same examples (numpy, torch or the task construction may have changed)
+    todo = {k: v for k, v in tasks.items() if previous.get(k, {}).get("examples") != v.fingerprint()}
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     specs = {(name, enc.name): [(enc.name, enc.info.get("run"), encoders[0].info["run"], data, seed, hp,
                                  out / "finetune" / name / enc.name / str(seed), threads) for seed in seeds]
@@ -469,7 +475,8 @@ def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int =
                 log(f"  {name} / {labels[enc.name]}: " + " ".join(f"{a:.3f}" for a in accs))
             scores["bow"] = _stats([bag_of_words(data, seed) for seed in seeds])
             log(f"  {name} / {labels['bow']}: " + " ".join(f"{a:.3f}" for a in scores["bow"]["values"]))
-            results["tasks"][name] = {"labels": list(data.task.labels), "sizes": data.sizes(), "scores": scores,
+            results["tasks"][name] = {"labels": list(data.task.labels), "sizes": data.sizes(),
+                                      "examples": data.fingerprint(), "scores": scores,
                                       "seconds": round(time.time() - t_task)}
             (out / "transfer.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     finally:

@@ -111,3 +111,54 @@ def test_default_corpus_is_english_prose():
     assert all(c > 200 for c in common.values()), common
     assert not any(line.startswith((">>>", "...")) for line in lines)
     assert all(doc for doc in docs)
+
+
+def _fake_module():
+    """A module with a docstring, two functions, a short and a long class, and a re-export."""
+    import types
+
+    mod = types.ModuleType("fake_docs_module", "The module says what it is for.\n\nA second sentence here.")
+
+    def alpha():
+        """Alpha does the first thing. It does it well."""
+
+    def beta():
+        """Beta does another thing."""
+
+    class Short:
+        """A short class."""
+
+        def run(self):
+            """Run it once."""
+
+    class Long:
+        def go(self):
+            """Go somewhere else entirely."""
+
+        @property
+        def size(self):
+            """The size of the thing."""
+
+    Long.__doc__ = "A long class with a long story. " + "It keeps going on and on about itself. " * 12
+    for obj in (alpha, beta, Short, Long):
+        obj.__module__ = mod.__name__
+        setattr(mod, obj.__name__, obj)
+    mod.json = json  # a module attribute defined elsewhere: read where it is defined, not here
+    mod.dumps = json.dumps
+    return mod
+
+
+def test_module_docstrings_one_entry_per_docstring_in_reading_order():
+    from electra_fast.corpus import _module_documents, module_docstrings, prose_lines
+
+    mod = _fake_module()
+    entries = module_docstrings(mod)
+    assert [owner for owner, _ in entries] == [None, "Long", "Long", "Long", "Short", "Short", None, None]
+    assert entries[0][1] == prose_lines(mod.__doc__)
+    assert entries[-2][1] == prose_lines(mod.alpha.__doc__) and entries[-1][1] == prose_lines(mod.beta.__doc__)
+    assert entries[2][1] == prose_lines(mod.Long.go.__doc__) and entries[3][1] == prose_lines(mod.Long.size.__doc__)
+    # the pre-training documents group them: the long class alone, everything else into the module's
+    docs = _module_documents(mod)
+    long_doc = [line for owner, lines in entries if owner == "Long" for line in lines]
+    head = [line for owner, lines in entries if owner != "Long" for line in lines]
+    assert docs == [head, long_doc]

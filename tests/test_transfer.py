@@ -106,6 +106,26 @@ def test_a_small_transfer_run_end_to_end(tmp_path, capsys):
     assert (folder / "results.json").stat().st_mtime_ns != stamp
 
 
+def test_a_task_with_other_examples_of_the_same_size_is_not_reused(tmp_path, capsys, monkeypatch):
+    """A new numpy or torch, or a fix to how a task is built, changes the examples but not their
+    number: the task's results must be redone, not read back from transfer.json."""
+    args = ["--steps", "2", "--warmup", "1", "--batch-size", "8", "--save-every", "2", "--eval-batches", "1"]
+    T.run(tmp_path, [1], args, sizes=(20, 10, 10), epochs=1, task_names=("topic", "order"))
+    capsys.readouterr()
+    build = T.build_tasks
+
+    def changed(*a, **k):
+        tasks = build(*a, **k)
+        ex = tasks["order"].splits["test"]
+        ex.text_a[0], ex.text_b[0] = ex.text_b[0], ex.text_a[0]  # one test example swapped, same sizes
+        return tasks
+
+    monkeypatch.setattr(T, "build_tasks", changed)
+    T.run(tmp_path, [1], args, sizes=(20, 10, 10), epochs=1, task_names=("topic", "order"))
+    out = capsys.readouterr().out
+    assert "topic: reused from" in out and "order: reused from" not in out, out
+
+
 def test_a_changed_preset_default_retrains_under_the_same_command(monkeypatch):
     """The reuse stamp of a finished pre-training holds the presets: the default run's command has no
     flags, so a new preset default (say, the tiny learning rate) must not reuse the old run."""
@@ -114,3 +134,23 @@ def test_a_changed_preset_default_retrains_under_the_same_command(monkeypatch):
     assert T._stamp(list(cmd)) == before
     monkeypatch.setitem(T.PRESETS, "tiny", dict(T.PRESETS["tiny"], learning_rate=T.PRESETS["tiny"]["learning_rate"] * 2))
     assert T._stamp(cmd) != before
+
+
+def test_sentence_pairs_never_cross_a_docstring(tasks):
+    """ "Consecutive" means within one docstring: the end of one function's docstring followed by the
+    start of the next function's is not a pair whose order or continuity the text can show."""
+    within = set()
+    for _, doc in T.source_documents():
+        lines = [line for line in doc if len(line.split()) >= T._MIN_WORDS]
+        within |= set(zip(lines, lines[1:]))
+    for name in ("order", "next"):
+        for s in T.SPLITS:
+            ex = tasks[name].splits[s]
+            for a, b, label in zip(ex.text_a, ex.text_b, ex.labels):
+                if label in ("in_order", "next"):
+                    assert (a, b) in within, (name, s, a, b)
+                elif name == "order":
+                    assert (b, a) in within, (name, s, a, b)
+    topic = tasks["topic"].splits["train"].text_a
+    passages = {f"{a} {b}" for a, b in within}
+    assert all(text in passages for text in topic)
