@@ -14,6 +14,8 @@ The tasks are built offline from the docstrings of the numpy and torch installed
 - ``next``: a sentence and the one that follows it, or one from another module;
 - ``words``: a sentence as written or with two neighbouring words swapped (acceptability, as CoLA).
 
+"Consecutive" means within one docstring (:func:`source_documents`).
+
 Both are split by whole module file (a file's sentences are all train, all dev or all test), so
 no passage of a test file was fine-tuned on. The examples depend on the installed numpy and torch
 versions; results record them.
