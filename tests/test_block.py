@@ -30,10 +30,12 @@ def _block(dtype=torch.float32, hidden=24, heads=3, ffn=40):
     return block
 
 
-def _grads(fn, block, x, upstream):
+def _grads(fn, block, x, upstream, autocast=False):
     x = x.detach().requires_grad_(True)
     block.zero_grad(set_to_none=True)
-    (fn(x) * upstream).sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = (fn(x) * upstream).sum()
+    loss.backward()  # outside the autocast region, as the training step runs it
     return [x.grad] + [p.grad for p in block.parameters()]
 
 
@@ -101,8 +103,8 @@ def test_under_cpu_bf16_autocast_the_gradients_match_and_stay_fp32():
     up = torch.randn(3, 11, 24)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
-        got = _grads(block, block, x, up)
-        want = _grads(lambda t: _plain_block(block, t), block, x, up)
+    got = _grads(block, block, x, up, autocast=True)
+    want = _grads(lambda t: _plain_block(block, t), block, x, up, autocast=True)
     assert out.dtype == torch.float32  # LayerNorm under autocast: fp32
     for (name, p), g, w in zip([("x", x)] + list(block.named_parameters()), got, want):
         assert g.dtype == torch.float32 == p.dtype, name
@@ -128,13 +130,21 @@ def test_one_layer_launches_two_eager_kernels_fewer_than_the_plain_layer():
     block = _block(torch.float32)
     x = torch.randn(2, 6, 24)
 
-    def count(fn):
+    def count(fn, autocast=False):
         xx = x.clone().requires_grad_(True)
         block.zero_grad(set_to_none=True)
+        # one autocast region per step, as in training (autocast caches weight casts within a region)
         with proxies.count_kernels() as kc:
-            fn(xx).sum().backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = fn(xx).sum()
+            loss.backward()  # outside the region, as the training step runs it
         return kc
 
     ours, plain = count(block), count(lambda t: _plain_block(block, t))
     assert plain.total - ours.total == 2, (dict(ours.aten), dict(plain.aten))
     assert ours.aten["addmm_"] == 2 and plain.aten["add"] - ours.aten["add"] == 2
+    # under bf16 autocast (the CUDA default's dtypes): the residual sum is one promoting add and the
+    # bias gradient is summed in fp32 directly, two casts back to fp32 fewer per sublayer
+    ours, plain = count(block, autocast=True), count(lambda t: _plain_block(block, t), autocast=True)
+    assert plain.total - ours.total == 4, (dict(ours.aten), dict(plain.aten))
+    assert plain.aten["_to_copy"] - ours.aten["_to_copy"] == 4
