@@ -150,3 +150,28 @@ def test_step_kernel_counts_are_positive_for_ours_and_hf():
         assert kc.aten["_fused_adamw_"] == 2  # one per parameter group: the step includes AdamW
     # the training step turns the ops' value checks off (ops.value_checks): none ran, none was left out
     assert ours.input_checks == 0
+
+
+def test_gpu_session_script_parses_and_says_so_without_a_gpu(tmp_path):
+    """tools/gpu_session.sh is what a session lent a GPU runs in one call: it must not rot between
+    leases. Its shell parses, the flags it hands to bench and pytest-benchmark exist, and without a
+    GPU it stops at once with a clear message instead of timing the CPU."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    bench_help = subprocess.run([sys.executable, "-m", "electra_fast.bench", "--help"], capture_output=True,
+                                text=True, timeout=120).stdout
+    for flag in ("--json", "--budget"):
+        assert flag in text and flag in bench_help, flag
+    pytest_help = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True,
+                                 timeout=120).stdout
+    for flag in ("--benchmark-json", "--benchmark-max-time"):
+        assert flag in text and flag in pytest_help, flag
+    assert (script.parents[1] / "benchmarks" / "test_bench_ops.py").is_file()
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run the script itself")
+    res = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no CUDA GPU" in res.stdout, (res.stdout, res.stderr)
+    assert "no CUDA GPU" in (tmp_path / "out" / "session.log").read_text()
