@@ -169,6 +169,10 @@ def test_gpu_session_script_parses_and_says_so_without_a_gpu(tmp_path):
                                  timeout=120).stdout
     for flag in ("--benchmark-json", "--benchmark-max-time"):
         assert flag in text and flag in pytest_help, flag
+    train_help = subprocess.run([sys.executable, "-m", "electra_fast.train", "--help"], capture_output=True,
+                                text=True, timeout=120).stdout
+    for flag in ("--steps", "--log-every", "--eval-every", "--save-every", "--no-progress", "--out"):
+        assert flag in text and flag in train_help, flag
     assert (script.parents[1] / "benchmarks" / "test_bench_ops.py").is_file()
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: run the script itself")

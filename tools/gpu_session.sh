@@ -6,13 +6,15 @@
 #   2. install without a network (the C++ masking extension built in place)  -> session.log
 #   3. python -m electra_fast.bench: the GPU op tests at real shapes, then the
 #      training step as train runs it (ours, ours-eager, hf-eager, hf-compiled) -> bench.json
-#   4. the fused ops against eager and torch.compile at Small and Base, bf16  -> ops.json
+#   4. the default command, `python -m electra_fast.train`, for 300 steps on the GPU: compiled step,
+#      CUDA graphs, prefetch, asynchronous checkpoints, evaluation, end to end  -> session.log
+#   5. the fused ops against eager and torch.compile at Small and Base, bf16  -> ops.json
 #
 # Usage, from the repository root on a machine with a CUDA GPU:
 #     bash tools/gpu_session.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_out)
-# Worst case ~9.5 minutes (the device tool's limit per command is 10): call it with timeout_s=600.
+# Worst case ~9.8 minutes (the device tool's limit per command is 10): call it with timeout_s=600.
 # Then copy the tables into benchmarks/RESULTS.md with the card's name and the versions in env.txt.
-# Budgets (seconds) can be overridden: INSTALL_S, BENCH_S, OPS_S. Needs what the GPU machines here
+# Budgets (seconds) can be overridden: INSTALL_S, BENCH_S, TRAIN_S, OPS_S. Needs what the GPU machines here
 # have installed: torch, triton, pybind11, setuptools, pytest, pytest-benchmark, transformers.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,9 +55,12 @@ PY
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt" | tee -a "$log"
 
-step install "${INSTALL_S:-90}" python -m pip install -q --no-deps --no-build-isolation -e .
+step install "${INSTALL_S:-60}" python -m pip install -q --no-deps --no-build-isolation -e .
 step bench "${BENCH_S:-300}" python -m electra_fast.bench --json "$out/bench.json" --budget $(( ${BENCH_S:-300} - 40 ))
+run_dir=$(mktemp -d)  # outside OUT_DIR: only a few files come back from a device call
+step train "${TRAIN_S:-120}" python -m electra_fast.train --steps 300 --log-every 50 --eval-every 150 \
+    --save-every 100 --no-progress --out "$run_dir/run"
 # the generator head first (file order; issue 16's measurement), then the other two ops
-step ops "${OPS_S:-170}" python -m pytest -q -p no:cacheprovider benchmarks/test_bench_ops.py \
+step ops "${OPS_S:-100}" python -m pytest -q -p no:cacheprovider benchmarks/test_bench_ops.py \
     -k "not cpu" --benchmark-max-time=0.5 --benchmark-json "$out/ops.json"
 echo "=== done: $(ls "$out" | tr '\n' ' ')" | tee -a "$log"
