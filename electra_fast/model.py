@@ -74,7 +74,7 @@ class _SkipLinear(torch.autograd.Function):
         xc, wc, bc = autocast_operands(x.device.type, x, weight, bias)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(xc, wc)
-        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         return x, F.linear(xc, wc, bc)
 
     @staticmethod
@@ -94,7 +94,7 @@ class _SkipLinear(torch.autograd.Function):
                 gx = g_skip + g2.mm(wc).view(g_skip.shape)
         if ctx.needs_input_grad[1]:
             gw = g2.t().mm(xc.reshape(-1, xc.shape[-1])).to(w_dtype)
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # (False for a projection without bias)
             gb = g2.sum(0, dtype=b_dtype)
         return gx, gw, gb
 

@@ -112,6 +112,17 @@ def test_under_cpu_bf16_autocast_the_gradients_match_and_stay_fp32():
         assert torch.allclose(g, w, rtol=2e-2, atol=2e-2 * w.abs().mean().item()), name
 
 
+def test_skip_linear_without_bias_matches_linear():
+    lin = torch.nn.Linear(6, 5, bias=False).double()
+    x = torch.randn(4, 6, dtype=torch.double, requires_grad=True)
+    s, y = _SkipLinear.apply(x, lin.weight, None)
+    ((s * 2).sum() + (y * y).sum()).backward()
+    gx, gw = x.grad, lin.weight.grad
+    x.grad, lin.weight.grad = None, None
+    ((x * 2).sum() + (lin(x) ** 2).sum()).backward()
+    assert torch.allclose(gx, x.grad, rtol=1e-12, atol=1e-12) and torch.allclose(gw, lin.weight.grad, rtol=1e-12)
+
+
 def test_frozen_projection_still_passes_the_input_gradient():
     block = _block(torch.float64)
     for p in block.qkv.parameters():
