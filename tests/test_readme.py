@@ -60,6 +60,8 @@ COMMANDS = {
     "python -m electra_fast.bench --transfer": "about an hour on the CPU (tests/test_transfer.py runs a small one "
     "end to end)",
     "python tools/compile_kernels.py": "compiles kernels for sm_80 / sm_90a (minutes)",
+    "bash tools/gpu_session.sh [OUT_DIR]": "needs a CUDA GPU (tests/test_bench_cli.py checks its flags, and that "
+    "it stops at once without one)",
 }
 
 
