@@ -163,7 +163,7 @@ def test_gpu_session_script_parses_and_says_so_without_a_gpu(tmp_path):
     text = script.read_text()
     bench_help = subprocess.run([sys.executable, "-m", "electra_fast.bench", "--help"], capture_output=True,
                                 text=True, timeout=120).stdout
-    for flag in ("--json", "--budget"):
+    for flag in ("--json", "--budget", "--no-tests"):
         assert flag in text and flag in bench_help, flag
     pytest_help = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True,
                                  timeout=120).stdout
@@ -173,7 +173,8 @@ def test_gpu_session_script_parses_and_says_so_without_a_gpu(tmp_path):
                                 text=True, timeout=120).stdout
     for flag in ("--steps", "--log-every", "--eval-every", "--save-every", "--no-progress", "--out"):
         assert flag in text and flag in train_help, flag
-    assert (script.parents[1] / "benchmarks" / "test_bench_ops.py").is_file()
+    for path in ("benchmarks/test_bench_ops.py", "tests/test_gpu_shapes.py"):
+        assert path in text and (script.parents[1] / path).is_file(), path
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: run the script itself")
     res = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)

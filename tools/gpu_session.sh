@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Everything this project can only measure on a GPU, in one call of at most ~9 minutes, most valuable
-# first, each step time-boxed so that one failure leaves the others running:
+# Everything this project can only measure on a GPU, in one call of at most ~10 minutes, most
+# valuable first, each step time-boxed so that one failure leaves the others running:
 #
 #   1. the machine: GPU, driver, Python, torch, triton, transformers        -> env.txt
 #   2. install without a network (the C++ masking extension built in place)  -> session.log
-#   3. python -m electra_fast.bench: the GPU op tests at real shapes, then the
-#      training step as train runs it (ours, ours-eager, hf-eager, hf-compiled) -> bench.json
-#   4. the default command, `python -m electra_fast.train`, for 300 steps on the GPU: compiled step,
+#   3. the ops at the real shapes of a Small and a Base step, bf16 tensor-core variants included,
+#      against the reference (tests/test_gpu_shapes.py)                      -> session.log
+#   4. python -m electra_fast.bench --no-tests: the training step as train runs it (ours,
+#      ours-eager, hf-eager, hf-compiled) at tiny, Small and Base          -> bench.json
+#   5. the default command, `python -m electra_fast.train`, for 300 steps on the GPU: compiled step,
 #      CUDA graphs, prefetch, asynchronous checkpoints, evaluation, end to end  -> session.log
-#   5. the fused ops against eager and torch.compile at Small and Base, bf16  -> ops.json
+#   6. the fused ops against eager and torch.compile at Small and Base, bf16  -> ops.json
+# (The op test files' other CUDA cases, which bench runs before its table without --no-tests, are
+# left to a second call: compiling their many variants can take minutes.)
 #
 # Usage, from the repository root on a machine with a CUDA GPU:
 #     bash tools/gpu_session.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_out)
 # Worst case ~9.8 minutes (the device tool's limit per command is 10): call it with timeout_s=600.
 # Then copy the tables into benchmarks/RESULTS.md with the card's name and the versions in env.txt.
-# Budgets (seconds) can be overridden: INSTALL_S, BENCH_S, TRAIN_S, OPS_S. Needs what the GPU machines here
+# Budgets (seconds) can be overridden: INSTALL_S, SHAPES_S, BENCH_S, TRAIN_S, OPS_S. Needs what the GPU machines here
 # have installed: torch, triton, pybind11, setuptools, pytest, pytest-benchmark, transformers.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,12 +59,14 @@ PY
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt" | tee -a "$log"
 
-step install "${INSTALL_S:-60}" python -m pip install -q --no-deps --no-build-isolation -e .
-step bench "${BENCH_S:-300}" python -m electra_fast.bench --json "$out/bench.json" --budget $(( ${BENCH_S:-300} - 40 ))
+step install "${INSTALL_S:-45}" python -m pip install -q --no-deps --no-build-isolation -e .
+step shapes "${SHAPES_S:-90}" python -m pytest -q -p no:cacheprovider tests/test_gpu_shapes.py
+step bench "${BENCH_S:-250}" python -m electra_fast.bench --no-tests --json "$out/bench.json" \
+    --budget $(( ${BENCH_S:-250} - 40 ))
 run_dir=$(mktemp -d)  # outside OUT_DIR: only a few files come back from a device call
-step train "${TRAIN_S:-120}" python -m electra_fast.train --steps 300 --log-every 50 --eval-every 150 \
+step train "${TRAIN_S:-110}" python -m electra_fast.train --steps 300 --log-every 50 --eval-every 150 \
     --save-every 100 --no-progress --out "$run_dir/run"
 # the generator head first (file order; issue 16's measurement), then the other two ops
-step ops "${OPS_S:-100}" python -m pytest -q -p no:cacheprovider benchmarks/test_bench_ops.py \
+step ops "${OPS_S:-90}" python -m pytest -q -p no:cacheprovider benchmarks/test_bench_ops.py \
     -k "not cpu" --benchmark-max-time=0.5 --benchmark-json "$out/ops.json"
 echo "=== done: $(ls "$out" | tr '\n' ' ')" | tee -a "$log"
