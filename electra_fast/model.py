@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .config import ElectraConfig
-from .kernels.dispatch import autocast_operands, resolve_backend, values_readable
+from .kernels.dispatch import resolve_backend, values_readable
 
 IGNORE_INDEX = -100
 
@@ -49,62 +49,6 @@ class Embeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
-class _SkipLinear(torch.autograd.Function):
-    """``(x, linear(x))`` for an ``x`` that also feeds a residual connection: the first projection of
-    a post-LN sublayer, whose input is added back after the sublayer.
-
-    Autograd would compute the projection's input gradient with a matmul and then add the residual's
-    gradient to it in a second kernel (a third under autocast: the cast back to fp32 in between).
-    Here the backward receives both gradients at once and accumulates the matmul straight into the
-    residual's (``addmm_``, beta = 1: one GEMM, no copy): one eager kernel less per sublayer, two per
-    layer. The residual's gradient is the tensor the residual add ``x + f(linear(x))`` hands to both
-    of its operands, so it is reused as the output buffer only because of how the layer is wired:
-    the add's other operand is computed from this projection's output, so its backward has already
-    consumed that tensor when this one runs. Hence private to :class:`Block`: use the first output
-    only in such a residual add. The buffer is left untouched when the backward builds a graph
-    (``create_graph=True``: the gradient is part of the new graph) and when the dtypes differ
-    (autocast: the sum is one add that promotes to the residual's dtype).
-
-    The forward is ``F.linear`` on the autocast operands, as ``nn.Linear`` would run it; the weight
-    and bias gradients come back in the parameters' dtype (the bias sum accumulates in it directly).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        xc, wc, bc = autocast_operands(x.device.type, x, weight, bias)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(xc, wc)
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return x, F.linear(xc, wc, bc)
-
-    @staticmethod
-    def backward(ctx, g_skip, g_y):
-        xc, wc = ctx.saved_tensors
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
-        if g_y is None:  # the projection's output took no part in the loss
-            return g_skip, None, None
-        g2 = g_y.reshape(-1, g_y.shape[-1])
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            if g_skip is None:
-                gx = g2.mm(wc).view(xc.shape).to(x_dtype)
-            elif g_skip.dtype == g2.dtype and g_skip.is_contiguous() and not torch.is_grad_enabled():
-                gx = g_skip.view(-1, g_skip.shape[-1]).addmm_(g2, wc).view(g_skip.shape)
-            else:
-                gx = g_skip + g2.mm(wc).view(g_skip.shape)
-        if ctx.needs_input_grad[1]:
-            gw = g2.t().mm(xc.reshape(-1, xc.shape[-1])).to(w_dtype)
-        if ctx.needs_input_grad[2]:  # (False for a projection without bias)
-            gb = g2.sum(0, dtype=b_dtype)
-        return gx, gw, gb
-
-
-def _skip_linear(x: torch.Tensor, layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, layer(x))``, with the backward of :class:`_SkipLinear` (use the first output for the
-    residual connection, so that its gradient meets the projection's in one kernel)."""
-    return _SkipLinear.apply(x, layer.weight, layer.bias)
-
-
 class Block(nn.Module):
     """BERT post-LN layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
 
@@ -124,15 +68,12 @@ class Block(nn.Module):
         B, T, C = x.shape
         # unbind along the (3) axis, then transpose: the backward stacks dq, dk, dv straight into the
         # (B, T, 3, nh, hd) layout of the projection's output, no extra copy per layer
-        # (the residual's x comes out of _skip_linear, so its gradient meets the projection's in one kernel)
-        x, qkv = _skip_linear(x, self.qkv)
-        q, k, v = (t.transpose(1, 2) for t in qkv.view(B, T, 3, self.n_head, C // self.n_head).unbind(2))
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
         x = self.ln1(x + self.dropout(self.attn_out(y)))
-        x, h = _skip_linear(x, self.ffn_in)
-        return self.ln2(x + self.dropout(self.ffn_out(F.gelu(h))))
+        return self.ln2(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
 
 class Encoder(nn.Module):

@@ -277,14 +277,10 @@ def step_kernels(impl: str, preset: str = "small", batch_size: int = 2) -> Kerne
 
 def count_flops(model: torch.nn.Module, batch: dict) -> int:
     """FLOPs of one forward + backward (torch.utils.flop_counter: matmuls and attention; run it
-    under SDPA's math backend on the CPU, see ``step_flops``). The counter knows ``addmm`` but not its
-    in-place form, which the encoder layer's backward uses (``model._SkipLinear``): same formula."""
+    under SDPA's math backend on the CPU, see ``step_flops``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    def addmm_(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
-        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
-
-    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_}) as counter:
+    with FlopCounterMode(display=False) as counter:
         out = model(**batch)
         loss = out if isinstance(out, torch.Tensor) else out.loss
         loss.backward()
