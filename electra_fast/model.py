@@ -14,7 +14,7 @@ fused into one ``qkv`` projection here for speed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,15 @@ from .config import ElectraConfig
 from .kernels.dispatch import resolve_backend, values_readable
 
 IGNORE_INDEX = -100
+# Both losses are sum(w * loss) / (sum(w) + 1e-6), as in the official code (the ops' ``eps``)
+LOSS_EPS = 1e-6
+# ElectraOutput.values: the losses, then the token counts the step metrics are ratios of
+VALUE_NAMES = {
+    "electra": ("loss", "mlm_loss", "disc_loss", "masked_slots", "mlm_correct", "true_positives",
+                "predicted_replaced", "replaced", "real_tokens"),
+    "mlm": ("loss", "mlm_loss", "masked_slots", "mlm_correct"),
+}
+COUNT_NAMES = frozenset(VALUE_NAMES["electra"][3:])
 
 
 class Embeddings(nn.Module):
@@ -38,15 +47,20 @@ class Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids, token_type_ids=None, word_weight=None):  # (B, T) -> (B, T, E)
-        T = input_ids.shape[1]
-        w = self.word_embeddings.weight if word_weight is None else word_weight
-        x = F.embedding(input_ids, w) + self.position_embeddings.weight[:T]
+    def position_segment(self, input_ids, token_type_ids=None):  # (T, E) or (B, T, E)
+        """Position + segment embeddings of a batch: what ``forward`` adds to the word embeddings.
+        The pre-training step computes it once and passes it to both encoders' embeddings (their
+        positions and segments are the same), which saves a few kernels forward and backward."""
+        pos = self.position_embeddings.weight[:input_ids.shape[1]]
         if token_type_ids is None:
-            x = x + self.token_type_embeddings.weight[0]
-        else:
-            x = x + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))
+            return pos + self.token_type_embeddings.weight[0]
+        return pos + self.token_type_embeddings(token_type_ids)
+
+    def forward(self, input_ids, token_type_ids=None, word_weight=None, position_segment=None):  # (B, T) -> (B, T, E)
+        w = self.word_embeddings.weight if word_weight is None else word_weight
+        if position_segment is None:
+            position_segment = self.position_segment(input_ids, token_type_ids)
+        return self.dropout(self.LayerNorm(F.embedding(input_ids, w) + position_segment))
 
 
 class Block(nn.Module):
@@ -143,14 +157,20 @@ class ElectraOutput:
     loss: torch.Tensor
     mlm_loss: torch.Tensor
     disc_loss: torch.Tensor
-    # Step metrics, 0-dim tensors on the model's device (read them at log intervals only:
-    # each .item() is a host-device sync).
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The step's losses and token counts, fp32 0-dim tensors on the model's device (``value_names``
+    # name them; read them at log intervals only: each read is a host-device sync).
+    values: tuple[torch.Tensor, ...] = ()
+    value_names: tuple[str, ...] = ()
     # Filled only with return_logits=True (evaluation: ROC AUC needs them).
     disc_logits: torch.Tensor | None = None  # (B, T)
     is_replaced: torch.Tensor | None = None  # (B, T) bool
     samples: torch.Tensor | None = None  # (B, P) the generator's samples (no gradient)
     mlm_predictions: torch.Tensor | None = None  # (B, P) the generator's argmax (return_logits=True)
+
+    @property
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """The step metrics (``metrics_from_counts``) as 0-dim tensors; computed on each access."""
+        return metrics_from_counts(dict(zip(self.value_names, self.values)))
 
 
 class Electra(nn.Module):
@@ -294,78 +314,91 @@ class Electra(nn.Module):
         if seed is None:  # a device tensor: no host sync, and torch.compile never recompiles for it
             seed = torch.randint(0, 2**31 - 1, (1,), device=masked_ids.device)
         B, P = masked_positions.shape
-        real_slot = masked_weights > 0
+        empty_slot = masked_weights == 0
         n_pred = masked_weights.sum()
 
         # 1. generator on the masked sequence; LM head at the masked rows only
-        emb = self.embeddings(input_ids, token_type_ids)
+        pos_seg = self.embeddings.position_segment(input_ids, token_type_ids)  # shared by both encoders
+        emb = self.embeddings(input_ids, position_segment=pos_seg)
         bias = attention_bias(attention_mask, emb)  # once per step, shared by both encoders
         gen_h = self.generator(emb, bias)  # (B, T, Hg)
         idx = masked_positions.unsqueeze(-1).expand(B, P, gen_h.shape[-1])
         h = self.generator_head(torch.gather(gen_h, 1, idx)).reshape(B * P, -1)  # (B*P, E)
-        targets = torch.where(real_slot, masked_ids, torch.full_like(masked_ids, IGNORE_INDEX)).reshape(-1)
-        mlm_mean, samples, argmax = ops.generator_loss_and_sample(
+        targets = masked_ids.masked_fill(empty_slot, IGNORE_INDEX).reshape(-1)
+        mlm_loss, samples, argmax = ops.generator_loss_and_sample(
             h, self.embeddings.word_embeddings.weight, self.generator_head.bias, targets,
             temperature=cfg.temperature, seed=seed, ignore_index=IGNORE_INDEX, return_argmax=True,
-            backend=self.backend)
-        # official: sum(w * ce) / (sum(w) + 1e-6); the op gives the mean over real slots
-        mlm_loss = mlm_mean * (n_pred / (n_pred + 1e-6))
+            eps=LOSS_EPS, backend=self.backend)
+        with torch.no_grad():  # an ignored slot's target is -100, never an argmax
+            mlm_correct = (argmax == targets).sum(dtype=torch.float32)
         argmax = argmax.view(B, P)
         predictions = argmax if return_logits else None
 
         if self.discriminator is None:  # the BERT baseline stops here
             zero = mlm_loss.new_zeros(())
-            metrics = _slot_accuracies(n_pred, masked_weights, masked_ids, argmax)
-            return ElectraOutput(loss=mlm_loss, mlm_loss=mlm_loss, disc_loss=zero, metrics=metrics,
-                                 samples=samples.view(B, P),
+            values = tuple(t.detach() for t in (mlm_loss, mlm_loss, n_pred, mlm_correct))
+            return ElectraOutput(loss=mlm_loss, mlm_loss=mlm_loss, disc_loss=zero, values=values,
+                                 value_names=VALUE_NAMES["mlm"], samples=samples.view(B, P),
                                  mlm_predictions=predictions)
 
         # 2. corrupt: original ids with the (gradient-free) samples written at the masked positions
         if original_ids is None:
-            fill = torch.where(real_slot, masked_ids, torch.gather(input_ids, 1, masked_positions))
+            fill = torch.where(empty_slot, torch.gather(input_ids, 1, masked_positions), masked_ids)
             original_ids = input_ids.scatter(1, masked_positions, fill)
         samples = samples.view(B, P).to(original_ids.dtype)
         corrupted, is_replaced = ops.replace_tokens(original_ids, masked_positions, samples, masked_weights,
                                                      backend=self.backend)
 
         # 3. discriminator on the corrupted sequence, fused projection + BCE over real tokens
-        disc_h = self.discriminator(self.embeddings(corrupted, token_type_ids, self._disc_word_weight()), bias)
-        feats = self.discriminator_head.features(disc_h)  # (B, T, H)
+        emb = self.embeddings(corrupted, word_weight=self._disc_word_weight(), position_segment=pos_seg)
+        feats = self.discriminator_head.features(self.discriminator(emb, bias))  # (B, T, H)
         pred = self.discriminator_head.dense_prediction
         real = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_replaced)
-        n_real = real.sum()
-        disc_mean = ops.rtd_loss(feats, pred.weight.view(-1), pred.bias.view(()), is_replaced, real,
-                                 backend=self.backend)
-        disc_loss = disc_mean * (n_real / (n_real + 1e-6))
-        loss = mlm_loss + cfg.disc_weight * disc_loss
+        disc_loss = ops.rtd_loss(feats, pred.weight.view(-1), pred.bias.view(()), is_replaced, real,
+                                 eps=LOSS_EPS, backend=self.backend)
+        loss = torch.add(mlm_loss, disc_loss, alpha=cfg.disc_weight)
 
         with torch.no_grad():
-            disc_logits = feats.detach() @ pred.weight.detach().view(-1) + pred.bias.detach()
-            metrics = _slot_accuracies(n_pred, masked_weights, masked_ids, argmax, samples.view(B, P))
-            metrics.update(_rtd_metrics(disc_logits, is_replaced, real))
-        return ElectraOutput(loss=loss, mlm_loss=mlm_loss, disc_loss=disc_loss, metrics=metrics,
+            dt = feats.dtype  # the autocast dtype under autocast (addmv does not autocast); casts are no-ops in fp32
+            disc_logits = torch.addmv(pred.bias.detach().to(dt), feats.detach().view(-1, feats.shape[-1]),
+                                      pred.weight.detach().view(-1).to(dt)).view(is_replaced.shape)
+            values = (loss.detach(), mlm_loss.detach(), disc_loss.detach(), n_pred, mlm_correct,
+                      *_rtd_counts(disc_logits, is_replaced, real, attention_mask is not None))
+        return ElectraOutput(loss=loss, mlm_loss=mlm_loss, disc_loss=disc_loss, values=values,
+                             value_names=VALUE_NAMES["electra"],
                              disc_logits=disc_logits if return_logits else None,
                              is_replaced=is_replaced if return_logits else None, samples=samples,
                              mlm_predictions=predictions)
 
 
-def _slot_accuracies(n_pred, weights, ids, argmax, samples=None):
-    """Accuracy of the generator's argmax (``mlm_accuracy``) and, given them, of its samples
-    (``sampled_accuracy``) over the real masked slots, in one reduction: they run every step."""
-    guesses = argmax[None] if samples is None else torch.stack([argmax, samples.to(argmax.dtype)])
-    acc = ((guesses == ids) * weights).sum(dim=(1, 2)) / n_pred.clamp_min(1e-6)
-    return dict(zip(("mlm_accuracy", "sampled_accuracy"), acc.unbind()))
+def _rtd_counts(logits, labels, real, padded: bool):
+    """true positives, tokens predicted replaced, replaced tokens, real tokens: fp32 counts in one
+    reduction (a handful of kernels: it runs every step). Replaced tokens are real ones."""
+    guess = logits > 0
+    if padded:
+        guess = guess & real
+    return torch.stack([guess & labels, guess, labels, real]).sum(dim=(1, 2), dtype=torch.float32).unbind()
 
 
-def _rtd_metrics(logits, labels, real):
-    """Discriminator accuracy over real tokens; precision and recall on replaced tokens.
+def _ratio(num, den, floor: float):
+    """num / max(den, floor) for floats and 0-dim tensors alike."""
+    return num / (den.clamp_min(floor) if isinstance(den, torch.Tensor) else max(den, floor))
 
-    Five counts in one reduction (a handful of kernels: it runs every step)."""
-    pred = logits > 0
-    c = (torch.stack([pred == labels, pred & labels, pred, labels, real]) & real).sum(dim=(1, 2)).float()
-    correct, true_pos, pred_pos, n_replaced, n_real = c.unbind()
-    # correct / real, true positives / predicted replaced, true positives / replaced, replaced / real
-    num, den = torch.stack([correct, true_pos, true_pos, n_replaced, n_real, pred_pos, n_replaced, n_real]).view(2, 4)
-    acc, precision, recall, replaced = (num / den.clamp_min(1.0)).unbind()
-    return {"disc_accuracy": acc, "disc_precision": precision, "disc_recall": recall,
-            "replaced_fraction": replaced}
+
+def metrics_from_counts(c) -> dict:
+    """The step metrics from the counts of ``VALUE_NAMES`` (one step's, or sums over steps: then
+    each metric is the ratio of the sums): accuracy of the generator's argmax (``mlm_accuracy``) and
+    of its samples (``sampled_accuracy``) over the masked slots; discriminator accuracy over real
+    tokens; precision and recall on replaced tokens; replaced / real tokens."""
+    slots = c["masked_slots"]
+    out = {"mlm_accuracy": _ratio(c["mlm_correct"], slots, 1e-6)}
+    if "real_tokens" not in c:
+        return out
+    tp, guessed, replaced, real = c["true_positives"], c["predicted_replaced"], c["replaced"], c["real_tokens"]
+    # a sample equal to the original leaves its slot unreplaced; wrong = false pos. + false neg.
+    out["sampled_accuracy"] = _ratio(slots - replaced, slots, 1e-6)
+    out["disc_accuracy"] = _ratio(real - (guessed - tp) - (replaced - tp), real, 1.0)
+    out["disc_precision"] = _ratio(tp, guessed, 1.0)
+    out["disc_recall"] = _ratio(tp, replaced, 1.0)
+    out["replaced_fraction"] = _ratio(replaced, real, 1.0)
+    return out

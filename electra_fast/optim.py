@@ -8,6 +8,9 @@ two things a fast step needs and torch.optim.AdamW cannot give inside one compil
   host sync, no recompilation when it changes, and a captured CUDA graph reads the new value).
 - ``found_inf`` is a 0-dim device flag. When it is 1 the update is skipped exactly: parameters,
   moments and the step count stay as they were, and nobody reads the flag on the host.
+- ``step(grad_scale)`` divides the gradients by a 0-dim device tensor as it reads them: gradient
+  clipping without a pass of its own over the gradients (the training step passes
+  max(1, (norm + 1e-6) / max_norm), the inverse of clip_grad_norm_'s factor).
 
 Two lowerings of the same update: eager steps call torch's fused multi-tensor kernel
 (``torch._fused_adamw_``, one launch per parameter group, which honours ``found_inf``);
@@ -64,11 +67,13 @@ class AdamW:
         self.lr.fill_(lr)
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, grad_scale: torch.Tensor | None = None) -> None:
+        """One update from the parameters' ``.grad``, each divided by ``grad_scale`` (a 0-dim fp32
+        tensor on the parameters' device) when given."""
         if torch.compiler.is_compiling():
-            self._step_foreach()
+            self._step_foreach(grad_scale)
         else:
-            self._step_fused()
+            self._step_fused(grad_scale)
 
     def _chunks(self):
         i = 0
@@ -77,15 +82,15 @@ class AdamW:
             yield ps, [p.grad for p in ps], self.exp_avg[i:i + n], self.exp_avg_sq[i:i + n], wd
             i += n
 
-    def _step_fused(self) -> None:
+    def _step_fused(self, grad_scale) -> None:
         self.step_count.add_(1.0 - self.found_inf)
         for ps, grads, m, v, wd in self._chunks():
             # the kernel reads the step count per tensor; all share one
             torch._fused_adamw_(ps, grads, m, v, [], [self.step_count] * len(ps), lr=self.lr, beta1=self.beta1,
                                 beta2=self.beta2, weight_decay=wd, eps=self.eps, amsgrad=False, maximize=False,
-                                grad_scale=None, found_inf=self.found_inf)
+                                grad_scale=grad_scale, found_inf=self.found_inf)
 
-    def _step_foreach(self) -> None:
+    def _step_foreach(self, grad_scale) -> None:
         keep = 1.0 - self.found_inf  # 1: apply, 0: leave everything as it is
         t = self.step_count.add_(keep).clamp(min=1.0)
         bc1 = 1.0 - self.beta1 ** t
@@ -94,6 +99,8 @@ class AdamW:
         for ps, grads, m, v, wd in self._chunks():
             # a skipped step may carry inf / NaN gradients: zero them so no moment turns NaN
             grads = [torch.where(keep > 0, g, torch.zeros_like(g)) for g in grads]
+            if grad_scale is not None:
+                grads = torch._foreach_div(grads, grad_scale)
             if wd:
                 torch._foreach_mul_(ps, 1.0 - lr * wd)
             torch._foreach_mul_(m, 1.0 - (1.0 - self.beta1) * keep)

@@ -318,7 +318,8 @@ RUN_ARGS = ("preset", "data", "errors", "text_field", "skip_unreadable", "vocab"
 
 
 # ---------------------------------------------------------------------------- the step
-# What one step logs, in the order of the device-side window (grad_norm is appended).
+# What one step logs (the device-side window holds model.VALUE_NAMES and grad_norm; StepStats.read
+# turns them into these).
 STEP_METRICS = {
     "electra": ("loss", "mlm_loss", "disc_loss", "mlm_accuracy", "sampled_accuracy", "disc_accuracy",
                 "disc_precision", "disc_recall", "replaced_fraction"),
@@ -329,37 +330,37 @@ STEP_METRICS = {
 class StepStats:
     """Device-side counters of the training step, read on the host at log steps only.
 
-    ``window``: sums of the logged values over the good steps since the last read; ``good``: how
-    many; ``skipped`` / ``skipped_window``: non-finite steps skipped in all / since the last read;
-    ``bad_run``: the current run of consecutive skipped steps; ``first_bad``: the first skipped
-    step since the last read; ``stop_at``: the step at which a run of ``max_bad_steps`` skipped
-    steps was reached (0: never); ``steps``: steps taken. All of it goes into checkpoints, so a
-    resumed run logs exactly what the uninterrupted one would.
+    ``window``: sums of the step values (``model.VALUE_NAMES``: losses and token counts; grad_norm
+    appended) over the good steps since the last read; the logged metrics are their means (losses,
+    grad_norm) and ratios of their sums (accuracies: over the window's tokens). ``good``: how many
+    good steps; ``skipped`` / ``skipped_window``: non-finite steps skipped in all / since the last
+    read; ``bad_run``: the current run of consecutive skipped steps; ``first_bad``: the first
+    skipped step since the last read; ``stop_at``: the step at which a run of ``max_bad_steps``
+    skipped steps was reached (0: never); ``steps``: steps taken. All of it goes into checkpoints,
+    so a resumed run logs exactly what the uninterrupted one would.
     """
 
     COUNTERS = ("steps", "good", "skipped", "skipped_window", "bad_run", "first_bad", "stop_at")
+    FORMAT = 2  # checkpoints: window of raw values and counts (1: per-step ratios of STEP_METRICS)
 
     def __init__(self, keys: tuple[str, ...], device, max_bad_steps: int, step: int = 0):
         self.keys = (*keys, "grad_norm")
-        i64 = dict(dtype=torch.int64, device=device)
+        f64 = dict(dtype=torch.float64, device=device)  # integers exactly up to 2**53
         self.window = torch.zeros(len(self.keys), dtype=torch.float32, device=device)
-        # the counters live in one tensor, so that a step updates them with a dozen small kernels, not twenty
-        self.counts = torch.zeros(len(self.COUNTERS), **i64)
-        self.counts[0] = step
-        # steps, good, skipped, skipped_window += (1, 1, 0, 0) + bad * (0, -1, 1, 1)
-        self._inc = torch.tensor([1, 1, 0, 0], **i64)
-        self._per_bad = torch.tensor([0, -1, 1, 1], **i64)
+        # the counters live in one tensor, so that a step updates them with a handful of small kernels;
+        # first_bad and stop_at hold inf until set (a minimum keeps the first step that set them)
+        self.counts = torch.tensor([step, 0, 0, 0, 0, math.inf, math.inf], **f64)
+        # steps, good, skipped, skipped_window, bad_run += (1, 1, 0, 0, 0) + bad * (0, -1, 1, 1, 1)
+        self._inc = torch.tensor([1, 1, 0, 0, 0], **f64)
+        self._per_bad = torch.tensor([0, -1, 1, 1, 1], **f64)
         # first_bad / stop_at take the step number when bad_run first reaches 1 / max_bad_steps
-        self._thresholds = torch.tensor([1, max_bad_steps], **i64)
+        self._thresholds = torch.tensor([1, max_bad_steps], **f64)
+        self._never = torch.full((2,), math.inf, **f64)
 
     def __getattr__(self, name: str) -> torch.Tensor:  # stats.good, stats.steps, ...: 0-dim views
         if name in StepStats.COUNTERS:
             return self.__dict__["counts"][StepStats.COUNTERS.index(name)]
         raise AttributeError(name)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Every piece of state by name (the checkpoint's format); the counters are views of ``counts``."""
-        return {"window": self.window, **{k: getattr(self, k) for k in self.COUNTERS}}
 
     def buffers(self) -> tuple[torch.Tensor, ...]:
         """The tensors the step writes in place (a CUDA graph keeps their addresses)."""
@@ -367,35 +368,50 @@ class StepStats:
 
     @torch.no_grad()
     def update(self, values: torch.Tensor, found_inf: torch.Tensor) -> None:
-        """Add one step: ``values`` (len(keys),) fp32, ``found_inf`` 0-dim bool (the step was skipped)."""
-        bad = found_inf.long()
+        """Add one step: ``values`` (len(keys),) fp32, ``found_inf`` 0-dim bool (the step was skipped).
+        Eight small kernels."""
         self.window.add_(values.masked_fill(found_inf, 0.0))  # a fill, not a product: values may be NaN
         c = self.counts
-        c[:4].add_(torch.addcmul(self._inc, self._per_bad, bad))
-        c[4].mul_(bad).add_(bad)  # bad_run: (run + 1) if skipped, else 0
-        first = (c[4] >= self._thresholds) & (c[5:] == 0)
-        c[5:].add_(first * c[0])  # first_bad, stop_at: 0 until their condition first holds
+        c[:5].addcmul_(self._per_bad, found_inf).add_(self._inc)
+        c[4].mul_(found_inf)  # bad_run: (run + 1) if skipped, else 0
+        torch.minimum(c[5:], torch.where(c[4] >= self._thresholds, c[0], self._never), out=c[5:])
 
     def read(self) -> dict:
-        """The window's means (NaN when every step was skipped) and the counters, in one host read; resets the window."""
+        """The window's means and ratios (NaN when every step was skipped) and the counters, in one
+        host read; resets the window."""
+        from .model import COUNT_NAMES, metrics_from_counts
+
         n = len(self.keys)
-        flat = torch.cat([self.window.double(), self.counts.double()]).tolist()
-        counters = dict(zip(self.COUNTERS, (int(x) for x in flat[n:])))
+        flat = torch.cat([self.window.double(), self.counts]).tolist()
+        counters = dict(zip(self.COUNTERS, (int(x) if math.isfinite(x) else 0 for x in flat[n:])))
         good = counters["good"]
-        means = {k: (v / good if good else float("nan")) for k, v in zip(self.keys, flat[:n])}
+        sums = dict(zip(self.keys, flat[:n]))
+        means = {k: (v / good if good else float("nan")) for k, v in sums.items()}
+        if "masked_slots" in sums:  # token counts: the metrics are ratios of their sums
+            ratios = metrics_from_counts(sums)
+            means = {**{k: (v if good else float("nan")) for k, v in ratios.items()},
+                     **{k: means[k] for k in self.keys if k not in COUNT_NAMES}}
         self.window.zero_()
         self.good.zero_()
         self.skipped_window.zero_()
-        self.first_bad.zero_()
+        self.first_bad.fill_(math.inf)
         return {"means": means, **{k: counters[k] for k in ("good", "skipped", "skipped_window", "first_bad",
                                                              "stop_at", "steps")}}
 
     def state_dict(self) -> dict:
-        return {k: v.detach().clone() for k, v in self.tensors().items()}
+        c = self.counts.nan_to_num(posinf=0.0).long()  # 0: never (the format of earlier checkpoints)
+        return {"format": self.FORMAT, "window": self.window.detach().clone(),
+                **{k: c[i].clone() for i, k in enumerate(self.COUNTERS)}}
 
     def load_state_dict(self, state: dict) -> None:
-        for k, v in self.tensors().items():
-            v.copy_(state[k])
+        c = torch.stack([torch.as_tensor(state[k]).to(self.counts) for k in self.COUNTERS])
+        self.counts.copy_(c)
+        self.counts[5:].masked_fill_(self.counts[5:] == 0, math.inf)
+        if state.get("format") == self.FORMAT and state["window"].shape == self.window.shape:
+            self.window.copy_(state["window"])
+        else:  # a checkpoint of an earlier version: its window cannot be read as ours; start a new one
+            self.window.zero_()
+            self.good.zero_()
 
 
 class TrainStep:
@@ -449,8 +465,12 @@ def make_train_step(model: torch.nn.Module, optimizer, cfg: ElectraConfig, *, ob
     fwd = forward if forward is not None else model
     params = optimizer.params
     device = params[0].device
-    stats = StepStats(STEP_METRICS[objective], device, max_bad_steps, step)
-    keys = STEP_METRICS[objective]
+    from .model import VALUE_NAMES
+
+    stats = StepStats(VALUE_NAMES[objective], device, max_bad_steps, step)
+    one = torch.ones((), device=device)  # the gradient of the loss, made once
+    # (gnorm + 1e-6) / max_norm as one fused multiply-add: eps / max_norm + gnorm * (1 / max_norm)
+    clip_eps = torch.tensor(1e-6 / cfg.max_grad_norm, device=device)
 
     def train_step(batches: list[dict], seeds: torch.Tensor) -> None:
         n = len(batches)
@@ -458,21 +478,27 @@ def make_train_step(model: torch.nn.Module, optimizer, cfg: ElectraConfig, *, ob
         for i, batch in enumerate(batches):
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out = fwd(**batch, seed=seeds[i:i + 1])
-            (out.loss / n).backward()
-            parts = {"loss": out.loss, "mlm_loss": out.mlm_loss, "disc_loss": out.disc_loss, **out.metrics}
-            v = torch.stack([parts[k].detach().float() for k in keys])
-            v = v / n if n > 1 else v
+            if n == 1:  # no division: a kernel forward and one backward fewer
+                out.loss.backward(one)
+                values = out.values
+                continue
+            (out.loss / n).backward(one)
+            v = torch.stack(out.values) / n
             values = v if values is None else values + v
         with torch.no_grad():
             for p in params:  # a parameter no loss reached this step (rare): a zero gradient
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+            # clip_grad_norm_'s factor min(1, max_norm / (norm + 1e-6)), which AdamW divides out of the
+            # gradients as it reads them (no pass over the gradients of its own)
+            grad_scale = torch.add(clip_eps, gnorm, alpha=1.0 / cfg.max_grad_norm).clamp_min_(1.0)
             # x * 0 is 0 for a finite x and NaN for inf or NaN: one check covers the norm and the loss
             found_inf = (gnorm + values[0]) * 0 != 0
             optimizer.found_inf.copy_(found_inf)
-            optimizer.step()
-            stats.update(torch.cat([values, gnorm.float().view(1)]), found_inf)
+            optimizer.step(grad_scale)
+            gnorm = gnorm.float().view(1)
+            stats.update(torch.stack([*values, gnorm[0]]) if n == 1 else torch.cat([values, gnorm]), found_inf)
         for p in params:  # backward writes fresh gradients next step (accumulating would cost a kernel each)
             p.grad = None
 

@@ -56,6 +56,20 @@ def reads_values(t: torch.Tensor, debug: bool) -> bool:
     return t.numel() > 0 and (t.device.type == "cpu" or debug) and values_readable(t)
 
 
+def require_eps(eps) -> None:
+    """The loss denominator's ``eps`` is a finite number >= 0."""
+    import math
+
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0 (the loss is sum / (count + eps)); got {eps!r}")
+
+
+def loss_denominator(count: torch.Tensor, eps: float) -> torch.Tensor:
+    """count + eps, or max(count, 1) when eps is 0 (the loss of no counted rows is then 0.0, not NaN;
+    with eps > 0 it is 0 / eps = 0.0): one kernel, no host read."""
+    return count + eps if eps else count.clamp(min=1)
+
+
 def require_tensors(op: str, **named) -> None:
     """A numpy array or a list where a tensor goes (None skipped): TypeError naming the argument."""
     for name, t in named.items():

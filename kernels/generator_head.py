@@ -44,7 +44,15 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .checks import describe, is_integer, reads_values, require_float, require_same_device
+from .checks import (
+    describe,
+    is_integer,
+    loss_denominator,
+    reads_values,
+    require_eps,
+    require_float,
+    require_same_device,
+)
 from .custom_ops import triton_op
 from .dispatch import autocast_projection, implementation, interpreter_fp32_variant, interpreting, is_fake
 from .launches import L2_RESIDENT_BYTES, KernelPlan, hbm_bytes, record_extern, record_reference
@@ -554,30 +562,30 @@ def _belt(bias, weight) -> int:
     return bias.element_size() if bias is not None else 0
 
 
-def _row_outputs(targets, ignore_index, M, device, return_argmax):
-    """The per-row outputs both formulations fill: n_valid (0-dim), lse and row loss (fp32), samples and
-    argmax (int64; argmax None unless asked)."""
-    n_valid = (targets != ignore_index).sum()
+def _row_outputs(targets, ignore_index, M, device, return_argmax, eps):
+    """The per-row outputs both formulations fill: the loss denominator (fp32 0-dim: non-ignored rows + eps,
+    ``loss_denominator``), lse and row loss (fp32), samples and argmax (int64; argmax None unless asked)."""
+    denominator = loss_denominator((targets != ignore_index).sum(dtype=torch.float32), eps)
     lse = torch.empty(M, dtype=torch.float32, device=device)
     row_loss = torch.empty(M, dtype=torch.float32, device=device)
     samples = torch.empty(M, dtype=torch.int64, device=device)
     argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
-    return n_valid, lse, row_loss, samples, argmax
+    return denominator, lse, row_loss, samples, argmax
 
 
-def _per_valid_row(x: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
-    """``x`` / n_valid in fp32 (the mean over non-ignored rows); 0.0, not NaN, when every row is ignored."""
-    return x.to(torch.float32) / n_valid.clamp(min=1).to(torch.float32)
+def _per_valid_row(x: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``x`` / the loss denominator (fp32 ``x``: the row-loss sum, or the loss's gradient)."""
+    return x / denominator
 
 
 def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
-                    block_m, block_v, launch=True, splits=None):
+                    block_m, block_v, launch=True, splits=None, eps=0.0):
     """Runs the forward kernel (``launch=False``: only records it, for the fake implementation).
-    Returns (loss, samples, argmax or None, lse, n_valid)."""
+    Returns (loss, samples, argmax or None, lse, denominator)."""
     M, E = hidden.shape
     V = weight.shape[0]
     device = hidden.device
-    n_valid, lse, row_loss, samples, argmax = _row_outputs(targets, ignore_index, M, device, return_argmax)
+    denominator, lse, row_loss, samples, argmax = _row_outputs(targets, ignore_index, M, device, return_argmax, eps)
     if M > 0:
         dot_f32 = _dot_f32(hidden)
         cfg = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)["fwd"]
@@ -599,7 +607,7 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
                  BLOCK_S=max(2, triton.next_power_of_2(n_splits))),
             comb["num_warps"], comb["num_stages"], (0.0, M * (n_splits * 24 + 8 + 24)),
         ).run(launch)
-    return _per_valid_row(row_loss.sum(), n_valid), samples, argmax, lse, n_valid
+    return _per_valid_row(row_loss.sum(), denominator), samples, argmax, lse, denominator
 
 
 # The chunked formulation (Base, Large): wide embeddings make the logits compute-bound, where cuBLAS
@@ -647,14 +655,14 @@ def _mm_cost(m: int, n: int, k: int, elt: int, out_elt: int = 4, acc: bool = Fal
 
 
 def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, need_grads,
-                    chunk_rows, launch=True):
-    """The chunked head (see ``_use_chunked``). Returns (loss, samples, argmax or None, lse, n_valid, dh, dwb):
+                    chunk_rows, launch=True, eps=0.0):
+    """The chunked head (see ``_use_chunked``). Returns (loss, samples, argmax or None, lse, denominator, dh, dwb):
     dh [M, E] and dwb [V, E (+8)] the unscaled fp32 gradients (empty unless ``need_grads``)."""
     M, E = hidden.shape
     V = weight.shape[0]
     device, dtype, elt = hidden.device, hidden.dtype, hidden.element_size()
     f32 = dict(dtype=torch.float32, device=device)
-    n_valid, lse, row_loss, samples, argmax = _row_outputs(targets, ignore_index, M, device, return_argmax)
+    denominator, lse, row_loss, samples, argmax = _row_outputs(targets, ignore_index, M, device, return_argmax, eps)
     ea = _grad_columns(E, bias is not None)
     dh = torch.empty((M, E) if need_grads else (0,), **f32)
     # dL/dW is written by the first chunk's matmul; zeros only where no chunk will write it
@@ -699,25 +707,25 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
             if launch:
                 dh[r0:r0 + c] = _mm_f32(d, weight)
                 dwb = _mm_f32(d.T, ha, dwb if r0 else None)
-    return _per_valid_row(row_loss.sum(), n_valid), samples, argmax, lse, n_valid, dh, dwb
+    return _per_valid_row(row_loss.sum(), denominator), samples, argmax, lse, denominator, dh, dwb
 
 
-def _scale_chunked_grads(grad_loss, n_valid, dh, dwb, hidden, weight, bias, need_dh, need_dw):
-    """The chunked head's backward: its unscaled gradients times grad_loss / n_valid, in the inputs' dtypes."""
-    scale = _per_valid_row(grad_loss, n_valid)
+def _scale_chunked_grads(grad_loss, denominator, dh, dwb, hidden, weight, bias, need_dh, need_dw):
+    """The chunked head's backward: its unscaled gradients times grad_loss / denominator, in the inputs' dtypes."""
+    scale = _per_valid_row(grad_loss, denominator)
     E = hidden.shape[1]
     return ((dh * scale).to(hidden.dtype) if need_dh else None,
             (dwb[:, :E] * scale).to(weight.dtype) if need_dw else None,
             (dwb[:, E] * scale).to(bias.dtype) if need_dw and bias is not None else None)
 
 
-def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index,
+def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, denominator, ignore_index,
                      block_m, block_v, need_dh, need_dw, launch=True):
     """Runs the backward kernels that are needed (``launch=False``: records them only).
     Returns (dh, dW, db); None where not needed."""
     M, E = hidden.shape
     V = weight.shape[0]
-    scale = _per_valid_row(grad_loss, n_valid).reshape(1)
+    scale = _per_valid_row(grad_loss, denominator).reshape(1)
     dot_f32 = _dot_f32(hidden)
     blocks = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)
     b = bias if bias is not None else weight
@@ -757,13 +765,14 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
                                      ignore_index: int = -100, return_argmax: bool = False,
                                      block_m: int | None = None, block_v: int | None = None,
                                      vocab_splits: int | None = None, chunk_rows: int | None = None,
-                                     debug: bool = False):
+                                     eps: float = 0.0, debug: bool = False):
     """Fused generator head on the Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1).
 
     hidden [M, E] (the masked positions), weight [V, E] (tied word embeddings), bias [V] or
     None, targets [M] with ``ignore_index`` at rows to skip. Returns ``(loss, samples)`` or
-    ``(loss, samples, argmax)``: loss is the 0-dim fp32 mean cross-entropy over the non-ignored
-    rows (0.0 if none), differentiable w.r.t. hidden, weight and bias; samples [M] int64 are
+    ``(loss, samples, argmax)``: loss is the 0-dim fp32 cross-entropy summed over the non-ignored
+    rows and divided by their number + ``eps`` (the official ELECTRA code's 1e-6; with the default
+    0, the mean; 0.0 if no row counts, for any eps), differentiable w.r.t. hidden, weight and bias; samples [M] int64 are
     Gumbel-max draws from softmax(logits / temperature), equal to the target at ignored rows;
     argmax [M] int64 is the argmax of the logits (for MLM accuracy). ``seed`` may be a
     one-element integer device tensor, so a captured CUDA graph can draw fresh samples per
@@ -779,6 +788,7 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
     """
     hidden, weight = autocast_projection(hidden, weight)
     _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
+    require_eps(eps)
     _check_block("block_m", block_m)
     _check_block("block_v", block_v, least=64)
     if vocab_splits is not None and (isinstance(vocab_splits, bool) or not isinstance(vocab_splits, int)
@@ -793,7 +803,7 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
     need_grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     loss, samples, argmax, *_ = _generator_head_fwd_op(
         hidden, weight, bias, targets, _seed_tensor(seed, hidden.device), float(temperature), ignore_index,
-        bool(return_argmax), block_m, block_v, vocab_splits, chunk_rows, need_grads)
+        bool(return_argmax), block_m, block_v, vocab_splits, chunk_rows, need_grads, float(eps))
     return (loss, samples, argmax) if return_argmax else (loss, samples)
 
 
@@ -805,7 +815,7 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
 def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                         targets: torch.Tensor, *, temperature: float = 1.0,
                                         seed: int | torch.Tensor, ignore_index: int = -100,
-                                        return_argmax: bool = False, debug: bool = False):
+                                        return_argmax: bool = False, eps: float = 0.0, debug: bool = False):
     """Same contract as :func:`generator_loss_and_sample_triton`, materialising [M, V] fp32 logits.
 
     Differentiable by plain autograd. The Gumbel noise is the kernel's Philox noise ported to plain
@@ -816,6 +826,7 @@ def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tens
     """
     hidden, weight = autocast_projection(hidden, weight)
     _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
+    require_eps(eps)
     record_reference("generator_head", hidden=hidden, weight=weight, bias=bias, targets=targets)
     targets = targets.long()
     with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits from the (rounded) operands
@@ -824,7 +835,7 @@ def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tens
         logits = logits + bias.float()
     valid = targets != ignore_index
     loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
-    loss = loss / valid.sum().clamp(min=1).to(torch.float32)
+    loss = loss / loss_denominator(valid.sum(dtype=torch.float32), eps)
     with torch.no_grad():
         M, V = logits.shape
         seed = _seed_tensor(seed, hidden.device)
@@ -928,27 +939,27 @@ def _clamped_uniform_reference(words: torch.Tensor) -> torch.Tensor:
 # calls a backward op. The seed is a (1,) int64 tensor argument: a captured graph that refills it
 # draws fresh samples each replay.
 def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
-              vocab_splits=None, chunk_rows=None, need_grads=False, launch=True):
-    """(loss, samples, argmax, lse, n_valid, dh, dwb); argmax is empty unless asked, dh and dwb (the chunked
+              vocab_splits=None, chunk_rows=None, need_grads=False, eps=0.0, launch=True):
+    """(loss, samples, argmax, lse, denominator, dh, dwb); argmax is empty unless asked, dh and dwb (the chunked
     head's unscaled gradients) empty on the fused path or without ``need_grads``."""
     hidden = hidden.contiguous()
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     targets = targets.contiguous().long()
     if _use_chunked(hidden.shape[1], chunk_rows):
-        loss, samples, argmax, lse, n_valid, dh, dwb = _launch_chunked(
+        loss, samples, argmax, lse, denominator, dh, dwb = _launch_chunked(
             hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, need_grads, chunk_rows,
-            launch)
+            launch, eps)
     else:
-        loss, samples, argmax, lse, n_valid = _launch_forward(
+        loss, samples, argmax, lse, denominator = _launch_forward(
             hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, block_m, block_v,
-            launch, vocab_splits)
+            launch, vocab_splits, eps)
         dh, dwb = hidden.new_empty(0, dtype=torch.float32), hidden.new_empty(0, dtype=torch.float32)
-    return loss, samples, argmax if argmax is not None else samples.new_empty(0), lse, n_valid, dh, dwb
+    return loss, samples, argmax if argmax is not None else samples.new_empty(0), lse, denominator, dh, dwb
 
 
 def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
-              vocab_splits=None, chunk_rows=None, need_grads=False):
+              vocab_splits=None, chunk_rows=None, need_grads=False, eps=0.0):
     M, E = hidden.shape
     scalar = hidden.new_empty((), dtype=torch.float32)
     samples = hidden.new_empty(M, dtype=torch.int64)
@@ -958,23 +969,23 @@ def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, re
     dwb = hidden.new_empty((weight.shape[0], _grad_columns(E, bias is not None)) if grads else (0,),
                            dtype=torch.float32)
     return (scalar, samples, argmax, hidden.new_empty(M, dtype=torch.float32),
-            hidden.new_empty((), dtype=torch.int64), dh, dwb)
+            hidden.new_empty((), dtype=torch.float32), dh, dwb)
 
 
-def _bwd_impl(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
+def _bwd_impl(grad_loss, hidden, weight, bias, targets, lse, denominator, ignore_index, block_m, block_v,
               need_dh, need_dw, launch=True):
     """(dh, dW, db); an empty tensor where not needed (a custom op cannot return None)."""
     hidden = hidden.contiguous()
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    dh, dw, db = _launch_backward(grad_loss, hidden, weight, bias, targets.contiguous().long(), lse, n_valid,
+    dh, dw, db = _launch_backward(grad_loss, hidden, weight, bias, targets.contiguous().long(), lse, denominator,
                                   ignore_index, block_m, block_v, need_dh, need_dw, launch)
     empty = lambda like: like.new_empty(0)
     return (dh if dh is not None else empty(hidden), dw if dw is not None else empty(weight),
             db if db is not None else empty(weight))
 
 
-def _bwd_fake(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_index, block_m, block_v,
+def _bwd_fake(grad_loss, hidden, weight, bias, targets, lse, denominator, ignore_index, block_m, block_v,
               need_dh, need_dw):
     dh = hidden.new_empty(hidden.shape if need_dh else (0,))
     dw = weight.new_empty(weight.shape if need_dw else (0,))
@@ -983,38 +994,38 @@ def _bwd_fake(grad_loss, hidden, weight, bias, targets, lse, n_valid, ignore_ind
 
 
 def _setup_context(ctx, inputs, output):
-    hidden, weight, bias, targets, _, _, ignore_index, _, block_m, block_v, _, chunk_rows, _ = inputs
-    _, _, _, lse, n_valid, dh, dwb = output
+    hidden, weight, bias, targets, _, _, ignore_index, _, block_m, block_v, _, chunk_rows, _, _ = inputs
+    _, _, _, lse, denominator, dh, dwb = output
     ctx.chunked = _use_chunked(hidden.shape[1], chunk_rows)
-    ctx.save_for_backward(hidden, weight, bias, targets, lse, n_valid, dh, dwb)
+    ctx.save_for_backward(hidden, weight, bias, targets, lse, denominator, dh, dwb)
     ctx.ignore_index, ctx.block_m, ctx.block_v = ignore_index, block_m, block_v
 
 
 def _backward_rule(ctx, grad_loss, *unused_grads):
-    hidden, weight, bias, targets, lse, n_valid, dh_unscaled, dwb = ctx.saved_tensors
+    hidden, weight, bias, targets, lse, denominator, dh_unscaled, dwb = ctx.saved_tensors
     need_dh = ctx.needs_input_grad[0]
     need_dw = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
     if ctx.chunked and dwb.dim() == 2:  # the gradients were computed in the forward (need_grads): scale them
-        dh, dw, db = _scale_chunked_grads(grad_loss, n_valid, dh_unscaled, dwb, hidden, weight, bias, need_dh,
+        dh, dw, db = _scale_chunked_grads(grad_loss, denominator, dh_unscaled, dwb, hidden, weight, bias, need_dh,
                                           need_dw)
     else:  # the fused backward kernels (also the chunked head's, had the forward no gradients to keep)
-        dh, dw, db = _generator_head_bwd_op(grad_loss, hidden, weight, bias, targets, lse, n_valid,
+        dh, dw, db = _generator_head_bwd_op(grad_loss, hidden, weight, bias, targets, lse, denominator,
                                             ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
     return (dh if need_dh else None, dw if ctx.needs_input_grad[1] else None,
-            db if ctx.needs_input_grad[2] else None) + (None,) * 10
+            db if ctx.needs_input_grad[2] else None) + (None,) * 11
 
 
 _generator_head_bwd_op = triton_op(
     "generator_head_bwd",
     "(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor lse, "
-    "Tensor n_valid, int ignore_index, int? block_m, int? block_v, bool need_dh, bool need_dw) "
+    "Tensor denominator, int ignore_index, int? block_m, int? block_v, bool need_dh, bool need_dw) "
     "-> (Tensor, Tensor, Tensor)",
     _bwd_impl, _bwd_fake)
 _generator_head_fwd_op = triton_op(
     "generator_head_fwd",
     "(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor seed, float temperature, "
     "int ignore_index, bool return_argmax, int? block_m, int? block_v, int? vocab_splits=None, "
-    "int? chunk_rows=None, bool need_grads=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "int? chunk_rows=None, bool need_grads=False, float eps=0.0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     _fwd_impl, _fwd_fake, backward=_backward_rule, setup_context=_setup_context)
 
 
@@ -1023,7 +1034,7 @@ def generator_loss_and_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: 
     """MLM loss and Gumbel-max samples of the ELECTRA generator head at the masked positions.
 
     ``options`` are the keywords of :func:`generator_loss_and_sample_triton` (``seed``, required;
-    ``temperature``, ``ignore_index``, ``return_argmax``, ``debug``), which also states the
+    ``temperature``, ``ignore_index``, ``return_argmax``, ``eps``, ``debug``), which also states the
     contract. ``backend``: "triton", "reference", or "auto" / None: triton for CUDA tensors, the
     reference for the rest ("triton" on CPU tensors needs TRITON_INTERPRET=1).
     """

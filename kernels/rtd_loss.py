@@ -6,8 +6,8 @@ cross-entropy against is_replaced, averaged over the real tokens.
     loss = rtd_loss(hidden, weight, bias, labels, mask)        # hidden (..., H)
     loss = rtd_loss_from_logits(logits, labels, mask)          # logits (...)
 
-loss = sum(mask * bce(logit, label)) / sum(mask), fp32, 0.0 (not NaN) when the mask is empty.
-The model scales by n / (n + 1e-6) itself (official: sum(w * l) / (sum(w) + 1e-6)).
+loss = sum(mask * bce(logit, label)) / (sum(mask) + eps), fp32: the mean with the default eps = 0
+(0.0, not NaN, when the mask is empty); the model passes the official code's eps = 1e-6.
 
 The forward kernel reads ``hidden`` once and also stores dlogit = (sigmoid(logit) - label) *
 mask per token, so the backward is a cheap scale by grad / n: one kernel reads hidden once more,
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .checks import reads_values, require_float, require_same_device
+from .checks import loss_denominator, reads_values, require_eps, require_float, require_same_device
 from .custom_ops import triton_op
 from .dispatch import autocast_projection, implementation, select_backend
 from .launches import KernelPlan, record_reference
@@ -183,11 +183,10 @@ def _check_logits_inputs(logits, labels, mask, debug: bool) -> None:
     _check_targets(labels, mask, tuple(logits.shape), logits.device, debug)
 
 
-def _mean(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, n) from the [loss sum, mask sum] pair, without a host sync; 0 when n == 0."""
-    n = sums[1]
-    n_safe = torch.where(n > 0, n, torch.ones_like(n))
-    return sums[0] / n_safe, n_safe
+def _mean(sums: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, denominator) from the [loss sum, mask sum, ...] sums, without a host sync; 0 when the mask sum is 0."""
+    den = loss_denominator(sums[1], eps)
+    return sums[0] / den, den
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -207,9 +206,10 @@ def _partials(n_rows, *shape, device):
     return (torch.empty if n_rows else torch.zeros)(shape, dtype=torch.float32, device=device)
 
 
-def _rtd_forward(hidden, weight, bias, labels, mask, launch=True):
+def _rtd_forward(hidden, weight, bias, labels, mask, eps=0.0, launch=True):
     """Launch the fused forward (``launch=False``: only record it, for the fake implementation).
-    Returns (loss, n_safe, dlogit (N,) fp32, dlogit sum): everything the backward needs besides inputs."""
+    Returns (loss, denominator, dlogit (N,) fp32, sums (3,): loss, mask and dlogit sums): everything the
+    backward needs besides inputs."""
     h2d = _rows(hidden)
     N, H = h2d.shape
     block_m, block_h = _fwd_blocks(H)
@@ -222,8 +222,8 @@ def _rtd_forward(hidden, weight, bias, labels, mask, launch=True):
                     N, H, h2d.stride(0), num_blocks), dict(BLOCK_M=block_m, BLOCK_H=block_h),
                    _NUM_WARPS, _NUM_STAGES).run(launch)
     sums = partial.sum(dim=1)
-    loss, n_safe = _mean(sums)
-    return loss, n_safe, dlogit, sums[2].clone()
+    loss, den = _mean(sums, eps)
+    return loss, den, dlogit, sums
 
 
 def _rtd_backward(hidden, weight, dlogit, scale, launch=True):
@@ -240,8 +240,8 @@ def _rtd_backward(hidden, weight, dlogit, scale, launch=True):
     return dh.view(hidden.shape), dw_partial.sum(dim=0)
 
 
-def _rtd_logits_forward(logits, labels, mask, launch=True):
-    """(loss, n_safe, dlogit (N,) fp32) of rtd_loss_from_logits."""
+def _rtd_logits_forward(logits, labels, mask, eps=0.0, launch=True):
+    """(loss, denominator, dlogit (N,) fp32) of rtd_loss_from_logits."""
     N = logits.numel()
     num_blocks = max(1, triton.cdiv(N, _LOGITS_BLOCK))
     dlogit = torch.empty(N, dtype=torch.float32, device=logits.device)
@@ -250,60 +250,64 @@ def _rtd_logits_forward(logits, labels, mask, launch=True):
         KernelPlan("rtd_loss_from_logits.fwd", _rtd_logits_fwd_kernel, (num_blocks,),
                    (_flat(logits), _flat(labels), _flat(mask), dlogit, partial, N, num_blocks),
                    dict(BLOCK=_LOGITS_BLOCK), 4, _NUM_STAGES).run(launch)
-    loss, n_safe = _mean(partial.sum(dim=1))
-    return loss, n_safe, dlogit
+    loss, den = _mean(partial.sum(dim=1), eps)
+    return loss, den, dlogit
 
 
 def rtd_loss_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
-                    mask: torch.Tensor, *, debug: bool = False) -> torch.Tensor:
+                    mask: torch.Tensor, *, eps: float = 0.0, debug: bool = False) -> torch.Tensor:
     """Triton path (CUDA, or the CPU under TRITON_INTERPRET=1), differentiable. See rtd_loss."""
     hidden, weight = autocast_projection(hidden, weight)
     _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
-    return _rtd_fwd_op(hidden, weight, bias, labels, mask)[0]
+    require_eps(eps)
+    return _rtd_fwd_op(hidden, weight, bias, labels, mask, float(eps))[0]
 
 
 def rtd_loss_from_logits_triton(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
-                                debug: bool = False) -> torch.Tensor:
+                                eps: float = 0.0, debug: bool = False) -> torch.Tensor:
     """Triton path of rtd_loss_from_logits, differentiable."""
     _check_logits_inputs(logits, labels, mask, debug)
-    return _rtd_logits_fwd_op(logits, labels, mask)[0]
+    require_eps(eps)
+    return _rtd_logits_fwd_op(logits, labels, mask, float(eps))[0]
 
 
 # ----------------------------------------------------------------------------- references
 def rtd_loss_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
-                       mask: torch.Tensor, *, debug: bool = False) -> torch.Tensor:
+                       mask: torch.Tensor, *, eps: float = 0.0, debug: bool = False) -> torch.Tensor:
     """Plain PyTorch, fp32 logits; differentiable through torch autograd. Under autocast it rounds
     hidden and weight to the autocast dtype like the Triton path, then computes in fp32."""
     hidden, weight = autocast_projection(hidden, weight)
     _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
+    require_eps(eps)
     record_reference("rtd_loss", hidden=hidden, weight=weight, bias=bias, labels=labels, mask=mask)
     with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits from the (rounded) operands
         logits = hidden.float() @ weight.float() + bias.float()
-        return _masked_bce_mean(logits, labels, mask)
+        return _masked_bce_mean(logits, labels, mask, eps)
 
 
 def rtd_loss_from_logits_reference(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
-                                   debug: bool = False) -> torch.Tensor:
+                                   eps: float = 0.0, debug: bool = False) -> torch.Tensor:
     """Plain PyTorch reference of rtd_loss_from_logits."""
     _check_logits_inputs(logits, labels, mask, debug)
+    require_eps(eps)
     record_reference("rtd_loss_from_logits", logits=logits, labels=labels, mask=mask)
-    return _masked_bce_mean(logits.float(), labels, mask)
+    return _masked_bce_mean(logits.float(), labels, mask, eps)
 
 
-def _masked_bce_mean(logits, labels, mask):
+def _masked_bce_mean(logits, labels, mask, eps):
     m = mask.float()
     total = F.binary_cross_entropy_with_logits(logits, labels.float(), weight=m, reduction="sum")
-    n = m.sum()
-    return total / torch.where(n > 0, n, torch.ones_like(n))
+    return total / loss_denominator(m.sum(), eps)
 
 
 # ----------------------------------------------------------------------------- autograd
 # The Triton path as torch custom ops (kernels/custom_ops.py): for each function a forward op whose
 # registered gradient calls a backward op (rtd_loss) or is a plain scale of the stored dlogit
 # (rtd_loss_from_logits).
-def _rtd_fwd_fake(hidden, weight, bias, labels, mask):
+def _rtd_fwd_fake(hidden, weight, bias, labels, mask, eps=0.0):
     scalar = lambda: hidden.new_empty((), dtype=torch.float32)
-    return scalar(), scalar(), hidden.new_empty(labels.numel(), dtype=torch.float32), scalar()
+    return (scalar(), scalar(), hidden.new_empty(labels.numel(), dtype=torch.float32),
+            hidden.new_empty(3, dtype=torch.float32))
 
 
 def _rtd_bwd_fake(hidden, weight, dlogit, scale):
@@ -312,20 +316,20 @@ def _rtd_bwd_fake(hidden, weight, dlogit, scale):
 
 
 def _rtd_setup_context(ctx, inputs, output):
-    hidden, weight, bias, _, _ = inputs
-    _, n_safe, dlogit, dlogit_sum = output
-    ctx.save_for_backward(hidden, weight, dlogit, dlogit_sum, n_safe)
+    hidden, weight, bias, _, _, _ = inputs
+    _, den, dlogit, sums = output
+    ctx.save_for_backward(hidden, weight, dlogit, sums, den)
     ctx.bias_dtype = bias.dtype
 
 
 def _rtd_backward_rule(ctx, grad, *unused_grads):
-    hidden, weight, dlogit, dlogit_sum, n_safe = ctx.saved_tensors
-    scale = grad.float() / n_safe  # 0-dim, stays on the device: no sync
+    hidden, weight, dlogit, sums, den = ctx.saved_tensors
+    scale = grad.float() / den  # 0-dim, stays on the device: no sync
     dhidden, dweight = _rtd_bwd_op(hidden, weight, dlogit, scale)
-    return dhidden, dweight.to(weight.dtype), (dlogit_sum * scale).to(ctx.bias_dtype), None, None
+    return dhidden, dweight.to(weight.dtype), (sums[2] * scale).to(ctx.bias_dtype), None, None, None
 
 
-def _rtd_logits_fwd_fake(logits, labels, mask):
+def _rtd_logits_fwd_fake(logits, labels, mask, eps=0.0):
     scalar = lambda: logits.new_empty((), dtype=torch.float32)
     return scalar(), scalar(), logits.new_empty(logits.numel(), dtype=torch.float32)
 
@@ -337,8 +341,8 @@ def _rtd_logits_setup_context(ctx, inputs, output):
 
 
 def _rtd_logits_backward_rule(ctx, grad, *unused_grads):
-    dlogit, n_safe = ctx.saved_tensors
-    return (dlogit * (grad.float() / n_safe)).to(ctx.logits_dtype).view(ctx.logits_shape), None, None
+    dlogit, den = ctx.saved_tensors
+    return (dlogit * (grad.float() / den)).to(ctx.logits_dtype).view(ctx.logits_shape), None, None, None
 
 
 _rtd_bwd_op = triton_op(
@@ -346,32 +350,35 @@ _rtd_bwd_op = triton_op(
     _rtd_backward, _rtd_bwd_fake)
 _rtd_fwd_op = triton_op(
     "rtd_loss_fwd",
-    "(Tensor hidden, Tensor weight, Tensor bias, Tensor labels, Tensor mask) -> (Tensor, Tensor, Tensor, Tensor)",
+    "(Tensor hidden, Tensor weight, Tensor bias, Tensor labels, Tensor mask, float eps=0.0) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
     _rtd_forward, _rtd_fwd_fake, backward=_rtd_backward_rule, setup_context=_rtd_setup_context)
 _rtd_logits_fwd_op = triton_op(
-    "rtd_loss_from_logits_fwd", "(Tensor logits, Tensor labels, Tensor mask) -> (Tensor, Tensor, Tensor)",
+    "rtd_loss_from_logits_fwd", "(Tensor logits, Tensor labels, Tensor mask, float eps=0.0) -> (Tensor, Tensor, Tensor)",
     _rtd_logits_forward, _rtd_logits_fwd_fake, backward=_rtd_logits_backward_rule,
     setup_context=_rtd_logits_setup_context)
 
 
 # ----------------------------------------------------------------------------- dispatch
 def rtd_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
-             mask: torch.Tensor, *, backend: str | None = None, debug: bool = False) -> torch.Tensor:
+             mask: torch.Tensor, *, eps: float = 0.0, backend: str | None = None,
+             debug: bool = False) -> torch.Tensor:
     """Mean sigmoid BCE of the discriminator's logits over the masked-in tokens.
 
     hidden (..., H) float32/float16/bfloat16, weight (H,), bias 0-dim; logits = hidden @ weight +
     bias in fp32. labels (...) bool/int/float in [0, 1] (1 = replaced); mask (...) bool/float.
-    Returns the fp32 0-dim loss sum(mask * bce) / sum(mask), 0.0 when the mask is empty.
+    Returns the fp32 0-dim loss sum(mask * bce) / (sum(mask) + eps) (the official ELECTRA code's
+    eps is 1e-6; with the default 0, the mean), 0.0 when the mask is empty.
     Differentiable w.r.t. hidden, weight and bias. ``backend``: "triton", "reference" or None
     (see ``select_backend``); ``debug`` also range-checks CUDA labels (a device sync).
     """
     fn = implementation(hidden, backend, rtd_loss_triton, rtd_loss_reference)
-    return fn(hidden, weight, bias, labels, mask, debug=debug)
+    return fn(hidden, weight, bias, labels, mask, eps=eps, debug=debug)
 
 
-def rtd_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
+def rtd_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *, eps: float = 0.0,
                          backend: str | None = None, debug: bool = False) -> torch.Tensor:
     """rtd_loss for trainers that already have the logits (...): same labels, mask and result.
     Differentiable w.r.t. logits."""
     fn = implementation(logits, backend, rtd_loss_from_logits_triton, rtd_loss_from_logits_reference)
-    return fn(logits, labels, mask, debug=debug)
+    return fn(logits, labels, mask, eps=eps, debug=debug)

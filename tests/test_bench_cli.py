@@ -114,9 +114,11 @@ def test_triton_launches_are_counted_under_the_interpreter():
 
 
 @pytest.mark.slow
-def test_fused_step_launches_each_triton_kernel_once(tmp_path):
+def test_fused_step_launches_each_triton_kernel_once_and_at_most_800_kernels_at_small(tmp_path):
+    """The eager Small step (the training step, fused ops, AdamW included) stays within the GPU-step
+    issue's budget of 800 kernels (benchmarks/RESULTS.md: 796 when it was met)."""
     path = tmp_path / "fused.json"
-    res = run_module(["-m", "electra_fast.proxies", "--preset", "tiny", "--fused-only", "--json", str(path)],
+    res = run_module(["-m", "electra_fast.proxies", "--preset", "small", "--fused-only", "--json", str(path)],
                      timeout=600, env={"TRITON_INTERPRET": "1"})
     assert res.returncode == 0, res.stderr
     fused = json.loads(path.read_text())["kernels"]["fused"]
@@ -126,6 +128,7 @@ def test_fused_step_launches_each_triton_kernel_once(tmp_path):
         "_generator_head_fwd_kernel", "_generator_head_combine_kernel", "_generator_head_bwd_dh_kernel",
         "_generator_head_bwd_dw_kernel", "_replace_tokens_kernel", "_rtd_fwd_kernel", "_rtd_bwd_kernel")}
     assert fused["aten"] > 0 and fused["total"] == fused["aten"] + 7
+    assert fused["total"] <= 800, fused["aten_by_op"]
 
 
 @pytest.mark.slow

@@ -136,13 +136,13 @@ def test_generator_head_ops_pass_opcheck(with_bias):
             torch.library.opcheck(gh._generator_head_fwd_op,
                                   (hidden, weight, bias, targets, seed, 0.7, -100, return_argmax, None, None, None,
                                    chunk_rows, need_grads))
-    loss, _, _, lse, n_valid, _, _ = gh._generator_head_fwd_op(hidden, weight, bias, targets, seed, 1.0, -100,
+    loss, _, _, lse, denominator, _, _ = gh._generator_head_fwd_op(hidden, weight, bias, targets, seed, 1.0, -100,
                                                                False, None, None)
     grad = torch.rand((), device=DEVICE)
     for need_dh, need_dw in ((True, True), (False, True), (True, False)):
         torch.library.opcheck(gh._generator_head_bwd_op,
                               (grad, hidden.detach(), weight.detach(), None if bias is None else bias.detach(),
-                               targets, lse.detach(), n_valid, -100, None, None, need_dh, need_dw))
+                               targets, lse.detach(), denominator.detach(), -100, None, None, need_dh, need_dw))
 
 
 def test_default_seed_compiles_without_graph_breaks(backend):

@@ -57,8 +57,9 @@ def make_inputs(M, E, V, dtype=torch.float32, with_bias=True, ignore_frac=0.2):
     return cast(hidden), cast(weight), cast(bias), targets
 
 
-def fp64_oracle(hidden, weight, bias, targets):
-    """Loss, grads (dh, dW, db) and logits from float64 copies of the inputs."""
+def fp64_oracle(hidden, weight, bias, targets, eps=0.0):
+    """Loss, grads (dh, dW, db) and logits from float64 copies of the inputs: the cross-entropy summed
+    over the non-ignored rows, divided by their number + eps (by max(number, 1) for eps = 0)."""
     h = hidden.detach().double().requires_grad_()
     w = weight.detach().double().requires_grad_()
     b = bias.detach().double().requires_grad_() if bias is not None else None
@@ -66,7 +67,8 @@ def fp64_oracle(hidden, weight, bias, targets):
     valid = targets != IGNORE
     logp = torch.log_softmax(logits, dim=-1)
     picked = logp[valid.nonzero()[:, 0], targets[valid]]
-    loss = -picked.sum() / max(int(valid.sum()), 1)
+    n = int(valid.sum())
+    loss = -picked.sum() / (n + eps if eps else max(n, 1))
     inputs = [x for x in (h, w, b) if x is not None]
     grads = torch.autograd.grad(loss, inputs)
     db = grads[2] if b is not None else None
@@ -81,7 +83,7 @@ def assert_close_rel(got, want, tol, name):
 
 def check_against_oracle(backend, hidden, weight, bias, targets, dtype, **kwargs):
     loss, samples = run(backend, hidden, weight, bias, targets, seed=7, **kwargs)
-    want_loss, want_dh, want_dw, want_db, _ = fp64_oracle(hidden, weight, bias, targets)
+    want_loss, want_dh, want_dw, want_db, _ = fp64_oracle(hidden, weight, bias, targets, kwargs.get("eps", 0.0))
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert samples.dtype == torch.int64 and samples.shape == targets.shape
     torch.testing.assert_close(loss.double(), want_loss, rtol=LOSS_RTOL[dtype], atol=1e-6)
@@ -115,6 +117,29 @@ def test_vocab_not_a_multiple_of_the_block(backend, V, block_m, block_v):
 def test_single_row(backend):
     inputs = make_inputs(1, 48, 1000, ignore_frac=0.0)
     check_against_oracle(backend, *inputs, torch.float32)
+
+
+@pytest.mark.parametrize("chunk_rows", [0, 8], ids=["fused", "chunked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eps_divides_by_the_row_count_plus_eps(backend, dtype, chunk_rows):
+    """eps (the model passes the official code's 1e-6): loss and gradients are the summed
+    cross-entropy / (non-ignored rows + eps). A large eps, so that it shows far above the tolerance;
+    with every row ignored the loss is still 0, not NaN; a bad eps is a ValueError naming it."""
+    if backend == "reference" and chunk_rows:
+        pytest.skip("the reference has one formulation")
+    eps = float(torch.rand(()) * 5 + 1)
+    extra = dict(chunk_rows=chunk_rows) if backend == "triton" else {}
+    check_against_oracle(backend, *make_inputs(29, 48, 333, dtype), dtype, eps=eps, **extra)
+    hidden, weight, bias, targets = make_inputs(13, 48, 333, dtype)
+    targets.fill_(IGNORE)
+    loss, _ = run(backend, hidden, weight, bias, targets, seed=3, eps=eps, **extra)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert all(torch.count_nonzero(t.grad) == 0 for t in (hidden, weight, bias))
+    for bad in (-1.0, float("nan"), float("inf"), True, None):
+        with pytest.raises(ValueError, match="eps"):
+            run(backend, hidden, weight, bias, targets, seed=3, eps=bad)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -76,7 +76,13 @@ def backend(request, monkeypatch):
     return request.param
 
 
-def test_loss_matches_independent_computation_and_50x_weighting(backend):
+@pytest.mark.parametrize("eps", [1e-6, 2.5], ids=["official_eps", "visible_eps"])
+def test_loss_matches_independent_computation_and_50x_weighting(backend, eps, monkeypatch):
+    """Both losses are sum(w * loss) / (sum(w) + eps), eps = 1e-6 as in the official code; a
+    large eps (patched in) shows that the model hands it to both ops."""
+    import electra_fast.model
+
+    monkeypatch.setattr(electra_fast.model, "LOSS_EPS", eps)
     cfg = _cfg()
     model = Electra(cfg).eval()
     _perturb(model)
@@ -89,7 +95,7 @@ def test_loss_matches_independent_computation_and_50x_weighting(backend):
     logits = model.generator_logits(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).double()
     at = torch.gather(logits, 1, batch["masked_positions"][..., None].expand(B, P, cfg.vocab_size))
     ce = -torch.log_softmax(at, -1).gather(-1, batch["masked_ids"][..., None]).squeeze(-1)
-    want_mlm = (ce * w).sum() / (w.sum() + 1e-6)
+    want_mlm = (ce * w).sum() / (w.sum() + eps)
     assert math.isclose(out.mlm_loss.item(), want_mlm.item(), rel_tol=1e-5)
 
     # corrupted input rebuilt from the samples; discriminator BCE over real tokens
@@ -102,12 +108,50 @@ def test_loss_matches_independent_computation_and_50x_weighting(backend):
     d_logits = model.discriminator_logits(corrupted, batch["token_type_ids"], batch["attention_mask"]).double()
     real = batch["attention_mask"].double()
     bce = F.binary_cross_entropy_with_logits(d_logits, labels, reduction="none")
-    want_disc = (bce * real).sum() / (real.sum() + 1e-6)
+    want_disc = (bce * real).sum() / (real.sum() + eps)
     assert math.isclose(out.disc_loss.item(), want_disc.item(), rel_tol=1e-5)
     assert math.isclose(out.loss.item(), want_mlm.item() + 50.0 * want_disc.item(), rel_tol=1e-5)
     # the 50x weighting exactly, on the model's own terms
     assert math.isclose(out.loss.item(), out.mlm_loss.item() + 50.0 * out.disc_loss.item(), rel_tol=1e-6)
     torch.testing.assert_close(out.disc_logits[real.bool()].double(), d_logits[real.bool()], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padding", "no_padding"])
+def test_step_metrics_are_ratios_of_independently_counted_tokens(backend, padded):
+    """out.metrics (ratios of the counts in out.values) against counts made here from the
+    step's own outputs: argmax and samples against the masked ids over the real slots, the
+    discriminator's sign against the replaced tokens (rebuilt from the samples) over real tokens."""
+    cfg = _cfg()
+    model = Electra(cfg).eval()
+    _perturb(model, scale=1.0)
+    batch, orig = _batch(cfg)
+    if not padded:
+        batch.pop("attention_mask")
+    out = model(**batch, seed=321, return_logits=True)
+    with torch.no_grad():  # centre the discriminator's logits: it then guesses both ways
+        model.discriminator_head.dense_prediction.bias -= out.disc_logits.median()
+    out = model(**batch, seed=321, return_logits=True)
+    w = batch["masked_weights"] > 0
+    ids = batch["masked_ids"]
+    n_slots = int(w.sum())
+    corrupted = orig.clone()
+    pos = batch["masked_positions"]
+    for b, j in w.nonzero().tolist():
+        corrupted[b, pos[b, j]] = out.samples[b, j]
+    replaced = corrupted != orig
+    real = batch["attention_mask"].bool() if padded else torch.ones_like(replaced)
+    guess = (out.disc_logits > 0) & real
+    tp, guessed, n_rep, n_real = (int(x.sum()) for x in (guess & replaced, guess, replaced & real, real))
+    correct = int(((guess == replaced) & real).sum())
+    want = {"mlm_accuracy": int(((out.mlm_predictions == ids) & w).sum()) / n_slots,
+            "sampled_accuracy": int(((out.samples == ids) & w).sum()) / n_slots,
+            "disc_accuracy": correct / n_real, "disc_precision": tp / max(guessed, 1),
+            "disc_recall": tp / max(n_rep, 1), "replaced_fraction": n_rep / n_real}
+    assert 0 < n_rep < n_real and 0 < guessed < n_real  # every ratio is a real test here
+    got = {k: float(v) for k, v in out.metrics.items()}
+    assert got == pytest.approx(want, rel=1e-6)
+    counts = dict(zip(out.value_names, (float(v) for v in out.values)))
+    assert (counts["masked_slots"], counts["real_tokens"], counts["replaced"]) == (n_slots, n_real, n_rep)
 
 
 def test_labels_follow_the_rule():

@@ -53,19 +53,19 @@ def make_inputs(lead, H, dtype, **kw):
     return (hidden, weight, bias, *make_targets(lead, **kw))
 
 
-def oracle_from_logits(z, labels, mask):
-    """fp64 loss and dloss/dz for logits z (fp64)."""
+def oracle_from_logits(z, labels, mask, eps=0.0):
+    """fp64 loss and dloss/dz for logits z (fp64): sum / (n + eps), or / max(n, 1) for eps = 0."""
     y, m = labels.double(), mask.double()
     per_token = z.clamp_min(0) - z * y + torch.log(1 + torch.exp(-z.abs()))
     n = m.sum()
-    n = torch.where(n > 0, n, torch.ones_like(n))
+    n = n + eps if eps else torch.where(n > 0, n, torch.ones_like(n))
     return (per_token * m).sum() / n, (torch.sigmoid(z) - y) * m / n
 
 
-def oracle(hidden, weight, bias, labels, mask):
+def oracle(hidden, weight, bias, labels, mask, eps=0.0):
     """fp64 loss and gradients (dhidden, dweight, dbias) of rtd_loss."""
     h, w, b = hidden.detach().double(), weight.detach().double(), bias.detach().double()
-    loss, dz = oracle_from_logits(h @ w + b, labels, mask)
+    loss, dz = oracle_from_logits(h @ w + b, labels, mask, eps)
     dh = dz[..., None] * w
     dw = (dz[..., None] * h).reshape(-1, h.shape[-1]).sum(0)
     return loss, (dh, dw, dz.sum())
@@ -79,9 +79,9 @@ def assert_close(got, want, tol, what, atol=0.0):
     assert err <= tol * scale + atol, f"{what}: max abs error {err:.3g} > {tol} x {scale:.3g} + {atol}"
 
 
-def check_rtd(backend, hidden, weight, bias, labels, mask, grad_scale=1.0):
-    want_loss, want_grads = oracle(hidden, weight, bias, labels, mask)
-    loss = rl.rtd_loss(hidden, weight, bias, labels, mask, backend=backend)
+def check_rtd(backend, hidden, weight, bias, labels, mask, grad_scale=1.0, eps=0.0):
+    want_loss, want_grads = oracle(hidden, weight, bias, labels, mask, eps)
+    loss = rl.rtd_loss(hidden, weight, bias, labels, mask, eps=eps, backend=backend)
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert_close(loss, want_loss, LOSS_RTOL, "loss", LOSS_ATOL)
     grads = torch.autograd.grad(loss * grad_scale, (hidden, weight, bias))
@@ -119,6 +119,29 @@ def test_rtd_loss_empty_mask(backend, dtype):
     loss = rl.rtd_loss(hidden, weight, bias, labels, mask, backend=backend)
     assert loss.item() == 0.0
     assert torch.autograd.grad(loss, weight)[0].abs().sum().item() == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rtd_loss_eps_divides_by_mask_sum_plus_eps(backend, dtype):
+    """eps (the model passes the official code's 1e-6): loss and gradients are sum / (sum(mask) + eps).
+    A large eps, so that it shows far above the tolerance; an empty mask still gives 0, not NaN."""
+    lead = (3, 29)
+    eps = float(torch.rand(()) * 5 + 1)
+    check_rtd(backend, *make_inputs(lead, 40, dtype), grad_scale=1.3, eps=eps)
+    labels, mask = make_targets(lead, mask_kind="float")
+    logits = (torch.randn(lead, device=DEVICE) * 2).requires_grad_()
+    want_loss, want_grad = oracle_from_logits(logits.detach().double(), labels, mask, eps)
+    loss = rl.rtd_loss_from_logits(logits, labels, mask, eps=eps, backend=backend)
+    assert_close(loss, want_loss, LOSS_RTOL, "loss from logits", LOSS_ATOL)
+    assert_close(torch.autograd.grad(loss, logits)[0], want_grad, GRAD_TOL[torch.float32], "dlogits")
+    hidden, weight, bias, labels, mask = make_inputs(lead, 40, dtype, mask_frac=0.0)
+    loss = rl.rtd_loss(hidden, weight, bias, labels, mask, eps=eps, backend=backend)
+    assert loss.item() == 0.0
+    assert all(torch.count_nonzero(g) == 0 for g in torch.autograd.grad(loss, (hidden, weight, bias)))
+    for bad in (-1e-6, float("nan"), float("inf"), True, "1e-6"):
+        with pytest.raises(ValueError, match="eps"):
+            rl.rtd_loss(hidden, weight, bias, labels, mask, eps=bad, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -152,15 +152,19 @@ def test_non_finite_step_is_skipped_on_the_device_and_counted():
     b = _batches(cfg, 1, 5)[0]
     step([b], torch.tensor([1]))
     before = [p.detach().clone() for p in model.parameters()]
-    nan = dict(b, masked_weights=b["masked_weights"] * float("nan"))  # NaN loss, NaN gradients
-    step([nan], torch.tensor([2]))
+    # NaN activations in the discriminator head: a NaN loss and NaN gradients, while the hook is on
+    hook = model.discriminator_head.dense.register_forward_hook(lambda m, i, out: out * float("nan"))
+    step([b], torch.tensor([2]))
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
     st = step.stats.read()
     assert (st["good"], st["skipped"], st["first_bad"], st["stop_at"]) == (1, 1, 2, 0)
-    step([nan], torch.tensor([3]))
+    step([b], torch.tensor([3]))
     st = step.stats.read()
     assert (st["skipped"], st["skipped_window"], st["first_bad"], st["stop_at"]) == (2, 1, 3, 3)
     assert float(opt.step_count) == 1
+    hook.remove()
+    step([b], torch.tensor([4]))
+    assert float(opt.step_count) == 2 and step.stats.read()["good"] == 1
 
 
 def test_step_counters_match_a_plain_python_count_over_random_runs_of_skipped_steps():
@@ -191,6 +195,54 @@ def test_step_counters_match_a_plain_python_count_over_random_runs_of_skipped_st
             assert int(stats.bad_run) == run
             good, window_skipped, first_bad, total = 0, 0, 0, 0.0
     assert stop_at > 0
+
+
+def test_logged_metrics_are_ratios_of_the_window_sums_and_old_checkpoints_load():
+    """Over a window the accuracies are ratios of summed token counts (every token weighs the
+    same, whatever its step), the losses and grad_norm are means over the good steps, and a skipped
+    step adds nothing. A checkpoint of the earlier format (per-step ratios in the window) keeps its
+    counters and starts a new window."""
+    from electra_fast.model import VALUE_NAMES
+
+    names = VALUE_NAMES["electra"]
+    stats = StepStats(names, "cpu", 3)
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    steps = []
+    for _ in range(3):
+        slots, real = (int(torch.randint(5, 40, (), generator=gen)) for _ in range(2))
+        real += 100
+        rep = int(torch.randint(1, slots, (), generator=gen))
+        guessed = int(torch.randint(1, real, (), generator=gen))
+        tp = min(rep, guessed) // 2
+        c = dict(loss=float(torch.rand((), generator=gen)) * 9, mlm_loss=1.0, disc_loss=0.5, masked_slots=slots,
+                 mlm_correct=int(torch.randint(0, slots, (), generator=gen)), true_positives=tp,
+                 predicted_replaced=guessed, replaced=rep, real_tokens=real, grad_norm=2.0)
+        steps.append(c)
+        stats.update(torch.tensor([float(c[k]) for k in (*names, "grad_norm")]), torch.tensor(False))
+    stats.update(torch.full((len(names) + 1,), float("nan")), torch.tensor(True))  # skipped: adds nothing
+    state = stats.state_dict()
+    got = stats.read()
+    tot = {k: sum(c[k] for c in steps) for k in steps[0]}
+    wrong = tot["predicted_replaced"] - tot["true_positives"] + tot["replaced"] - tot["true_positives"]
+    want = {"loss": tot["loss"] / 3, "mlm_loss": 1.0, "disc_loss": 0.5, "grad_norm": 2.0,
+            "mlm_accuracy": tot["mlm_correct"] / tot["masked_slots"],
+            "sampled_accuracy": 1 - tot["replaced"] / tot["masked_slots"],
+            "disc_accuracy": 1 - wrong / tot["real_tokens"],
+            "disc_precision": tot["true_positives"] / tot["predicted_replaced"],
+            "disc_recall": tot["true_positives"] / tot["replaced"],
+            "replaced_fraction": tot["replaced"] / tot["real_tokens"]}
+    assert got["means"] == pytest.approx(want, rel=1e-6)
+    assert set(got["means"]) == set(STEP_METRICS["electra"] + ("grad_norm",))
+    assert (got["good"], got["skipped"], got["first_bad"], got["steps"]) == (3, 1, 4, 4)
+    # a resumed run reads the same window
+    again = StepStats(names, "cpu", 3)
+    again.load_state_dict(state)
+    assert again.read() == got
+    # the earlier format: counters kept, the window restarts
+    old = StepStats(names, "cpu", 3)
+    old.load_state_dict({k: v for k, v in state.items() if k != "format"})
+    st = old.read()
+    assert (st["good"], st["skipped"], st["steps"]) == (0, 1, 4) and math.isnan(st["means"]["loss"])
 
 
 # ------------------------------------------------------------------------------- host reads
