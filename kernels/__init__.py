@@ -5,6 +5,7 @@ a plain PyTorch reference and the autograd wrapper. Public entry points live in
 ``electra_fast.ops``, which dispatches between the Triton path and the reference.
 
 Shared by the three ops: ``dispatch`` (which implementation runs, autocast at the boundary),
-``checks`` (input validation), ``custom_ops`` (how a Triton path becomes a torch custom op) and
-``launches`` (the launch recorder).
+``checks`` (input validation), ``custom_ops`` (how a Triton path becomes a torch custom op),
+``launches`` (the launch recorder) and ``loss_mean`` (both losses' final sum / (count + eps) in one
+launch).
 """

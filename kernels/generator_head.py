@@ -56,6 +56,7 @@ from .checks import (
 from .custom_ops import triton_op
 from .dispatch import autocast_projection, implementation, interpreter_fp32_variant, interpreting, is_fake
 from .launches import L2_RESIDENT_BYTES, KernelPlan, hbm_bytes, record_extern, record_reference
+from .loss_mean import loss_mean
 
 # Philox uniforms (kernel and reference) are clamped into [U_EPS, 1 - U_EPS] so both logs stay finite.
 U_EPS = 1e-7
@@ -348,14 +349,14 @@ def _dlogits(logits, B, cols, col_ok, tgt, valid, lse, HAS_BIAS: tl.constexpr):
 
 @triton.jit
 def _generator_head_bwd_dh_kernel(
-    H, W, B, TARGETS, LSE, SCALE,  # [M, E], [V, E], [V], [M] int64, [M] fp32, [1] fp32
+    H, W, B, TARGETS, LSE, GRAD, DEN,  # [M, E], [V, E], [V], [M] int64, [M] fp32, the loss's gradient and denominator
     DH,  # [M, E], or [splits, M, E] fp32 partial sums when the vocabulary is split
     M, V, cols_per_split, ignore_index,
     E: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     """dL/dh for one row block over one vocabulary split: sum over its vocab tiles of
-    (softmax - onehot) @ W_tile, times SCALE."""
+    (softmax - onehot) @ W_tile, times GRAD / DEN."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -377,14 +378,14 @@ def _generator_head_bwd_dh_kernel(
         # Unscaled (values in [-1, 1]) so the cast to fp16 cannot underflow; scaled once below.
         acc = _dot(dlogits.to(w.dtype), w, acc, DOT_F32)
 
-    acc = acc * tl.load(SCALE)
+    acc = acc * (tl.load(GRAD).to(tl.float32) / tl.load(DEN))
     tl.store(DH + (split.to(tl.int64) * M + rows)[:, None] * E + ks[None, :], acc.to(DH.dtype.element_ty),
              mask=row_ok[:, None] & (ks < E)[None, :])
 
 
 @triton.jit
 def _generator_head_bwd_dw_kernel(
-    H, W, B, TARGETS, LSE, SCALE,  # [M, E], [V, E], [V], [M] int64, [M] fp32, [1] fp32
+    H, W, B, TARGETS, LSE, GRAD, DEN,  # [M, E], [V, E], [V], [M] int64, [M] fp32, the loss's gradient and denominator
     DW, DB,  # [V, E], [V]
     M, V, ignore_index,
     E: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
@@ -411,7 +412,7 @@ def _generator_head_bwd_dw_kernel(
         acc = _dot(tl.trans(dlogits.to(h.dtype)), h, acc, DOT_F32)
         db += tl.sum(dlogits, 0)
 
-    scale = tl.load(SCALE)
+    scale = tl.load(GRAD).to(tl.float32) / tl.load(DEN)
     tl.store(DW + cols.to(tl.int64)[:, None] * E + ks[None, :], (acc * scale).to(DW.dtype.element_ty),
              mask=col_ok[:, None] & (ks < E)[None, :])
     if HAS_BIAS:
@@ -562,30 +563,25 @@ def _belt(bias, weight) -> int:
     return bias.element_size() if bias is not None else 0
 
 
-def _row_outputs(targets, ignore_index, M, device, return_argmax, eps):
-    """The per-row outputs both formulations fill: the loss denominator (fp32 0-dim: non-ignored rows + eps,
-    ``loss_denominator``), lse and row loss (fp32), samples and argmax (int64; argmax None unless asked)."""
-    denominator = loss_denominator((targets != ignore_index).sum(dtype=torch.float32), eps)
+def _row_outputs(M, device, return_argmax):
+    """The per-row outputs both formulations fill: lse and row loss (fp32), samples and argmax (int64; argmax
+    None unless asked)."""
     lse = torch.empty(M, dtype=torch.float32, device=device)
     row_loss = torch.empty(M, dtype=torch.float32, device=device)
     samples = torch.empty(M, dtype=torch.int64, device=device)
     argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
-    return denominator, lse, row_loss, samples, argmax
-
-
-def _per_valid_row(x: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """``x`` / the loss denominator (fp32 ``x``: the row-loss sum, or the loss's gradient)."""
-    return x / denominator
+    return lse, row_loss, samples, argmax
 
 
 def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
                     block_m, block_v, launch=True, splits=None, eps=0.0):
     """Runs the forward kernel (``launch=False``: only records it, for the fake implementation).
-    Returns (loss, samples, argmax or None, lse, denominator)."""
+    Returns (loss, samples, argmax or None, lse, denominator): the loss and its denominator (non-ignored
+    rows + eps, see ``loss_mean``) from one more small launch."""
     M, E = hidden.shape
     V = weight.shape[0]
     device = hidden.device
-    denominator, lse, row_loss, samples, argmax = _row_outputs(targets, ignore_index, M, device, return_argmax, eps)
+    lse, row_loss, samples, argmax = _row_outputs(M, device, return_argmax)
     if M > 0:
         dot_f32 = _dot_f32(hidden)
         cfg = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)["fwd"]
@@ -607,7 +603,8 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
                  BLOCK_S=max(2, triton.next_power_of_2(n_splits))),
             comb["num_warps"], comb["num_stages"], (0.0, M * (n_splits * 24 + 8 + 24)),
         ).run(launch)
-    return _per_valid_row(row_loss.sum(), denominator), samples, argmax, lse, denominator
+    loss, denominator, _ = loss_mean("generator_head.fwd_mean", row_loss, eps, targets, ignore_index, launch)
+    return loss, samples, argmax, lse, denominator
 
 
 # The chunked formulation (Base, Large): wide embeddings make the logits compute-bound, where cuBLAS
@@ -662,7 +659,7 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
     V = weight.shape[0]
     device, dtype, elt = hidden.device, hidden.dtype, hidden.element_size()
     f32 = dict(dtype=torch.float32, device=device)
-    denominator, lse, row_loss, samples, argmax = _row_outputs(targets, ignore_index, M, device, return_argmax, eps)
+    lse, row_loss, samples, argmax = _row_outputs(M, device, return_argmax)
     ea = _grad_columns(E, bias is not None)
     dh = torch.empty((M, E) if need_grads else (0,), **f32)
     # dL/dW is written by the first chunk's matmul; zeros only where no chunk will write it
@@ -707,12 +704,13 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
             if launch:
                 dh[r0:r0 + c] = _mm_f32(d, weight)
                 dwb = _mm_f32(d.T, ha, dwb if r0 else None)
-    return _per_valid_row(row_loss.sum(), denominator), samples, argmax, lse, denominator, dh, dwb
+    loss, denominator, _ = loss_mean("generator_head.fwd_mean", row_loss, eps, targets, ignore_index, launch)
+    return loss, samples, argmax, lse, denominator, dh, dwb
 
 
 def _scale_chunked_grads(grad_loss, denominator, dh, dwb, hidden, weight, bias, need_dh, need_dw):
     """The chunked head's backward: its unscaled gradients times grad_loss / denominator, in the inputs' dtypes."""
-    scale = _per_valid_row(grad_loss, denominator)
+    scale = grad_loss / denominator
     E = hidden.shape[1]
     return ((dh * scale).to(hidden.dtype) if need_dh else None,
             (dwb[:, :E] * scale).to(weight.dtype) if need_dw else None,
@@ -725,7 +723,6 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, denominator,
     Returns (dh, dW, db); None where not needed."""
     M, E = hidden.shape
     V = weight.shape[0]
-    scale = _per_valid_row(grad_loss, denominator).reshape(1)
     dot_f32 = _dot_f32(hidden)
     blocks = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)
     b = bias if bias is not None else weight
@@ -742,7 +739,8 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, denominator,
             out = dh if n_splits == 1 else torch.empty(n_splits, M, E, dtype=torch.float32, device=hidden.device)
             _kernel_plan("generator_head.bwd_dh", _generator_head_bwd_dh_kernel,
                          (triton.cdiv(M, cfg["BLOCK_M"]), n_splits),
-                         (hidden, weight, b, targets, lse, scale, out, M, V, cols_per_split, ignore_index), cfg,
+                         (hidden, weight, b, targets, lse, grad_loss, denominator, out, M, V, cols_per_split,
+                          ignore_index), cfg,
                          _cost("bwd_dh", M, V, E, hidden.element_size(), _belt(bias, weight), cfg, n_splits),
                          **consts).run(launch)
             if n_splits > 1:
@@ -755,7 +753,8 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, denominator,
         db = torch.empty_like(bias) if bias is not None else None
         cfg = blocks["bwd_dw"]
         _kernel_plan("generator_head.bwd_dw", _generator_head_bwd_dw_kernel, (triton.cdiv(V, cfg["BLOCK_V"]),),
-                     (hidden, weight, b, targets, lse, scale, dw, db if db is not None else dw, M, V, ignore_index),
+                     (hidden, weight, b, targets, lse, grad_loss, denominator, dw, db if db is not None else dw, M, V,
+                      ignore_index),
                      cfg, _cost("bwd_dw", M, V, E, hidden.element_size(), _belt(bias, weight), cfg), **consts).run(launch)
     return dh, dw, db
 

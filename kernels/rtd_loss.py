@@ -30,6 +30,7 @@ from .checks import loss_denominator, reads_values, require_eps, require_float, 
 from .custom_ops import triton_op
 from .dispatch import autocast_projection, implementation, select_backend
 from .launches import KernelPlan, record_reference
+from .loss_mean import loss_mean
 
 __all__ = [
     "rtd_loss", "rtd_loss_reference", "rtd_loss_triton",
@@ -80,8 +81,9 @@ def _rtd_fwd_kernel(
 
 @triton.jit
 def _rtd_bwd_kernel(
-    h_ptr, w_ptr, dlogit_ptr, scale_ptr,  # (N, H) at stride_h, (H,), (N,) fp32, () fp32 = grad / n
-    dh_ptr, dw_partial_ptr,  # (N, H) contiguous; (num_chunks, H) fp32
+    h_ptr, w_ptr, dlogit_ptr,  # (N, H) at stride_h, (H,), (N,) fp32
+    grad_ptr, den_ptr, dsum_ptr,  # () each: the loss's gradient, its denominator, the dlogit sum (fp32)
+    dh_ptr, dw_partial_ptr, db_ptr,  # (N, H) contiguous; (num_chunks, H) fp32; () fp32
     N, H, stride_h, rows_per_prog,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
@@ -91,7 +93,9 @@ def _rtd_bwd_kernel(
     pid_h = tl.program_id(1)
     cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     in_h = cols < H
-    scale = tl.load(scale_ptr).to(tl.float32)
+    scale = tl.load(grad_ptr).to(tl.float32) / tl.load(den_ptr)
+    if (pid_m == 0) & (pid_h == 0):
+        tl.store(db_ptr, tl.load(dsum_ptr) * scale)
     w = tl.load(w_ptr + cols, mask=in_h, other=0.0).to(tl.float32) * scale
     dw = tl.zeros([BLOCK_H], dtype=tl.float32)
     row0 = pid_m * rows_per_prog
@@ -183,12 +187,6 @@ def _check_logits_inputs(logits, labels, mask, debug: bool) -> None:
     _check_targets(labels, mask, tuple(logits.shape), logits.device, debug)
 
 
-def _mean(sums: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, denominator) from the [loss sum, mask sum, ...] sums, without a host sync; 0 when the mask sum is 0."""
-    den = loss_denominator(sums[1], eps)
-    return sums[0] / den, den
-
-
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).contiguous()
 
@@ -208,8 +206,8 @@ def _partials(n_rows, *shape, device):
 
 def _rtd_forward(hidden, weight, bias, labels, mask, eps=0.0, launch=True):
     """Launch the fused forward (``launch=False``: only record it, for the fake implementation).
-    Returns (loss, denominator, dlogit (N,) fp32, sums (3,): loss, mask and dlogit sums): everything the
-    backward needs besides inputs."""
+    Returns (loss, denominator, dlogit (N,) fp32, dlogit sum): everything the backward needs besides
+    inputs; the first two and the last from one more small launch (``loss_mean``)."""
     h2d = _rows(hidden)
     N, H = h2d.shape
     block_m, block_h = _fwd_blocks(H)
@@ -221,23 +219,25 @@ def _rtd_forward(hidden, weight, bias, labels, mask, eps=0.0, launch=True):
                    (h2d, weight.contiguous(), bias, _flat(labels), _flat(mask), dlogit, partial,
                     N, H, h2d.stride(0), num_blocks), dict(BLOCK_M=block_m, BLOCK_H=block_h),
                    _NUM_WARPS, _NUM_STAGES).run(launch)
-    sums = partial.sum(dim=1)
-    loss, den = _mean(sums, eps)
-    return loss, den, dlogit, sums
+    loss, den, dsum = loss_mean("rtd_loss.fwd_mean", partial, eps, launch=launch)
+    return loss, den, dlogit, dsum
 
 
-def _rtd_backward(hidden, weight, dlogit, scale, launch=True):
-    """(dhidden like hidden, dweight (H,) fp32) for dlogit scaled by ``scale`` (a 0-dim fp32 tensor)."""
+def _rtd_backward(hidden, weight, dlogit, grad, den, dsum, launch=True):
+    """(dhidden like hidden, dweight (H,) fp32, dbias () fp32) for dlogit scaled by grad / den (0-dim
+    tensors); dbias = dsum * grad / den."""
     h2d = _rows(hidden)
     N, H = h2d.shape
     dh = torch.empty((N, H), dtype=hidden.dtype, device=h2d.device)
     block_m, block_h, rows_per_prog, chunks = _bwd_blocks(N, H)
     dw_partial = _partials(N, chunks, H, device=h2d.device)
+    db = (torch.empty if N else torch.zeros)((), dtype=torch.float32, device=h2d.device)
     if N:
         KernelPlan("rtd_loss.bwd", _rtd_bwd_kernel, (chunks, triton.cdiv(H, block_h)),
-                   (h2d, weight.contiguous(), dlogit, scale, dh, dw_partial, N, H, h2d.stride(0), rows_per_prog),
+                   (h2d, weight.contiguous(), dlogit, grad, den, dsum, dh, dw_partial, db, N, H, h2d.stride(0),
+                    rows_per_prog),
                    dict(BLOCK_M=block_m, BLOCK_H=block_h), _NUM_WARPS, _NUM_STAGES).run(launch)
-    return dh.view(hidden.shape), dw_partial.sum(dim=0)
+    return dh.view(hidden.shape), dw_partial.sum(dim=0), db
 
 
 def _rtd_logits_forward(logits, labels, mask, eps=0.0, launch=True):
@@ -250,7 +250,7 @@ def _rtd_logits_forward(logits, labels, mask, eps=0.0, launch=True):
         KernelPlan("rtd_loss_from_logits.fwd", _rtd_logits_fwd_kernel, (num_blocks,),
                    (_flat(logits), _flat(labels), _flat(mask), dlogit, partial, N, num_blocks),
                    dict(BLOCK=_LOGITS_BLOCK), 4, _NUM_STAGES).run(launch)
-    loss, den = _mean(partial.sum(dim=1), eps)
+    loss, den, _ = loss_mean("rtd_loss_from_logits.fwd_mean", partial[:2], eps, launch=launch)
     return loss, den, dlogit
 
 
@@ -306,27 +306,25 @@ def _masked_bce_mean(logits, labels, mask, eps):
 # (rtd_loss_from_logits).
 def _rtd_fwd_fake(hidden, weight, bias, labels, mask, eps=0.0):
     scalar = lambda: hidden.new_empty((), dtype=torch.float32)
-    return (scalar(), scalar(), hidden.new_empty(labels.numel(), dtype=torch.float32),
-            hidden.new_empty(3, dtype=torch.float32))
+    return scalar(), scalar(), hidden.new_empty(labels.numel(), dtype=torch.float32), scalar()
 
 
-def _rtd_bwd_fake(hidden, weight, dlogit, scale):
+def _rtd_bwd_fake(hidden, weight, dlogit, grad, den, dsum):
     return (torch.empty_like(hidden, memory_format=torch.contiguous_format),
-            weight.new_empty(weight.shape, dtype=torch.float32))
+            weight.new_empty(weight.shape, dtype=torch.float32), weight.new_empty((), dtype=torch.float32))
 
 
 def _rtd_setup_context(ctx, inputs, output):
     hidden, weight, bias, _, _, _ = inputs
-    _, den, dlogit, sums = output
-    ctx.save_for_backward(hidden, weight, dlogit, sums, den)
+    _, den, dlogit, dsum = output
+    ctx.save_for_backward(hidden, weight, dlogit, dsum, den)
     ctx.bias_dtype = bias.dtype
 
 
 def _rtd_backward_rule(ctx, grad, *unused_grads):
-    hidden, weight, dlogit, sums, den = ctx.saved_tensors
-    scale = grad.float() / den  # 0-dim, stays on the device: no sync
-    dhidden, dweight = _rtd_bwd_op(hidden, weight, dlogit, scale)
-    return dhidden, dweight.to(weight.dtype), (sums[2] * scale).to(ctx.bias_dtype), None, None, None
+    hidden, weight, dlogit, dsum, den = ctx.saved_tensors
+    dhidden, dweight, dbias = _rtd_bwd_op(hidden, weight, dlogit, grad, den, dsum)  # scaled on the device: no sync
+    return dhidden, dweight.to(weight.dtype), dbias.to(ctx.bias_dtype), None, None, None
 
 
 def _rtd_logits_fwd_fake(logits, labels, mask, eps=0.0):
@@ -346,7 +344,8 @@ def _rtd_logits_backward_rule(ctx, grad, *unused_grads):
 
 
 _rtd_bwd_op = triton_op(
-    "rtd_loss_bwd", "(Tensor hidden, Tensor weight, Tensor dlogit, Tensor scale) -> (Tensor, Tensor)",
+    "rtd_loss_bwd",
+    "(Tensor hidden, Tensor weight, Tensor dlogit, Tensor grad, Tensor den, Tensor dsum) -> (Tensor, Tensor, Tensor)",
     _rtd_backward, _rtd_bwd_fake)
 _rtd_fwd_op = triton_op(
     "rtd_loss_fwd",

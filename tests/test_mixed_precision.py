@@ -92,7 +92,8 @@ def test_model_step_sends_autocast_dtype_to_the_kernels(backend, autocast, monke
         assert (rtd.dtypes["hidden"], rtd.dtypes["weight"], rtd.dtypes["bias"]) == (want, want, torch.float32)
     else:
         assert sorted(by_op) == ["generator_head.bwd_dh", "generator_head.bwd_dw", "generator_head.fwd",
-                                 "generator_head.fwd_combine", "replace_tokens", "rtd_loss.bwd", "rtd_loss.fwd"], (
+                                 "generator_head.fwd_combine", "generator_head.fwd_mean", "replace_tokens",
+                                 "rtd_loss.bwd", "rtd_loss.fwd", "rtd_loss.fwd_mean"], (
             f"seed {seed}: {sorted(by_op)}")
         for op, (h, w, out_name) in {"generator_head.fwd": ("H", "W", None), "generator_head.bwd_dh": ("H", "W", "DH"),
                                      "generator_head.bwd_dw": ("H", "W", "DW"), "rtd_loss.fwd": ("h_ptr", "w_ptr", None),

@@ -247,7 +247,9 @@ def test_custom_ops_pass_opcheck(backend):
     hidden, weight, bias, labels, mask = make_inputs((3, 7), 40, torch.float32)
     torch.library.opcheck(rl._rtd_fwd_op, (hidden, weight, bias, labels, mask))
     dlogit = torch.randn(21, device=DEVICE)
-    torch.library.opcheck(rl._rtd_bwd_op, (hidden.detach(), weight.detach(), dlogit, torch.tensor(0.3, device=DEVICE)))
+    scalar = lambda x: torch.tensor(x, device=DEVICE)  # noqa: E731
+    torch.library.opcheck(rl._rtd_bwd_op, (hidden.detach(), weight.detach(), dlogit, scalar(0.3), scalar(17.0),
+                                           scalar(-2.5)))
     logits = torch.randn(3, 7, device=DEVICE, requires_grad=True)
     torch.library.opcheck(rl._rtd_logits_fwd_op, (logits, labels, mask.float()))
 
