@@ -497,8 +497,8 @@ def make_train_step(model: torch.nn.Module, optimizer, cfg: ElectraConfig, *, ob
             found_inf = (gnorm + values[0]) * 0 != 0
             optimizer.found_inf.copy_(found_inf)
             optimizer.step(grad_scale)
-            gnorm = gnorm.float().view(1)
-            stats.update(torch.stack([*values, gnorm[0]]) if n == 1 else torch.cat([values, gnorm]), found_inf)
+            # values: the model's 0-dim tensors (one micro-batch) or their summed stack: one stack either way
+            stats.update(torch.stack([*values, gnorm.float()]), found_inf)
         for p in params:  # backward writes fresh gradients next step (accumulating would cost a kernel each)
             p.grad = None
 

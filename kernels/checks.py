@@ -12,6 +12,8 @@ traces, on fake tensors or inside ``value_checks(False)`` (:func:`reads_values`)
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .dispatch import values_readable
@@ -58,8 +60,6 @@ def reads_values(t: torch.Tensor, debug: bool) -> bool:
 
 def require_eps(eps) -> None:
     """The loss denominator's ``eps`` is a finite number >= 0."""
-    import math
-
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0 (the loss is sum / (count + eps)); got {eps!r}")
 
