@@ -424,7 +424,8 @@ def _generator_head_bwd_dw_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug) -> None:
+def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, eps, debug) -> None:
+    require_eps(eps)
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a 2-D tensor [M, E] (the masked positions); "
                          f"got {describe(hidden)}")
@@ -786,8 +787,7 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
     accumulation; the loss is fp32 and the gradients come back in the inputs' own dtypes.
     """
     hidden, weight = autocast_projection(hidden, weight)
-    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
-    require_eps(eps)
+    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, eps, debug)
     _check_block("block_m", block_m)
     _check_block("block_v", block_v, least=64)
     if vocab_splits is not None and (isinstance(vocab_splits, bool) or not isinstance(vocab_splits, int)
@@ -824,8 +824,7 @@ def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tens
     weight to the autocast dtype like the Triton path, then computes in fp32.
     """
     hidden, weight = autocast_projection(hidden, weight)
-    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, debug)
-    require_eps(eps)
+    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, eps, debug)
     record_reference("generator_head", hidden=hidden, weight=weight, bias=bias, targets=targets)
     targets = targets.long()
     with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits from the (rounded) operands

@@ -168,7 +168,8 @@ def _check_targets(labels, mask, lead: tuple, device, debug: bool) -> None:
             raise ValueError(f"labels must lie in [0, 1]; got values in [{lo}, {hi}]")
 
 
-def _check_rtd_inputs(hidden, weight, bias, labels, mask, debug: bool) -> None:
+def _check_rtd_inputs(hidden, weight, bias, labels, mask, eps, debug: bool) -> None:
+    require_eps(eps)
     if hidden.dim() < 1:
         raise ValueError("hidden must be (..., H); got a 0-dim tensor")
     require_float(hidden=hidden)
@@ -182,7 +183,8 @@ def _check_rtd_inputs(hidden, weight, bias, labels, mask, debug: bool) -> None:
     _check_targets(labels, mask, tuple(hidden.shape[:-1]), hidden.device, debug)
 
 
-def _check_logits_inputs(logits, labels, mask, debug: bool) -> None:
+def _check_logits_inputs(logits, labels, mask, eps, debug: bool) -> None:
+    require_eps(eps)
     require_float(logits=logits)
     _check_targets(labels, mask, tuple(logits.shape), logits.device, debug)
 
@@ -258,16 +260,14 @@ def rtd_loss_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                     mask: torch.Tensor, *, eps: float = 0.0, debug: bool = False) -> torch.Tensor:
     """Triton path (CUDA, or the CPU under TRITON_INTERPRET=1), differentiable. See rtd_loss."""
     hidden, weight = autocast_projection(hidden, weight)
-    _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
-    require_eps(eps)
+    _check_rtd_inputs(hidden, weight, bias, labels, mask, eps, debug)
     return _rtd_fwd_op(hidden, weight, bias, labels, mask, float(eps))[0]
 
 
 def rtd_loss_from_logits_triton(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
                                 eps: float = 0.0, debug: bool = False) -> torch.Tensor:
     """Triton path of rtd_loss_from_logits, differentiable."""
-    _check_logits_inputs(logits, labels, mask, debug)
-    require_eps(eps)
+    _check_logits_inputs(logits, labels, mask, eps, debug)
     return _rtd_logits_fwd_op(logits, labels, mask, float(eps))[0]
 
 
@@ -277,8 +277,7 @@ def rtd_loss_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
     """Plain PyTorch, fp32 logits; differentiable through torch autograd. Under autocast it rounds
     hidden and weight to the autocast dtype like the Triton path, then computes in fp32."""
     hidden, weight = autocast_projection(hidden, weight)
-    _check_rtd_inputs(hidden, weight, bias, labels, mask, debug)
-    require_eps(eps)
+    _check_rtd_inputs(hidden, weight, bias, labels, mask, eps, debug)
     record_reference("rtd_loss", hidden=hidden, weight=weight, bias=bias, labels=labels, mask=mask)
     with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits from the (rounded) operands
         logits = hidden.float() @ weight.float() + bias.float()
@@ -288,8 +287,7 @@ def rtd_loss_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
 def rtd_loss_from_logits_reference(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
                                    eps: float = 0.0, debug: bool = False) -> torch.Tensor:
     """Plain PyTorch reference of rtd_loss_from_logits."""
-    _check_logits_inputs(logits, labels, mask, debug)
-    require_eps(eps)
+    _check_logits_inputs(logits, labels, mask, eps, debug)
     record_reference("rtd_loss_from_logits", logits=logits, labels=labels, mask=mask)
     return _masked_bce_mean(logits.float(), labels, mask, eps)
 

@@ -245,6 +245,57 @@ def test_logged_metrics_are_ratios_of_the_window_sums_and_old_checkpoints_load()
     assert (st["good"], st["skipped"], st["steps"]) == (0, 1, 4) and math.isnan(st["means"]["loss"])
 
 
+def test_grad_accum_step_logs_the_micro_batches_pooled_and_takes_one_averaged_update(seed):
+    """Two micro-batches in one optimizer step: the logged losses are the mean of the micro-batch
+    losses, the accuracies ratios of their pooled token counts, grad_norm the norm of the averaged
+    gradient, and the parameters move as one AdamW step on that gradient (clipped)."""
+    import copy
+
+    from electra_fast.model import VALUE_NAMES
+
+    cfg = _cfg().replace(max_grad_norm=0.05)  # small enough that clipping acts
+    model, opt = _setup(cfg, seed)
+    ref_model = copy.deepcopy(model)
+    ref_opt = AdamW(param_groups(ref_model, cfg.weight_decay), lr=cfg.learning_rate,
+                    betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    batches = _batches(cfg, 2, seed, pad_from=17)
+    batches[0] = {k: v for k, v in batches[0].items() if k != "attention_mask"}  # one unpadded, one padded
+    seeds = torch.randint(0, 2**62, (2,))
+
+    step = make_train_step(model, opt, cfg)
+    step(batches, seeds)
+    got = step.stats.read()["means"]
+
+    # the same two micro-batches by hand: per-batch values, averaged gradient, clip, one update
+    names = VALUE_NAMES["electra"]
+    vals = []
+    for i, b in enumerate(batches):
+        out = ref_model(**b, seed=seeds[i:i + 1])
+        (out.loss / 2).backward()
+        vals.append(dict(zip(names, (float(v) for v in out.values))))
+    grads = [p.grad for p in ref_opt.params]
+    gnorm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+    tot = {k: vals[0][k] + vals[1][k] for k in names}
+    assert tot["masked_slots"] > 0 and tot["replaced"] > 0
+    wrong = tot["predicted_replaced"] + tot["replaced"] - 2 * tot["true_positives"]
+    want = {"loss": tot["loss"] / 2, "mlm_loss": tot["mlm_loss"] / 2, "disc_loss": tot["disc_loss"] / 2,
+            "grad_norm": gnorm, "mlm_accuracy": tot["mlm_correct"] / tot["masked_slots"],
+            "sampled_accuracy": 1 - tot["replaced"] / tot["masked_slots"],
+            "disc_accuracy": 1 - wrong / tot["real_tokens"],
+            "disc_precision": tot["true_positives"] / max(tot["predicted_replaced"], 1),
+            "disc_recall": tot["true_positives"] / tot["replaced"],
+            "replaced_fraction": tot["replaced"] / tot["real_tokens"]}
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    assert gnorm > cfg.max_grad_norm
+    with torch.no_grad():
+        for g in grads:
+            g.mul_(cfg.max_grad_norm / (gnorm + 1e-6))
+    ref_opt.step()
+    for (name, a), b in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 # ------------------------------------------------------------------------------- host reads
 _READS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.nonzero.default",
           "aten.equal.default", "aten.allclose.default"}
