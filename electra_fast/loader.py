@@ -358,21 +358,35 @@ class PretrainingLoader:
             yield batch
 
     def iter_eval(
-        self, batch_size: int | None = None, *, max_batches: int | None = None, split: str = "holdout"
+        self, batch_size: int | None = None, *, max_batches: int | None = None, split: str = "holdout",
+        passes: int = 1,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """One pass over a split (the held-out documents by default) in stored order, the last batch
-        possibly smaller, masked with fixed seeds: every call yields the same batches. With several
-        ranks, rank r reads examples r, r + w, ..."""
+        """``passes`` passes over a split (the held-out documents by default) in stored order, the last
+        batch of each possibly smaller, masked with fixed seeds: every call yields the same batches, and
+        each pass masks the split anew (pass 0 is the same whatever ``passes``). At most
+        ``max_batches`` batches in all. With several ranks, rank r reads examples r, r + w, ..."""
         if split not in self.dataset.splits:
             raise KeyError(f"no {split!r} split; the dataset has {sorted(self.dataset.splits)}")
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"passes must be an int >= 1; got {passes!r}")
         bs = batch_size or self.batch_size
         rows = np.arange(self.rank, len(self.dataset.splits[split]), self.world_size)
-        for b in range(-(-len(rows) // bs)):
-            if max_batches is not None and b >= max_batches:
-                return
-            yield self.make_batch(
-                split, rows[b * bs : (b + 1) * bs], _derive_seed(self.seed, _EVAL_STREAM, 0, b, self.rank)
-            )
+        n = 0
+        for p in range(passes):
+            for b in range(-(-len(rows) // bs)):
+                if max_batches is not None and n >= max_batches:
+                    return
+                n += 1
+                yield self.make_batch(
+                    split, rows[b * bs : (b + 1) * bs], _derive_seed(self.seed, _EVAL_STREAM, p, b, self.rank)
+                )
+
+    def eval_passes(self, batch_size: int, max_batches: int, split: str = "holdout") -> int:
+        """Whole passes over ``split`` that fit in ``max_batches`` batches of ``batch_size`` (at least
+        one), the same on every rank: a held-out split smaller than an evaluation's batch budget is
+        evaluated several times, each with other masks, for a steadier estimate."""
+        per_rank = -(-len(self.dataset.splits[split]) // self.world_size)  # the largest rank's rows
+        return max(1, max_batches // max(1, -(-per_rank // batch_size)))
 
     def make_batch(self, split: str, rows: np.ndarray, seed: int) -> dict[str, torch.Tensor]:
         """Gather rows of a split and mask them with ``seed``."""

@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=int, default=4, help="batches prepared ahead by the background loader")
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
-    p.add_argument("--eval-batches", type=int, default=20, help="held-out batches per evaluation")
+    p.add_argument("--eval-batches", type=int, default=20,
+                   help="held-out batches per evaluation; a held-out split of fewer batches is evaluated in as "
+                        "many whole passes as fit, each with fresh masks and generator samples")
     p.add_argument("--log-every", type=int, default=10, help="metrics JSONL / progress update interval")
     p.add_argument("--max-bad-steps", type=int, default=5,
                    help="consecutive non-finite steps (skipped) before the run stops")
@@ -849,7 +851,9 @@ def _evaluate(run: Run, most_frequent: bool = False) -> dict:
 
     autocast = (torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
                 else nullcontext())
-    return evaluate(run.model, run.loader.iter_eval(run.micro, max_batches=run.args.eval_batches), run.device,
+    n = run.args.eval_batches
+    batches = run.loader.iter_eval(run.micro, max_batches=n, passes=run.loader.eval_passes(run.micro, n))
+    return evaluate(run.model, batches, run.device,
                     autocast, most_frequent_id=run.loader.most_frequent_token() if most_frequent else None)
 
 

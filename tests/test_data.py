@@ -449,6 +449,30 @@ def test_eval_pass_is_fixed(seed):
     assert sorted(sum((row_ids(b) for it in ranks for b in it), [])) == list(range(103, 124))
 
 
+def test_eval_passes_remask_the_same_rows_and_fit_the_batch_budget(seed):
+    """Several passes over a small held-out split: each pass reads the same rows in the same order,
+    pass 0 is the single pass, later passes mask anew, ``max_batches`` caps the total, and
+    ``eval_passes`` counts the whole passes that fit a budget, equally on every rank."""
+    ds = toy_dataset(np.random.default_rng(seed))  # 21 held-out rows (103-123)
+    loader = PretrainingLoader(ds, "train", 8, seed=seed)
+    one = list(loader.iter_eval(5))
+    three = list(loader.iter_eval(5, passes=3))
+    assert len(three) == 15
+    passes = [three[k * 5:(k + 1) * 5] for k in range(3)]
+    for x, y in zip(one, passes[0]):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    for p in passes[1:]:
+        assert [row_ids(b) for b in p] == [row_ids(b) for b in one]
+        assert any(not torch.equal(x["masked_positions"], y["masked_positions"]) for x, y in zip(one, p))
+    assert len(list(loader.iter_eval(5, passes=3, max_batches=7))) == 7
+    assert [loader.eval_passes(5, n) for n in (1, 4, 5, 9, 10, 20)] == [1, 1, 1, 1, 2, 4]
+    assert loader.eval_passes(64, 20) == 20  # one batch per pass
+    ranks = [PretrainingLoader(ds, "train", 8, rank=r, world_size=2) for r in range(2)]
+    assert {r.eval_passes(5, 12) for r in ranks} == {4}  # 11 and 10 rows: 3 batches a pass on both
+    with pytest.raises(ValueError, match="passes"):
+        next(loader.iter_eval(5, passes=0))
+
+
 def test_loader_errors(seed):
     ds = toy_dataset(np.random.default_rng(seed))
     with pytest.raises(ValueError, match="fewer than one batch"):
