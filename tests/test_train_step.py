@@ -66,6 +66,17 @@ def _token_counts(means: dict, n_slots: int, n_real: int) -> dict:
             "disc_precision": 2 * tp + n_real - correct - replaced}  # tp + fp, as fp = n - correct - (replaced - tp)
 
 
+def _ratios(tot: dict) -> dict:
+    """The discrete metrics as ratios of summed token counts, written out by hand (independent of
+    model.metrics_from_counts): wrong discriminator calls are false positives plus false negatives."""
+    tp, guessed, replaced = tot["true_positives"], tot["predicted_replaced"], tot["replaced"]
+    return {"mlm_accuracy": tot["mlm_correct"] / tot["masked_slots"],
+            "sampled_accuracy": 1 - replaced / tot["masked_slots"],
+            "disc_accuracy": 1 - ((guessed - tp) + (replaced - tp)) / tot["real_tokens"],
+            "disc_precision": tp / max(guessed, 1), "disc_recall": tp / replaced,
+            "replaced_fraction": replaced / tot["real_tokens"]}
+
+
 @pytest.mark.slow
 def test_compiled_step_is_one_graph_and_matches_eager_for_5_steps(seed):
     """make_train_step(compile=True) traces forward, backward, clipping and AdamW with
@@ -223,14 +234,7 @@ def test_logged_metrics_are_ratios_of_the_window_sums_and_old_checkpoints_load()
     state = stats.state_dict()
     got = stats.read()
     tot = {k: sum(c[k] for c in steps) for k in steps[0]}
-    wrong = tot["predicted_replaced"] - tot["true_positives"] + tot["replaced"] - tot["true_positives"]
-    want = {"loss": tot["loss"] / 3, "mlm_loss": 1.0, "disc_loss": 0.5, "grad_norm": 2.0,
-            "mlm_accuracy": tot["mlm_correct"] / tot["masked_slots"],
-            "sampled_accuracy": 1 - tot["replaced"] / tot["masked_slots"],
-            "disc_accuracy": 1 - wrong / tot["real_tokens"],
-            "disc_precision": tot["true_positives"] / tot["predicted_replaced"],
-            "disc_recall": tot["true_positives"] / tot["replaced"],
-            "replaced_fraction": tot["replaced"] / tot["real_tokens"]}
+    want = {"loss": tot["loss"] / 3, "mlm_loss": 1.0, "disc_loss": 0.5, "grad_norm": 2.0, **_ratios(tot)}
     assert got["means"] == pytest.approx(want, rel=1e-6)
     assert set(got["means"]) == set(STEP_METRICS["electra"] + ("grad_norm",))
     assert (got["good"], got["skipped"], got["first_bad"], got["steps"]) == (3, 1, 4, 4)
@@ -277,14 +281,8 @@ def test_grad_accum_step_logs_the_micro_batches_pooled_and_takes_one_averaged_up
     gnorm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
     tot = {k: vals[0][k] + vals[1][k] for k in names}
     assert tot["masked_slots"] > 0 and tot["replaced"] > 0
-    wrong = tot["predicted_replaced"] + tot["replaced"] - 2 * tot["true_positives"]
     want = {"loss": tot["loss"] / 2, "mlm_loss": tot["mlm_loss"] / 2, "disc_loss": tot["disc_loss"] / 2,
-            "grad_norm": gnorm, "mlm_accuracy": tot["mlm_correct"] / tot["masked_slots"],
-            "sampled_accuracy": 1 - tot["replaced"] / tot["masked_slots"],
-            "disc_accuracy": 1 - wrong / tot["real_tokens"],
-            "disc_precision": tot["true_positives"] / max(tot["predicted_replaced"], 1),
-            "disc_recall": tot["true_positives"] / tot["replaced"],
-            "replaced_fraction": tot["replaced"] / tot["real_tokens"]}
+            "grad_norm": gnorm, **_ratios(tot)}
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     assert gnorm > cfg.max_grad_norm
