@@ -205,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transfer-seeds", metavar="S1,S2,...", default="1,2,3",
                    help="with --transfer: fine-tuning seeds (default 1,2,3)")
     p.add_argument("--transfer-epochs", type=int, default=10,
-                   help="with --transfer: fine-tuning epochs over the 2,000 training examples of each task (default 10; "
+                   help="with --transfer: fine-tuning epochs over each task's training examples (default 10; "
                         "the best dev epoch's test accuracy counts)")
+    p.add_argument("--transfer-sizes", metavar="TRAIN,DEV,TEST", default=None,
+                   help="with --transfer: examples per task and split, at most (default 8000,500,2000; a task "
+                        "with fewer takes all it has)")
     p.add_argument("--transfer-tasks", metavar="T1,T2,...", default="topic,order,next,words",
                    help="with --transfer: tasks (default all: topic, order, next, words)")
     p.add_argument("--transfer-jobs", type=int, default=None,
@@ -310,8 +313,17 @@ def _transfer(p: ArgumentParser, args) -> int:
         p.error(f"--transfer-jobs must be an integer >= 1, got {jobs}")
     if args.transfer_epochs < 1:
         p.error(f"--transfer-epochs must be an integer >= 1, got {args.transfer_epochs}")
+    sizes = transfer.DEFAULT_SIZES
+    if args.transfer_sizes is not None:
+        try:
+            sizes = tuple(int(x) for x in args.transfer_sizes.split(","))
+        except ValueError:
+            sizes = ()
+        if len(sizes) != 3 or min(sizes) < 1:
+            p.error(f"--transfer-sizes takes three integers >= 1, TRAIN,DEV,TEST (e.g. 8000,500,2000), "
+                    f"got {args.transfer_sizes!r}")
     results = transfer.run(Path(args.transfer_out), seeds, train_args, epochs=args.transfer_epochs,
-                           task_names=task_names, workers=jobs)
+                           task_names=task_names, workers=jobs, sizes=sizes)
     print()
     print(transfer.format_table(results))
     print(f"test accuracy of the best dev epoch, mean +- std [min-max] over fine-tuning seeds {args.transfer_seeds}; "

@@ -150,6 +150,10 @@ def _cases(w: Path) -> dict[str, tuple]:
                                         ["inside the --checkpoint"]),
         "bench --proxy-preset huge": (bench.main, ["--proxies", "--proxy-preset", "huge"], ["--proxy-preset"]),
         "bench --iters 0": (bench.main, ["--iters", "0"], ["--iters", ">= 1"]),
+        "bench --transfer-sizes of two": (bench.main, ["--transfer", "--transfer-out", str(w / "tr"),
+                                                       "--transfer-sizes", "800,50"], ["--transfer-sizes", "three"]),
+        "bench --transfer-sizes 0": (bench.main, ["--transfer", "--transfer-out", str(w / "tr"),
+                                                  "--transfer-sizes", "800,0,50"], ["--transfer-sizes", ">= 1"]),
     }
 
 
