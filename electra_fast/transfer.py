@@ -68,7 +68,8 @@ SPLITS = ("train", "dev", "test")
 # Examples per task (train, dev, test; a task with fewer takes all it has: topic has ~6,100 training
 # passages). 8,000 training pairs, not 2,000: at 2,000 every encoder stayed within a few points of
 # chance on the sentence-pair tasks (dev accuracy flat over the epochs), so the benchmark measured the
-# noise floor there; at 8,000 the pre-trained encoders pull away (benchmarks/RESULTS.md, session 11).
+# noise floor there; at 8,000 both pre-trained encoders lead random init on both (benchmarks/RESULTS.md,
+# "Session 11").
 # 2,000 test examples: the binomial sd of one accuracy is ~1.1 points, against a 3-point question.
 DEFAULT_SIZES = (8000, 500, 2000)
 
