@@ -320,8 +320,8 @@ def _transfer(p: ArgumentParser, args) -> int:
         except ValueError:
             sizes = ()
         if len(sizes) != 3 or min(sizes) < 1:
-            p.error(f"--transfer-sizes takes three integers >= 1, TRAIN,DEV,TEST (e.g. 8000,500,2000), "
-                    f"got {args.transfer_sizes!r}")
+            p.error(f"--transfer-sizes takes three integers >= 1, TRAIN,DEV,TEST (default "
+                    f"{','.join(map(str, transfer.DEFAULT_SIZES))}), got {args.transfer_sizes!r}")
     results = transfer.run(Path(args.transfer_out), seeds, train_args, epochs=args.transfer_epochs,
                            task_names=task_names, workers=jobs, sizes=sizes)
     print()
