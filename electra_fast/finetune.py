@@ -251,10 +251,11 @@ def write_predictions(path: Path, task: Task, data: Encoded, pred: np.ndarray) -
 
 def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[str, Encoded],
              hp: Hyper, out_dir: Path, *, pad_id: int, device="cpu", tokenizer: ElectraTokenizer | None = None,
-             progress: bool = True, log=print, meta: dict | None = None) -> dict:
+             progress: bool = True, log=print, meta: dict | None = None, test: Encoded | None = None) -> dict:
     """Train ``model`` on ``train``, evaluate every epoch on each dev split, keep the best epoch
-    (by ``task.metric`` on the first dev split). Writes results.json, ``<dev>_predictions.tsv``
-    and ``best/`` into ``out_dir``; returns the results."""
+    (by ``task.metric`` on the first dev split). ``test``: labelled examples read once, after training,
+    with the best epoch's weights (``results["best"]["test"]``, ``test_predictions.tsv``). Writes
+    results.json, ``<dev>_predictions.tsv`` and ``best/`` into ``out_dir``; returns the results."""
     from tqdm.auto import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +293,8 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
                 + (" (best)" if improved else ""))
             if improved:
                 best_value, best = value, record
+                if test is not None:  # the weights to score the test split with, kept in memory
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 for name, data in devs.items():
                     write_predictions(out_dir / f"{name}_predictions.tsv", task, data, preds[name])
                 save_classifier(model, out_dir / "best", {
@@ -301,9 +304,14 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
                     "dev": record["dev"], **(meta or {})}, tokenizer)
     finally:
         bar.close()
+    best_record = {"epoch": best["epoch"], "value": best_value, "dev": best["dev"]}
+    if test is not None:
+        model.load_state_dict(best_state)
+        pred = predict(model, test, pad_id, device, hp.eval_batch_size)
+        best_record["test"] = compute_metrics(task, pred, test.targets)
+        write_predictions(out_dir / "test_predictions.tsv", task, test, pred)
     results = {
-        "task": task.name, "metric": task.metric, "main_dev": main_dev,
-        "best": {"epoch": best["epoch"], "value": best_value, "dev": best["dev"]},
+        "task": task.name, "metric": task.metric, "main_dev": main_dev, "best": best_record,
         "final": history[-1]["dev"], "epochs": history,
         "train_examples": len(train), "dev_examples": {k: len(v) for k, v in devs.items()},
         "hyperparameters": {**dataclasses.asdict(hp), "steps": total, "warmup_steps": warmup},

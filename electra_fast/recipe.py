@@ -126,16 +126,15 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 def make_batch(data, rows, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, token_type_ids, attention_mask) of ``rows``, padded to the longest row of the batch.
     ``data`` holds per-example token ``ids`` and segment ``types`` (finetune's Encoded, squad's Features)."""
-    T = max(len(data.ids[r]) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    types = torch.zeros((len(rows), T), dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for j, r in enumerate(rows):
-        n = len(data.ids[r])
-        ids[j, :n] = torch.tensor(data.ids[r])
-        types[j, :n] = torch.tensor(data.types[r])
-        mask[j, :n] = 1
-    return ids.to(device), types.to(device), mask.to(device)
+    lengths = np.array([len(data.ids[r]) for r in rows])
+    T = int(lengths.max())
+    ids = np.full((len(rows), T), pad_id, dtype=np.int64)
+    types = np.zeros((len(rows), T), dtype=np.int64)
+    for j, r in enumerate(rows):  # filled in numpy: a torch tensor per row cost ~2 ms a fine-tuning step
+        ids[j, :lengths[j]] = data.ids[r]
+        types[j, :lengths[j]] = data.types[r]
+    mask = (np.arange(T) < lengths[:, None]).astype(np.int64)
+    return tuple(torch.from_numpy(a).to(device) for a in (ids, types, mask))
 
 
 def seed_all(seed: int) -> None:
@@ -148,7 +147,10 @@ def make_optimizer(model: SequenceClassifier, hp: Hyper, n_train: int):
     """(AdamW with layer-wise lr groups, its warmup + linear-decay scheduler, total steps, warmup
     steps) for ``hp.epochs`` epochs over ``n_train`` rows: the recipe every fine-tuning task shares."""
     groups = layerwise_param_groups(model, hp.lr, hp.layer_decay, hp.weight_decay)
-    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.999), eps=1e-6)
+    # One fused kernel over all tensors where torch has it (CPU and CUDA, torch >= 2.4): on the CPU the
+    # per-tensor loop took 12% of a fine-tuning step of the tiny preset, the fused step a fifth of that.
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.999), eps=1e-6, fused=True if fused else None)
     total = math.ceil(n_train / hp.batch_size) * hp.epochs
     warmup = max(1, round(hp.warmup_fraction * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))

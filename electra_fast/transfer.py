@@ -317,7 +317,7 @@ def finetune_encoder(enc: Encoder, cfg: ElectraConfig, tok, data: TaskData, seed
         done = json.loads((out / "results.json").read_text(encoding="utf-8"))
         if all(done.get(k) == v for k, v in meta.items()) and \
                 {k: done["hyperparameters"].get(k) for k in dataclasses.asdict(hp)} == dataclasses.asdict(hp):
-            return float(done["best"]["dev"]["test"]["accuracy"])
+            return float(done["best"]["test"]["accuracy"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     electra = enc.electra if enc.electra is not None else _fresh_electra(cfg, seed)
@@ -325,9 +325,9 @@ def finetune_encoder(enc: Encoder, cfg: ElectraConfig, tok, data: TaskData, seed
     encoded = {s: encode(tok, data.splits[s], task, hp.seq_len) for s in SPLITS}
     seed_all(seed)
     model = SequenceClassifier.from_electra(electra, task.num_outputs, hp.dropout)
-    res = finetune(model, task, encoded["train"], {"dev": encoded["dev"], "test": encoded["test"]},
-                   hp, out, pad_id=tok.pad_id, progress=False, log=lambda m: None, meta=meta)
-    return float(res["best"]["dev"]["test"]["accuracy"])
+    res = finetune(model, task, encoded["train"], {"dev": encoded["dev"]}, hp, out, pad_id=tok.pad_id,
+                   progress=False, log=lambda m: None, meta=meta, test=encoded["test"])
+    return float(res["best"]["test"]["accuracy"])
 
 
 _WORKER_RUNS: dict = {}  # per worker process: run folder -> (model, tokenizer), loaded once

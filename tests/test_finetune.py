@@ -3,6 +3,7 @@ synthetic GLUE-format tasks on the tiny preset (CPU), the probe's data, and one-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -13,7 +14,17 @@ import torch
 
 from electra_fast import checkpoint
 from electra_fast.config import ElectraConfig
-from electra_fast.finetune import PROBE_TASKS, Pretrained, _pair_lengths, main, probe_data
+from electra_fast.finetune import (
+    PROBE_TASKS,
+    Pretrained,
+    _pair_lengths,
+    encode,
+    finetune,
+    load_run,
+    main,
+    predict,
+    probe_data,
+)
 from electra_fast.glue import (
     GLUE_TASKS,
     compute_metrics,
@@ -24,7 +35,7 @@ from electra_fast.glue import (
     spearman,
 )
 from electra_fast.model import Electra
-from electra_fast.recipe import SequenceClassifier, layerwise_param_groups, load_classifier, lr_factor
+from electra_fast.recipe import Hyper, SequenceClassifier, layerwise_param_groups, load_classifier, lr_factor
 from electra_fast.tokenizer import load_tokenizer
 
 WORDS = "the a cat dog red blue runs sits big small tree house car green fast slow happy sad old new".split()
@@ -320,6 +331,34 @@ def test_stsb_regression_learns(tmp_path, run_dir, seed):
     best = res["best"]["dev"]["dev"]
     assert best["pearson"] >= 0.8 and best["spearman"] >= 0.8, res["epochs"]
     _check_outputs(tmp_path / "out", res, tmp_path / "data" / "dev.tsv", "stsb")
+
+
+def test_a_test_split_is_scored_once_with_the_best_epochs_weights(tmp_path, run_dir, seed):
+    """``finetune(test=...)`` (what the transfer benchmark reports): the test split is read after
+    training with the weights of the best dev epoch, not the last, and not every epoch. The dev labels
+    here are the opposite of the task's, so the more the model learns the worse dev gets and the best
+    epoch is an early one."""
+    make_sst2(tmp_path / "data", random.Random(seed), n=(300, 120))
+    t = GLUE_TASKS["sst2"]
+    pre = load_run(run_dir, log=lambda m: None)
+    tok = pre.tokenizer
+    train = encode(tok, read_split(tmp_path / "data" / "train.tsv", t), t, 32)
+    test = encode(tok, read_split(tmp_path / "data" / "dev.tsv", t), t, 32)
+    flipped = dataclasses.replace(test, targets=1 - test.targets)
+    hp = Hyper(epochs=4, lr=1e-3, batch_size=16, seq_len=32, seed=seed)
+    torch.manual_seed(seed)
+    model = SequenceClassifier.from_electra(pre.model, t.num_outputs, hp.dropout)
+    res = finetune(model, t, train, {"dev": flipped}, hp, tmp_path / "out", pad_id=tok.pad_id, progress=False,
+                   log=lambda m: None, test=test)
+    assert all(r["dev"].keys() == {"dev"} for r in res["epochs"])  # no test read per epoch
+    assert res["best"]["epoch"] < hp.epochs, res["epochs"]  # learning "good" makes the flipped dev worse
+    best, _ = load_classifier(tmp_path / "out" / "best")
+    want = compute_metrics(t, predict(best, test, tok.pad_id, "cpu"), test.targets)
+    assert res["best"]["test"] == pytest.approx(want)
+    # the best epoch's dev accuracy on flipped labels is one minus its test accuracy on the same rows
+    assert res["best"]["test"]["accuracy"] == pytest.approx(1 - res["best"]["dev"]["dev"]["accuracy"])
+    rows = (tmp_path / "out" / "test_predictions.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 1 + len(test)
 
 
 # ----------------------------------------------------------------------------- the probe
