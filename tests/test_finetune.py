@@ -35,7 +35,14 @@ from electra_fast.glue import (
     spearman,
 )
 from electra_fast.model import Electra
-from electra_fast.recipe import Hyper, SequenceClassifier, layerwise_param_groups, load_classifier, lr_factor
+from electra_fast.recipe import (
+    Hyper,
+    SequenceClassifier,
+    layerwise_param_groups,
+    load_classifier,
+    lr_factor,
+    make_optimizer,
+)
 from electra_fast.tokenizer import load_tokenizer
 
 WORDS = "the a cat dog red blue runs sits big small tree house car green fast slow happy sad old new".split()
@@ -207,6 +214,38 @@ def test_layerwise_learning_rates_exact():
     assert lr_of[id(model.encoder.layers[0].ffn_in.weight)] == pytest.approx(2e-4 * 0.343)
     assert lr_of[id(model.embeddings.word_embeddings.weight)] == pytest.approx(2e-4 * 0.2401)
     assert lr_of[id(model.encoder.embeddings_project.weight)] == pytest.approx(2e-4 * 0.2401)
+
+
+def test_the_optimizer_is_fused_and_is_adamw_with_the_schedule(seed):
+    """make_optimizer's fused AdamW (one kernel over all tensors, CPU and CUDA) against AdamW written
+    out in fp64: decoupled weight decay, bias-corrected moments, eps 1e-6, each group's lr times the
+    warmup/decay factor of the step."""
+    cfg = ElectraConfig.preset("tiny", vocab_size=50, num_layers=2, generator_num_layers=2)
+    model = SequenceClassifier(cfg, num_outputs=3)
+    hp = Hyper(epochs=1, lr=3e-3, batch_size=10)
+    opt, sched, total, warmup = make_optimizer(model, hp, n_train=40)  # 4 steps, 1 of warmup
+    assert opt.defaults["fused"] is True
+    g = torch.Generator().manual_seed(seed)
+    ref = {id(p): (p.detach().double().clone(), torch.zeros_like(p, dtype=torch.float64),
+                   torch.zeros_like(p, dtype=torch.float64), group["lr"], group["weight_decay"])
+           for group in opt.param_groups for p in group["params"]}
+    for step in range(total):
+        factor = lr_factor(step, warmup, total)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+        for group in opt.param_groups:
+            for p in group["params"]:
+                w, m, v, lr, wd = ref[id(p)]
+                grad, t = p.grad.double(), step + 1
+                w.mul_(1 - lr * factor * wd)
+                m.mul_(0.9).add_(0.1 * grad)
+                v.mul_(0.999).add_(0.001 * grad * grad)
+                w.sub_(lr * factor * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-6))
+        opt.step()
+        sched.step()
+    for group in opt.param_groups:
+        for p in group["params"]:
+            torch.testing.assert_close(p.detach().double(), ref[id(p)][0], rtol=1e-5, atol=1e-6)
 
 
 def test_lr_schedule_warmup_then_linear_decay():
