@@ -16,7 +16,7 @@ The tasks are built offline from the docstrings of the numpy and torch installed
 
 "Consecutive" means within one docstring (:func:`source_documents`).
 
-Both are split by whole module file (a file's sentences are all train, all dev or all test), so
+Every task is split by whole module file (a file's sentences are all train, all dev or all test), so
 no passage of a test file was fine-tuned on. The examples depend on the installed numpy and torch
 versions; results record them.
 """
