@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --proxies: write the cost model's records here (one per kernel launch of a step at "
                         "every preset: op, kernel, preset, programs, flops, bytes, implied_us)")
     p.add_argument("--transfer", action="store_true",
-                   help="CPU, ~70 min on 2 cores: pre-train ELECTRA (the default run's recipe) and the MLM baseline at "
+                   help="CPU, ~1 hour on 2 cores: pre-train ELECTRA (the default run's recipe) and the MLM baseline at "
                         "equal model FLOPs, fine-tune them and a random-init control on offline text tasks "
                         "(electra_fast.transfer) with several seeds, next to a bag of words; print the table")
     p.add_argument("--transfer-out", metavar="DIR", default="runs/transfer",

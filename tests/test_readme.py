@@ -57,7 +57,7 @@ COMMANDS = {
     "pytest benchmarks/ --benchmark-json out.json": "benchmarks are timed runs, not tests",
     "python -m electra_fast.bench": "a GPU benchmark (tests/test_bench_cli.py runs its CPU path)",
     "python -m electra_fast.bench --proxies": "minutes on the CPU (tests/test_bench_cli.py covers it)",
-    "python -m electra_fast.bench --transfer": "about 70 minutes on a 2-core CPU (tests/test_transfer.py runs a small one "
+    "python -m electra_fast.bench --transfer": "about an hour on a 2-core CPU (tests/test_transfer.py runs a small one "
     "end to end)",
     "python tools/compile_kernels.py": "compiles kernels for sm_80 / sm_90a (minutes)",
     "bash tools/gpu_session.sh [OUT_DIR]": "needs a CUDA GPU (tests/test_bench_cli.py checks its flags, and that "

@@ -1,6 +1,6 @@
 """The transfer benchmark (``python -m electra_fast.bench --transfer``, electra_fast.transfer): its tasks,
 its equal-compute rule, its bag-of-words baseline and one small end-to-end run. The benchmark itself
-(about 70 minutes on 2 cores) is not run here; its numbers are in benchmarks/RESULTS.md."""
+(about an hour on 2 cores) is not run here; its numbers are in benchmarks/RESULTS.md."""
 
 import json
 
