@@ -258,6 +258,8 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
     results.json, ``<dev>_predictions.tsv`` and ``best/`` into ``out_dir``; returns the results."""
     from tqdm.auto import tqdm
 
+    if test is not None and test.targets is None:
+        raise ValueError("finetune(test=...) scores the test split, so it needs labelled examples")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
     opt, sched, total, warmup = make_optimizer(model, hp, len(train))

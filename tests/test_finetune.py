@@ -398,6 +398,9 @@ def test_a_test_split_is_scored_once_with_the_best_epochs_weights(tmp_path, run_
     assert res["best"]["test"]["accuracy"] == pytest.approx(1 - res["best"]["dev"]["dev"]["accuracy"])
     rows = (tmp_path / "out" / "test_predictions.tsv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + len(test)
+    with pytest.raises(ValueError, match="needs labelled examples"):
+        finetune(model, t, train, {"dev": flipped}, hp, tmp_path / "again", pad_id=tok.pad_id, progress=False,
+                 log=lambda m: None, test=dataclasses.replace(test, targets=None))
 
 
 # ----------------------------------------------------------------------------- the probe
