@@ -69,7 +69,7 @@ SPLITS = ("train", "dev", "test")
 # passages). 8,000 training pairs, not 2,000: at 2,000 every encoder stayed within a few points of
 # chance on the sentence-pair tasks (dev accuracy flat over the epochs), so the benchmark measured the
 # noise floor there; at 8,000 both pre-trained encoders lead random init on both (benchmarks/RESULTS.md,
-# "Session 11").
+# "Session 11"). All 10,544 `order` pairs do not widen ELECTRA's lead there ("Session 12").
 # 2,000 test examples: the binomial sd of one accuracy is ~1.1 points, against a 3-point question.
 DEFAULT_SIZES = (8000, 500, 2000)
 
