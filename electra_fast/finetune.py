@@ -295,8 +295,6 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
                 + (" (best)" if improved else ""))
             if improved:
                 best_value, best = value, record
-                if test is not None:  # the weights to score the test split with, kept in memory
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 for name, data in devs.items():
                     write_predictions(out_dir / f"{name}_predictions.tsv", task, data, preds[name])
                 save_classifier(model, out_dir / "best", {
@@ -307,9 +305,9 @@ def finetune(model: SequenceClassifier, task: Task, train: Encoded, devs: dict[s
     finally:
         bar.close()
     best_record = {"epoch": best["epoch"], "value": best_value, "dev": best["dev"]}
-    if test is not None:
-        model.load_state_dict(best_state)
-        pred = predict(model, test, pad_id, device, hp.eval_batch_size)
+    if test is not None:  # the best epoch's model as best/ keeps it, like run_task's --predict-test
+        best_model, _ = load_classifier(out_dir / "best")
+        pred = predict(best_model.to(device), test, pad_id, device, hp.eval_batch_size)
         best_record["test"] = compute_metrics(task, pred, test.targets)
         write_predictions(out_dir / "test_predictions.tsv", task, test, pred)
     results = {
