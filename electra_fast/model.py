@@ -164,7 +164,7 @@ class ElectraOutput:
     # Filled only with return_logits=True (evaluation: ROC AUC needs them).
     disc_logits: torch.Tensor | None = None  # (B, T)
     is_replaced: torch.Tensor | None = None  # (B, T) bool
-    samples: torch.Tensor | None = None  # (B, P) the generator's samples (no gradient)
+    samples: torch.Tensor | None = None  # (B, P) the generator's samples (no gradient; None for the MLM objective)
     mlm_predictions: torch.Tensor | None = None  # (B, P) the generator's argmax (return_logits=True)
 
     @property
@@ -303,7 +303,7 @@ class Electra(nn.Module):
         positions, original ids there, 1.0 for real slots and 0.0 for padding. ``original_ids``
         (B, T) saves a scatter when the loader has them. ``seed`` (an int or a 1-element int64
         tensor) keys the Gumbel noise; by default it is drawn from torch's generator on the batch's
-        device (checkpointed with the run).
+        device (checkpointed with the run). The MLM objective samples nothing and ignores it.
         """
         if masked_positions is None or masked_ids is None or masked_weights is None:
             raise ValueError("Electra.forward needs masked_positions, masked_ids and masked_weights "
@@ -311,7 +311,8 @@ class Electra(nn.Module):
         self._check_inputs("forward", input_ids, token_type_ids, attention_mask, masked_positions=masked_positions,
                            masked_ids=masked_ids, masked_weights=masked_weights, original_ids=original_ids)
         cfg = self.config
-        if seed is None:  # a device tensor: no host sync, and torch.compile never recompiles for it
+        sampling = self.discriminator is not None  # the MLM baseline only needs the loss
+        if seed is None and sampling:  # a device tensor: no host sync, and torch.compile never recompiles for it
             seed = torch.randint(0, 2**31 - 1, (1,), device=masked_ids.device)
         B, P = masked_positions.shape
         empty_slot = masked_weights == 0
@@ -325,10 +326,14 @@ class Electra(nn.Module):
         idx = masked_positions.unsqueeze(-1).expand(B, P, gen_h.shape[-1])
         h = self.generator_head(torch.gather(gen_h, 1, idx)).reshape(B * P, -1)  # (B*P, E)
         targets = masked_ids.masked_fill(empty_slot, IGNORE_INDEX).reshape(-1)
-        mlm_loss, samples, argmax = ops.generator_loss_and_sample(
-            h, self.embeddings.word_embeddings.weight, self.generator_head.bias, targets,
-            temperature=cfg.temperature, seed=seed, ignore_index=IGNORE_INDEX, return_argmax=True,
-            eps=LOSS_EPS, backend=self.backend)
+        head = (h, self.embeddings.word_embeddings.weight, self.generator_head.bias, targets)
+        if sampling:
+            mlm_loss, samples, argmax = ops.generator_loss_and_sample(
+                *head, temperature=cfg.temperature, seed=seed, ignore_index=IGNORE_INDEX, return_argmax=True,
+                eps=LOSS_EPS, backend=self.backend)
+        else:  # no Gumbel noise: a fifth of a CPU step at the tiny preset (benchmarks/RESULTS.md)
+            mlm_loss, argmax = ops.generator_loss(*head, ignore_index=IGNORE_INDEX, return_argmax=True, eps=LOSS_EPS,
+                                                  backend=self.backend)
         with torch.no_grad():  # an ignored slot's target is -100, never an argmax
             mlm_correct = (argmax == targets).sum(dtype=torch.float32)
         argmax = argmax.view(B, P)
@@ -338,8 +343,7 @@ class Electra(nn.Module):
             zero = mlm_loss.new_zeros(())
             values = tuple(t.detach() for t in (mlm_loss, mlm_loss, n_pred, mlm_correct))
             return ElectraOutput(loss=mlm_loss, mlm_loss=mlm_loss, disc_loss=zero, values=values,
-                                 value_names=VALUE_NAMES["mlm"], samples=samples.view(B, P),
-                                 mlm_predictions=predictions)
+                                 value_names=VALUE_NAMES["mlm"], mlm_predictions=predictions)
 
         # 2. corrupt: original ids with the (gradient-free) samples written at the masked positions
         if original_ids is None:

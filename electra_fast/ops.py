@@ -1,12 +1,13 @@
 """Fused ELECTRA ops, for this package's model and for other trainers.
 
     from electra_fast.ops import generator_loss_and_sample, replace_tokens, rtd_loss, rtd_loss_from_logits
+    from electra_fast.ops import generator_loss  # the MLM loss alone (BERT-style trainers)
 
 They follow the data flow of one pre-training step (docs/ARCHITECTURE.md, section 2):
 
 1. ``generator_loss_and_sample(hidden, weight, bias, targets, seed=...)``: the generator's tied LM
    head at the masked rows, MLM cross-entropy and Gumbel-max samples, without materialising the
-   [M, V] logits.
+   [M, V] logits; ``generator_loss`` the same loss (and argmax) with no sampling, for an MLM objective.
 2. ``replace_tokens(input_ids, positions, samples, weights)``: the discriminator's input (the
    samples written into the original ids) and the is-replaced labels, in one pass.
 3. ``rtd_loss(hidden, weight, bias, labels, mask)``: the discriminator's H -> 1 projection fused
@@ -39,7 +40,7 @@ from .kernels import rtd_loss as _rtd_loss
 from .kernels.checks import require_binary_mask, require_tensors
 from .kernels.dispatch import select_backend, value_checks
 
-__all__ = ["generator_loss_and_sample", "replace_tokens", "rtd_loss", "rtd_loss_from_logits", "backend",
+__all__ = ["generator_loss_and_sample", "generator_loss", "replace_tokens", "rtd_loss", "rtd_loss_from_logits", "backend",
            "value_checks"]
 
 
@@ -80,6 +81,7 @@ def _checked(fn, tensor_args: tuple[str, ...], mask_arg: str | None = None):
 
 generator_loss_and_sample = _checked(_generator_head.generator_loss_and_sample,
                                      ("hidden", "weight", "bias", "targets"))
+generator_loss = _checked(_generator_head.generator_loss, ("hidden", "weight", "bias", "targets"))
 replace_tokens = _checked(_replace_tokens.replace_tokens, ("input_ids", "positions", "samples", "weights"))
 rtd_loss = _checked(_rtd_loss.rtd_loss, ("hidden", "weight", "bias", "labels", "mask"), mask_arg="mask")
 rtd_loss_from_logits = _checked(_rtd_loss.rtd_loss_from_logits, ("logits", "labels", "mask"), mask_arg="mask")

@@ -462,9 +462,9 @@ COST_PRESETS = ("tiny", "small", "base", "large")
 COST_MODES = ("bf16", "fp32")
 
 
-def step_launches(preset: str, mode: str) -> list:
-    """The launches of one training step (forward + backward) of ``Electra`` at ``preset`` in ``mode``
-    ("bf16": autocast, "fp32"), recorded on fake tensors: shapes, tiles, grids and costs, no compute."""
+def step_launches(preset: str, mode: str, objective: str = "electra") -> list:
+    """The launches of one training step (forward + backward) of ``Electra(objective=objective)`` at ``preset``
+    in ``mode`` ("bf16": autocast, "fp32"), recorded on fake tensors: shapes, tiles, grids and costs, no compute."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .kernels.launches import record_launches
@@ -474,7 +474,7 @@ def step_launches(preset: str, mode: str) -> list:
     B, T, P = cfg.batch_size, cfg.max_seq_length, cfg.max_predictions
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else nullcontext()
     with FakeTensorMode():
-        model = Electra(cfg, backend="triton").train()
+        model = Electra(cfg, objective=objective, backend="triton").train()
         ids = torch.zeros(B, T, dtype=torch.int64)
         slots = torch.zeros(B, P, dtype=torch.int64)
         batch = dict(input_ids=ids, token_type_ids=ids, attention_mask=torch.ones(B, T, dtype=torch.bool),

@@ -109,19 +109,21 @@ def _clamped_uniform(bits):
 
 @triton.jit
 def _word_update(acc, cols, V, tgt, u, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx,
-                 RETURN_ARGMAX: tl.constexpr):
+                 RETURN_ARGMAX: tl.constexpr, SAMPLE: tl.constexpr):
     """Fold one word's columns (``cols``: every fourth vocabulary index) into a row block's running state:
-    sum of exp(logit - m_new), target logit, Gumbel-max and argmax (first index on ties, like torch)."""
+    sum of exp(logit - m_new), target logit, Gumbel-max (when SAMPLE) and argmax (first index on ties, like
+    torch)."""
     col_ok = cols < V
     logits = tl.where(col_ok[None, :], acc, float("-inf"))
     s_i += tl.sum(tl.exp(logits - m_new[:, None]), 1)
     tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], logits, 0.0), 1)
-    score = tl.where(col_ok[None, :], logits * inv_temperature - tl.log(-tl.log(u)), float("-inf"))
-    tile_best, tile_pos = tl.max(score, 1, return_indices=True)
-    tile_idx = tile_pos * 4 + tl.min(cols, 0)  # cols = 4 g + word: position -> vocabulary index
-    better = (tile_best > best) | ((tile_best == best) & (tile_idx < best_idx))
-    best = tl.where(better, tile_best, best)
-    best_idx = tl.where(better, tile_idx, best_idx)
+    if SAMPLE:
+        score = tl.where(col_ok[None, :], logits * inv_temperature - tl.log(-tl.log(u)), float("-inf"))
+        tile_best, tile_pos = tl.max(score, 1, return_indices=True)
+        tile_idx = tile_pos * 4 + tl.min(cols, 0)  # cols = 4 g + word: position -> vocabulary index
+        better = (tile_best > best) | ((tile_best == best) & (tile_idx < best_idx))
+        best = tl.where(better, tile_best, best)
+        best_idx = tl.where(better, tile_idx, best_idx)
     if RETURN_ARGMAX:
         tile_max, tile_amax = tl.max(logits, 1, return_indices=True)
         amax_idx = tl.where(tile_max == m_new, tl.minimum(amax_idx, tile_amax * 4 + tl.min(cols, 0)), amax_idx)
@@ -130,10 +132,11 @@ def _word_update(acc, cols, V, tgt, u, inv_temperature, m_new, s_i, tgt_logit, b
 
 @triton.jit
 def _fold_tile(a0, a1, a2, a3, g, V, tgt, seed, row_ctr, inv_temperature, m_i, s_i, tgt_logit, best, best_idx,
-               amax_idx, RETURN_ARGMAX: tl.constexpr):
+               amax_idx, RETURN_ARGMAX: tl.constexpr, SAMPLE: tl.constexpr):
     """Fold one vocabulary tile into a row block's running state. The tile is four words: ``a<j>`` holds
     the fp32 logits of columns 4 g + j (Philox counters ``g``; bias added). Returns the new state
-    (max logit, sum of exp(logit - max), target logit, best Gumbel score and index, argmax)."""
+    (max logit, sum of exp(logit - max), target logit, best Gumbel score and index, argmax). Without
+    SAMPLE (the MLM objective) no Philox call is made and the Gumbel state passes through unchanged."""
     c0 = g * 4
     # Online log-sum-exp over the whole tile; column 4 g[0] < V is real, so m_new is finite.
     t0 = tl.max(tl.where((c0 < V)[None, :], a0, float("-inf")), 1)
@@ -144,15 +147,22 @@ def _fold_tile(a0, a1, a2, a3, g, V, tgt, seed, row_ctr, inv_temperature, m_i, s
     if RETURN_ARGMAX:
         amax_idx = tl.where(m_new > m_i, 2**31 - 1, amax_idx)  # a new maximum: its index comes below
     s_i = s_i * tl.exp(m_i - m_new)
-    r0, r1, r2, r3 = _philox_uniforms(seed, row_ctr * 0 + g.to(tl.uint32)[None, :], row_ctr)
+    if SAMPLE:
+        r0, r1, r2, r3 = _philox_uniforms(seed, row_ctr * 0 + g.to(tl.uint32)[None, :], row_ctr)
+    else:  # unused: _word_update reads u only when sampling
+        r0, r1, r2, r3 = a0, a1, a2, a3
     s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
-        a0, c0, V, tgt, r0, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX)
+        a0, c0, V, tgt, r0, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX,
+        SAMPLE)
     s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
-        a1, c0 + 1, V, tgt, r1, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX)
+        a1, c0 + 1, V, tgt, r1, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX,
+        SAMPLE)
     s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
-        a2, c0 + 2, V, tgt, r2, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX)
+        a2, c0 + 2, V, tgt, r2, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX,
+        SAMPLE)
     s_i, tgt_logit, best, best_idx, amax_idx = _word_update(
-        a3, c0 + 3, V, tgt, r3, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX)
+        a3, c0 + 3, V, tgt, r3, inv_temperature, m_new, s_i, tgt_logit, best, best_idx, amax_idx, RETURN_ARGMAX,
+        SAMPLE)
     return m_new, s_i, tgt_logit, best, best_idx, amax_idx
 
 
@@ -167,11 +177,12 @@ def _generator_head_fwd_kernel(
     H, W, B, TARGETS, SEED,  # [M, E], [V, E], [V], [M] int64, [1] int64
     PART_M, PART_S, PART_T, PART_BEST, PART_IDX, PART_AMAX,  # [SPLITS, M] each: fp32 x 4, int32 x 2
     M, V, cols_per_split, inv_temperature, ignore_index,
-    E: tl.constexpr, HAS_BIAS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_E: tl.constexpr,
+    E: tl.constexpr, HAS_BIAS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, SAMPLE: tl.constexpr,
+    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     """Partial state of one row block over one vocabulary split (``cols_per_split`` columns, a multiple of
-    BLOCK_V): max logit, sum of exp(logit - max), target logit, best Gumbel score and its index, argmax.
+    BLOCK_V): max logit, sum of exp(logit - max), target logit, best Gumbel score and its index (SAMPLE),
+    argmax (RETURN_ARGMAX).
 
     A vocabulary tile is four interleaved words of BLOCK_V / 4 columns (column 4 g + j is word j of
     Philox counter (g, row)): one Philox call gives the uniforms of four logits, keyed by (seed, row,
@@ -216,14 +227,15 @@ def _generator_head_fwd_kernel(
             a3 += tl.load(B + c0 + 3, mask=c0 + 3 < V, other=0.0).to(tl.float32)[None, :]
         m_i, s_i, tgt_logit, best, best_idx, amax_idx = _fold_tile(
             a0, a1, a2, a3, g, V, tgt, seed, row_ctr, inv_temperature, m_i, s_i, tgt_logit, best, best_idx,
-            amax_idx, RETURN_ARGMAX)
+            amax_idx, RETURN_ARGMAX, SAMPLE)
 
     out = split.to(tl.int64) * M + rows
     tl.store(PART_M + out, m_i, mask=row_ok)
     tl.store(PART_S + out, s_i, mask=row_ok)
     tl.store(PART_T + out, tgt_logit, mask=row_ok)
-    tl.store(PART_BEST + out, best, mask=row_ok)
-    tl.store(PART_IDX + out, best_idx, mask=row_ok)
+    if SAMPLE:
+        tl.store(PART_BEST + out, best, mask=row_ok)
+        tl.store(PART_IDX + out, best_idx, mask=row_ok)
     if RETURN_ARGMAX:
         tl.store(PART_AMAX + out, amax_idx, mask=row_ok)
 
@@ -233,9 +245,10 @@ def _generator_head_combine_kernel(
     PART_M, PART_S, PART_T, PART_BEST, PART_IDX, PART_AMAX, TARGETS,  # [SPLITS, M] partials, [M] int64
     LSE, ROW_LOSS, SAMPLES, ARGMAX,  # [M] fp32, [M] fp32, [M] int64, [M] int64
     M, ignore_index,
-    SPLITS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+    SPLITS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, SAMPLE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
-    """Combine the splits' partial states per row: log-sum-exp, loss, Gumbel-max sample, argmax."""
+    """Combine the splits' partial states per row: log-sum-exp, loss, Gumbel-max sample (SAMPLE), argmax."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     sp = tl.arange(0, BLOCK_S)
@@ -249,13 +262,14 @@ def _generator_head_combine_kernel(
     tgt_logit = tl.sum(tl.load(PART_T + at, mask=ok, other=0.0), 1)
     tgt = tl.load(TARGETS + rows, mask=row_ok, other=ignore_index)
     valid = row_ok & (tgt != ignore_index)
-    pb = tl.load(PART_BEST + at, mask=ok, other=float("-inf"))
-    top = tl.max(pb, 1)
     big = 2**31 - 1
-    idx = tl.min(tl.where(pb == top[:, None], tl.load(PART_IDX + at, mask=ok, other=big), big), 1)
     tl.store(LSE + rows, lse, mask=row_ok)
     tl.store(ROW_LOSS + rows, tl.where(valid, lse - tgt_logit, 0.0), mask=row_ok)
-    tl.store(SAMPLES + rows, tl.where(valid, idx.to(tl.int64), tgt), mask=row_ok)
+    if SAMPLE:
+        pb = tl.load(PART_BEST + at, mask=ok, other=float("-inf"))
+        top = tl.max(pb, 1)
+        idx = tl.min(tl.where(pb == top[:, None], tl.load(PART_IDX + at, mask=ok, other=big), big), 1)
+        tl.store(SAMPLES + rows, tl.where(valid, idx.to(tl.int64), tgt), mask=row_ok)
     if RETURN_ARGMAX:
         amax = tl.min(tl.where(pm == m[:, None], tl.load(PART_AMAX + at, mask=ok, other=big), big), 1)
         tl.store(ARGMAX + rows, amax.to(tl.int64), mask=row_ok)
@@ -276,14 +290,14 @@ def _generator_head_rows_kernel(
     LOGITS, B, TARGETS, SEED,  # [C, V] fp32 logits of rows r0 .. r0 + C (no bias), [V], [M] int64, [1] int64
     LSE, ROW_LOSS, SAMPLES, ARGMAX, DLOG,  # [M] fp32, [M] fp32, [M] int64, [M] int64, [C, ld] (ld >= V)
     r0, C, V, ld, inv_temperature, ignore_index,
-    HAS_BIAS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RETURN_ARGMAX: tl.constexpr, SAMPLE: tl.constexpr, WRITE_GRAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     """The chunked head's pass over materialised logits (Base, Large: see ``_launch_chunked``).
 
     A persistent grid: program p takes row blocks p, p + nprog, ... of the chunk. For each row block, pass 1
     reads its logits in four-word tiles (the fused kernel's layout: the same Philox words, so the same
-    samples from equal logits) for log-sum-exp, loss, Gumbel-max sample and argmax; pass 2 (WRITE_GRAD)
+    samples from equal logits) for log-sum-exp, loss, Gumbel-max sample (SAMPLE) and argmax; pass 2 (WRITE_GRAD)
     re-reads them, while still in L2, and writes softmax - onehot (unscaled, 0 at ignored rows and in the
     padding columns V .. ld) in DLOG's dtype for the two gradient matmuls."""
     Q: tl.constexpr = BLOCK_V // 4
@@ -309,12 +323,13 @@ def _generator_head_rows_kernel(
                 _load_word(row_ptr, B, c0, row_ok, V, HAS_BIAS), _load_word(row_ptr, B, c0 + 1, row_ok, V, HAS_BIAS),
                 _load_word(row_ptr, B, c0 + 2, row_ok, V, HAS_BIAS), _load_word(row_ptr, B, c0 + 3, row_ok, V, HAS_BIAS),
                 g, V, tgt, seed, row_ctr, inv_temperature, m_i, s_i, tgt_logit, best, best_idx, amax_idx,
-                RETURN_ARGMAX)
+                RETURN_ARGMAX, SAMPLE)
         m_safe = tl.where(row_ok, m_i, 0.0)
         lse = m_safe + tl.log(tl.where(row_ok, s_i, 1.0))
         tl.store(LSE + rows, lse, mask=row_ok)
         tl.store(ROW_LOSS + rows, tl.where(valid, lse - tgt_logit, 0.0), mask=row_ok)
-        tl.store(SAMPLES + rows, tl.where(valid, best_idx.to(tl.int64), tgt), mask=row_ok)
+        if SAMPLE:
+            tl.store(SAMPLES + rows, tl.where(valid, best_idx.to(tl.int64), tgt), mask=row_ok)
         if RETURN_ARGMAX:
             tl.store(ARGMAX + rows, amax_idx.to(tl.int64), mask=row_ok)
         if WRITE_GRAD:
@@ -424,8 +439,10 @@ def _generator_head_bwd_dw_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, eps, debug) -> None:
+def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, eps, debug, sample) -> None:
     require_eps(eps)
+    if not isinstance(sample, bool):
+        raise ValueError(f"sample must be True or False; got {sample!r}")
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a 2-D tensor [M, E] (the masked positions); "
                          f"got {describe(hidden)}")
@@ -447,7 +464,11 @@ def _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index
     require_same_device("hidden", hidden.device, weight=weight, bias=bias, targets=targets)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0; got {temperature!r}")
-    if isinstance(seed, torch.Tensor):
+    if seed is None:
+        if sample:
+            raise ValueError("seed is required to draw samples (an int or a one-element integer tensor); "
+                             "for the loss alone use generator_loss or sample=False")
+    elif isinstance(seed, torch.Tensor):
         if seed.numel() != 1 or seed.dtype.is_floating_point or seed.dtype == torch.bool:
             raise ValueError(f"seed must be an int or a one-element integer tensor; got {describe(seed)}")
         require_same_device("hidden", hidden.device, seed=seed)
@@ -537,7 +558,8 @@ def _kernel_plan(op, fn, grid, args, cfg, cost=None, **constexprs) -> KernelPlan
                                                BLOCK_E=cfg["BLOCK_E"]), cfg["num_warps"], cfg["num_stages"], cost)
 
 
-def _cost(kind: str, M: int, V: int, E: int, elt: int, belt: int, cfg: dict, splits: int = 1) -> tuple[float, float]:
+def _cost(kind: str, M: int, V: int, E: int, elt: int, belt: int, cfg: dict, splits: int = 1,
+          state_words: int = 6) -> tuple[float, float]:
     """(FLOPs, HBM bytes) one launch of kernel ``kind`` implies by its grid and tiles: dot FLOPs over the
     padded tiles, and for each operand what every program loads (``hbm_bytes``: once if L2-resident)."""
     bm, bv, be = cfg["BLOCK_M"], cfg["BLOCK_V"], cfg["BLOCK_E"]
@@ -547,7 +569,7 @@ def _cost(kind: str, M: int, V: int, E: int, elt: int, belt: int, cfg: dict, spl
         flops = nm * nv * ne * 2 * bm * bv * be
         loads = (hbm_bytes(h_unique, nm * nv * bm * E * elt) + hbm_bytes(w_unique, nm * V * E * elt)
                  + hbm_bytes(b_unique, nm * V * belt))
-        return flops, loads + M * 8 + splits * M * 24  # targets; partial states (6 words per row)
+        return flops, loads + M * 8 + splits * M * 4 * state_words  # targets; partial states per row
     if kind == "bwd_dh":  # recompute + dlogits @ W per (row block, vocab tile); h loaded once per program
         flops = nm * nv * 2 * (2 * bm * bv * be)
         loads = (hbm_bytes(h_unique, splits * h_unique) + hbm_bytes(w_unique, nm * V * E * elt)
@@ -564,45 +586,50 @@ def _belt(bias, weight) -> int:
     return bias.element_size() if bias is not None else 0
 
 
-def _row_outputs(M, device, return_argmax):
-    """The per-row outputs both formulations fill: lse and row loss (fp32), samples and argmax (int64; argmax
-    None unless asked)."""
+def _row_outputs(M, device, return_argmax, sample=True):
+    """The per-row outputs both formulations fill: lse and row loss (fp32), samples and argmax (int64; samples
+    empty unless ``sample``, argmax None unless asked)."""
     lse = torch.empty(M, dtype=torch.float32, device=device)
     row_loss = torch.empty(M, dtype=torch.float32, device=device)
-    samples = torch.empty(M, dtype=torch.int64, device=device)
+    samples = torch.empty(M if sample else 0, dtype=torch.int64, device=device)
     argmax = torch.empty(M, dtype=torch.int64, device=device) if return_argmax else None
     return lse, row_loss, samples, argmax
 
 
 def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax,
-                    block_m, block_v, launch=True, splits=None, eps=0.0):
+                    block_m, block_v, launch=True, splits=None, eps=0.0, sample=True):
     """Runs the forward kernel (``launch=False``: only records it, for the fake implementation).
     Returns (loss, samples, argmax or None, lse, denominator): the loss and its denominator (non-ignored
-    rows + eps, see ``loss_mean``) from one more small launch."""
+    rows + eps, see ``loss_mean``) from one more small launch. Without ``sample`` (the MLM objective) the
+    kernels draw no noise and ``samples`` is empty."""
     M, E = hidden.shape
     V = weight.shape[0]
     device = hidden.device
-    lse, row_loss, samples, argmax = _row_outputs(M, device, return_argmax)
+    lse, row_loss, samples, argmax = _row_outputs(M, device, return_argmax, sample)
     if M > 0:
         dot_f32 = _dot_f32(hidden)
         cfg = _block_sizes(M, E, hidden.dtype == torch.float32, block_m, block_v)["fwd"]
         n_splits, cols_per_split = _vocab_splits(M, V, cfg, splits)
         parts = [torch.empty(n_splits, M, dtype=dt, device=device) for dt in (torch.float32,) * 4 + (torch.int32,) * 2]
         elt, belt = hidden.element_size(), _belt(bias, weight)
+        words = 3 + 2 * sample + return_argmax  # partial state per row and split: m, s, target (+ best, index, argmax)
         _kernel_plan(
             "generator_head.fwd", _generator_head_fwd_kernel, (triton.cdiv(M, cfg["BLOCK_M"]), n_splits),
-            (hidden, weight, bias if bias is not None else weight, targets, _seed_tensor(seed, device), *parts,
+            (hidden, weight, bias if bias is not None else weight, targets,
+             _seed_tensor(seed, device) if sample else targets, *parts,  # no seed to read without sampling
              M, V, cols_per_split, 1.0 / temperature, ignore_index),
-            cfg, _cost("fwd", M, V, E, elt, belt, cfg, n_splits),
-            E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, DOT_F32=dot_f32,
+            cfg, _cost("fwd", M, V, E, elt, belt, cfg, n_splits, words),
+            E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, SAMPLE=sample, DOT_F32=dot_f32,
         ).run(launch)
         comb = dict(BLOCK_M=64, num_warps=4, num_stages=1)
+        row_out = samples if sample else targets  # an int64 pointer the kernel never writes without sampling
         KernelPlan(
             "generator_head.fwd_combine", _generator_head_combine_kernel, (triton.cdiv(M, comb["BLOCK_M"]),),
-            (*parts, targets, lse, row_loss, samples, argmax if return_argmax else samples, M, ignore_index),
-            dict(SPLITS=n_splits, RETURN_ARGMAX=return_argmax, BLOCK_M=comb["BLOCK_M"],
+            (*parts, targets, lse, row_loss, row_out, argmax if return_argmax else row_out, M, ignore_index),
+            dict(SPLITS=n_splits, RETURN_ARGMAX=return_argmax, SAMPLE=sample, BLOCK_M=comb["BLOCK_M"],
                  BLOCK_S=max(2, triton.next_power_of_2(n_splits))),
-            comb["num_warps"], comb["num_stages"], (0.0, M * (n_splits * 24 + 8 + 24)),
+            comb["num_warps"], comb["num_stages"], (0.0, M * (n_splits * 4 * words + 8 + 8 + 8 * sample
+                                                              + 8 * return_argmax)),
         ).run(launch)
     loss, denominator, _ = loss_mean("generator_head.fwd_mean", row_loss, eps, targets, ignore_index, launch)
     return loss, samples, argmax, lse, denominator
@@ -653,14 +680,15 @@ def _mm_cost(m: int, n: int, k: int, elt: int, out_elt: int = 4, acc: bool = Fal
 
 
 def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, need_grads,
-                    chunk_rows, launch=True, eps=0.0):
+                    chunk_rows, launch=True, eps=0.0, sample=True):
     """The chunked head (see ``_use_chunked``). Returns (loss, samples, argmax or None, lse, denominator, dh, dwb):
-    dh [M, E] and dwb [V, E (+8)] the unscaled fp32 gradients (empty unless ``need_grads``)."""
+    dh [M, E] and dwb [V, E (+8)] the unscaled fp32 gradients (empty unless ``need_grads``); samples empty
+    without ``sample``."""
     M, E = hidden.shape
     V = weight.shape[0]
     device, dtype, elt = hidden.device, hidden.dtype, hidden.element_size()
     f32 = dict(dtype=torch.float32, device=device)
-    lse, row_loss, samples, argmax = _row_outputs(M, device, return_argmax)
+    lse, row_loss, samples, argmax = _row_outputs(M, device, return_argmax, sample)
     ea = _grad_columns(E, bias is not None)
     dh = torch.empty((M, E) if need_grads else (0,), **f32)
     # dL/dW is written by the first chunk's matmul; zeros only where no chunk will write it
@@ -672,7 +700,8 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
     if need_grads and bias is not None:  # [h | 1 | 0 ...]: dL/db is column E of dlogits.T @ h_aug
         h_aug = torch.zeros(min(C, M), ea, dtype=dtype, device=device)
         h_aug[:, E] = 1
-    seed_t = _seed_tensor(seed, device)
+    seed_t = _seed_tensor(seed, device) if sample else targets  # without sampling the kernel reads no seed
+    row_out = samples if sample else targets  # an int64 pointer the kernel never writes without sampling
     cfg = ROWS_KERNEL
     for r0 in range(0, M, C):
         c = min(C, M - r0)
@@ -682,13 +711,14 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
         programs = min(NUM_SMS, triton.cdiv(c, cfg["BLOCK_R"]))
         # Pass 2 re-reads a row block right after pass 1: from L2 while every program's rows fit there.
         reread = 0 if programs * cfg["BLOCK_R"] * V * 4 <= L2_RESIDENT_BYTES else c * V * 4
-        rows_bytes = c * V * 4 + reread + (c * ld * elt if need_grads else 0) + c * 28 + V * _belt(bias, weight)
+        rows_bytes = (c * V * 4 + reread + (c * ld * elt if need_grads else 0) + c * (16 + 8 * sample + 8 * return_argmax)
+                      + V * _belt(bias, weight))
         KernelPlan(
             "generator_head.rows", _generator_head_rows_kernel, (programs,),
-            (logits, bias if bias is not None else weight, targets, seed_t, lse, row_loss, samples,
-             argmax if return_argmax else samples, dlog if need_grads else logits, r0, c, V, ld,
+            (logits, bias if bias is not None else weight, targets, seed_t, lse, row_loss, row_out,
+             argmax if return_argmax else row_out, dlog if need_grads else logits, r0, c, V, ld,
              1.0 / temperature, ignore_index),
-            dict(HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, WRITE_GRAD=need_grads,
+            dict(HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, SAMPLE=sample, WRITE_GRAD=need_grads,
                  BLOCK_R=cfg["BLOCK_R"], BLOCK_V=cfg["BLOCK_V"]),
             cfg["num_warps"], cfg["num_stages"], (0.0, rows_bytes),
         ).run(launch)
@@ -761,11 +791,12 @@ def _launch_backward(grad_loss, hidden, weight, bias, targets, lse, denominator,
 
 
 def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                                     targets: torch.Tensor, *, temperature: float = 1.0, seed: int | torch.Tensor,
-                                     ignore_index: int = -100, return_argmax: bool = False,
-                                     block_m: int | None = None, block_v: int | None = None,
-                                     vocab_splits: int | None = None, chunk_rows: int | None = None,
-                                     eps: float = 0.0, debug: bool = False):
+                                     targets: torch.Tensor, *, temperature: float = 1.0,
+                                     seed: int | torch.Tensor | None = None, ignore_index: int = -100,
+                                     return_argmax: bool = False, block_m: int | None = None,
+                                     block_v: int | None = None, vocab_splits: int | None = None,
+                                     chunk_rows: int | None = None, eps: float = 0.0, debug: bool = False,
+                                     sample: bool = True):
     """Fused generator head on the Triton kernels (CUDA tensors, or CPU under TRITON_INTERPRET=1).
 
     hidden [M, E] (the masked positions), weight [V, E] (tied word embeddings), bias [V] or
@@ -780,14 +811,15 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
     vocabulary splits (tests: the samples do not depend on either); ``chunk_rows`` picks the
     formulation: 0 the fused kernels, n > 0 the chunked one (cuBLAS logits, n rows at a time), None
     (default) chunked for embeddings wider than 256 (Base, Large); ``debug`` enables the
-    target range check on CUDA tensors (it syncs).
+    target range check on CUDA tensors (it syncs). ``sample=False`` (the MLM objective: :func:`generator_loss`)
+    draws no noise, needs no ``seed`` and returns None for the samples, at the cost of loss and argmax alone.
 
     Under autocast (``torch.autocast("cuda" | "cpu", dtype=torch.bfloat16)``) hidden and weight are
     cast to the autocast dtype at this boundary, so the tensor-core variant runs with fp32
     accumulation; the loss is fp32 and the gradients come back in the inputs' own dtypes.
     """
     hidden, weight = autocast_projection(hidden, weight)
-    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, eps, debug)
+    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, eps, debug, sample)
     _check_block("block_m", block_m)
     _check_block("block_v", block_v, least=64)
     if vocab_splits is not None and (isinstance(vocab_splits, bool) or not isinstance(vocab_splits, int)
@@ -801,8 +833,10 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
                          "TRITON_INTERPRET=1 before importing triton, or use the reference backend")
     need_grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     loss, samples, argmax, *_ = _generator_head_fwd_op(
-        hidden, weight, bias, targets, _seed_tensor(seed, hidden.device), float(temperature), ignore_index,
-        bool(return_argmax), block_m, block_v, vocab_splits, chunk_rows, need_grads, float(eps))
+        hidden, weight, bias, targets, _seed_tensor(seed, hidden.device) if sample else targets, float(temperature),
+        ignore_index, bool(return_argmax), block_m, block_v, vocab_splits, chunk_rows, need_grads, float(eps),
+        bool(sample))
+    samples = samples if sample else None
     return (loss, samples, argmax) if return_argmax else (loss, samples)
 
 
@@ -813,8 +847,9 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
 
 def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                         targets: torch.Tensor, *, temperature: float = 1.0,
-                                        seed: int | torch.Tensor, ignore_index: int = -100,
-                                        return_argmax: bool = False, eps: float = 0.0, debug: bool = False):
+                                        seed: int | torch.Tensor | None = None, ignore_index: int = -100,
+                                        return_argmax: bool = False, eps: float = 0.0, debug: bool = False,
+                                        sample: bool = True):
     """Same contract as :func:`generator_loss_and_sample_triton`, materialising [M, V] fp32 logits.
 
     Differentiable by plain autograd. The Gumbel noise is the kernel's Philox noise ported to plain
@@ -824,7 +859,7 @@ def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tens
     weight to the autocast dtype like the Triton path, then computes in fp32.
     """
     hidden, weight = autocast_projection(hidden, weight)
-    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, eps, debug)
+    _check_inputs(hidden, weight, bias, targets, temperature, seed, ignore_index, eps, debug, sample)
     record_reference("generator_head", hidden=hidden, weight=weight, bias=bias, targets=targets)
     targets = targets.long()
     with torch.autocast(hidden.device.type, enabled=False):  # fp32 logits from the (rounded) operands
@@ -834,7 +869,12 @@ def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tens
     valid = targets != ignore_index
     loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     loss = loss / loss_denominator(valid.sum(dtype=torch.float32), eps)
+    samples = argmax = None
     with torch.no_grad():
+        if return_argmax:
+            argmax = torch.argmax(logits, dim=-1)
+        if not sample:
+            return (loss, None, argmax) if return_argmax else (loss, None)
         M, V = logits.shape
         seed = _seed_tensor(seed, hidden.device)
         # Row chunks bound the noise temporaries: a memory budget in eager; large when traced, where the
@@ -847,7 +887,6 @@ def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tens
                    for r0 in range(0, M, step)]
         samples = torch.cat(samples) if samples else targets.new_empty(0)
         samples = torch.where(valid, samples, targets)
-        argmax = torch.argmax(logits, dim=-1)
     return (loss, samples, argmax) if return_argmax else (loss, samples)
 
 
@@ -937,9 +976,9 @@ def _clamped_uniform_reference(words: torch.Tensor) -> torch.Tensor:
 # calls a backward op. The seed is a (1,) int64 tensor argument: a captured graph that refills it
 # draws fresh samples each replay.
 def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
-              vocab_splits=None, chunk_rows=None, need_grads=False, eps=0.0, launch=True):
-    """(loss, samples, argmax, lse, denominator, dh, dwb); argmax is empty unless asked, dh and dwb (the chunked
-    head's unscaled gradients) empty on the fused path or without ``need_grads``."""
+              vocab_splits=None, chunk_rows=None, need_grads=False, eps=0.0, sample=True, launch=True):
+    """(loss, samples, argmax, lse, denominator, dh, dwb); samples empty unless ``sample``, argmax empty unless
+    asked, dh and dwb (the chunked head's unscaled gradients) empty on the fused path or without ``need_grads``."""
     hidden = hidden.contiguous()
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
@@ -947,20 +986,20 @@ def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, re
     if _use_chunked(hidden.shape[1], chunk_rows):
         loss, samples, argmax, lse, denominator, dh, dwb = _launch_chunked(
             hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, need_grads, chunk_rows,
-            launch, eps)
+            launch, eps, sample)
     else:
         loss, samples, argmax, lse, denominator = _launch_forward(
             hidden, weight, bias, targets, temperature, seed, ignore_index, return_argmax, block_m, block_v,
-            launch, vocab_splits, eps)
+            launch, vocab_splits, eps, sample)
         dh, dwb = hidden.new_empty(0, dtype=torch.float32), hidden.new_empty(0, dtype=torch.float32)
     return loss, samples, argmax if argmax is not None else samples.new_empty(0), lse, denominator, dh, dwb
 
 
 def _fwd_fake(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
-              vocab_splits=None, chunk_rows=None, need_grads=False, eps=0.0):
+              vocab_splits=None, chunk_rows=None, need_grads=False, eps=0.0, sample=True):
     M, E = hidden.shape
     scalar = hidden.new_empty((), dtype=torch.float32)
-    samples = hidden.new_empty(M, dtype=torch.int64)
+    samples = hidden.new_empty(M if sample else 0, dtype=torch.int64)
     argmax = hidden.new_empty(M if return_argmax else 0, dtype=torch.int64)
     grads = need_grads and _use_chunked(E, chunk_rows)
     dh = hidden.new_empty((M, E) if grads else (0,), dtype=torch.float32)
@@ -992,7 +1031,7 @@ def _bwd_fake(grad_loss, hidden, weight, bias, targets, lse, denominator, ignore
 
 
 def _setup_context(ctx, inputs, output):
-    hidden, weight, bias, targets, _, _, ignore_index, _, block_m, block_v, _, chunk_rows, _, _ = inputs
+    hidden, weight, bias, targets, _, _, ignore_index, _, block_m, block_v, _, chunk_rows, _, _, _ = inputs
     _, _, _, lse, denominator, dh, dwb = output
     ctx.chunked = _use_chunked(hidden.shape[1], chunk_rows)
     ctx.save_for_backward(hidden, weight, bias, targets, lse, denominator, dh, dwb)
@@ -1010,7 +1049,7 @@ def _backward_rule(ctx, grad_loss, *unused_grads):
         dh, dw, db = _generator_head_bwd_op(grad_loss, hidden, weight, bias, targets, lse, denominator,
                                             ctx.ignore_index, ctx.block_m, ctx.block_v, need_dh, need_dw)
     return (dh if need_dh else None, dw if ctx.needs_input_grad[1] else None,
-            db if ctx.needs_input_grad[2] else None) + (None,) * 11
+            db if ctx.needs_input_grad[2] else None) + (None,) * 12
 
 
 _generator_head_bwd_op = triton_op(
@@ -1023,7 +1062,8 @@ _generator_head_fwd_op = triton_op(
     "generator_head_fwd",
     "(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor seed, float temperature, "
     "int ignore_index, bool return_argmax, int? block_m, int? block_v, int? vocab_splits=None, "
-    "int? chunk_rows=None, bool need_grads=False, float eps=0.0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "int? chunk_rows=None, bool need_grads=False, float eps=0.0, bool sample=True) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     _fwd_impl, _fwd_fake, backward=_backward_rule, setup_context=_setup_context)
 
 
@@ -1038,3 +1078,22 @@ def generator_loss_and_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: 
     """
     fn = implementation(hidden, backend, generator_loss_and_sample_triton, generator_loss_and_sample_reference)
     return fn(hidden, weight, bias, targets, **options)
+
+
+def generator_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                   *, backend: str | None = None, return_argmax: bool = False, **options):
+    """The MLM loss of a tied LM head at the masked positions, without the [M, V] logits and without
+    sampling: what the BERT-style MLM objective needs (``Electra(objective="mlm")``).
+
+    The fused head of :func:`generator_loss_and_sample` with its Gumbel noise switched off (no Philox
+    draws, no seed): the same loss, gradients and argmax, bit for bit. Returns ``loss``, or
+    ``(loss, argmax)`` with ``return_argmax=True``. ``options``: ``ignore_index``, ``eps``, ``debug`` and
+    the Triton path's tuning keywords (``block_m``, ``block_v``, ``vocab_splits``, ``chunk_rows``).
+    """
+    for name in ("seed", "temperature", "sample"):
+        if name in options:
+            raise TypeError(f"generator_loss draws no samples and takes no {name!r}; "
+                            "use generator_loss_and_sample to sample")
+    out = generator_loss_and_sample(hidden, weight, bias, targets, backend=backend, return_argmax=return_argmax,
+                                    sample=False, **options)
+    return (out[0], out[2]) if return_argmax else out[0]

@@ -482,3 +482,57 @@ def test_input_checks_name_the_argument(backend):
     if backend == "triton":
         with pytest.raises(ValueError, match="block_v"):
             run(backend, hidden, weight, bias, targets, seed=1, block_v=32)
+
+
+# ---------------------------------------------------------------------------- the loss alone (MLM objective)
+@pytest.mark.parametrize("M, V, chunk_rows", [(37, 1000, 0), (37, 1000, 16), (1, 333, 0), (61, 129, 7)],
+                         ids=["fused", "chunked", "one_row", "chunked_odd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generator_loss_is_the_sampling_heads_loss_without_noise(backend, dtype, M, V, chunk_rows):
+    """``generator_loss`` (sample=False: no Philox draws) gives the sampling head's loss, gradients and argmax
+    bit for bit, on the fused kernels and across chunk boundaries; both against the fp64 oracle."""
+    from electra_fast import ops
+
+    hidden, weight, bias, targets = make_inputs(M, 48, V, dtype)
+    kw = dict(chunk_rows=chunk_rows) if backend == "triton" else {}
+    loss, argmax = ops.generator_loss(hidden, weight, bias, targets, return_argmax=True, backend=backend, **kw)
+    grads = torch.autograd.grad(loss, (hidden, weight, bias))
+    want = gh.generator_loss_and_sample(hidden, weight, bias, targets, seed=fresh_seed(), return_argmax=True,
+                                        backend=backend, **kw)
+    want_grads = torch.autograd.grad(want[0], (hidden, weight, bias))
+    assert torch.equal(loss, want[0]) and torch.equal(argmax, want[2])
+    for name, got, ref in zip(("dL/dh", "dL/dW", "dL/db"), grads, want_grads):
+        assert torch.equal(got, ref), name
+    oracle_loss, oracle_dh, oracle_dw, oracle_db, logits = fp64_oracle(hidden, weight, bias, targets)
+    torch.testing.assert_close(loss.double(), oracle_loss, rtol=LOSS_RTOL[dtype], atol=1e-6)
+    for name, got, ref in zip(("dL/dh", "dL/dW", "dL/db"), grads, (oracle_dh, oracle_dw, oracle_db)):
+        assert_close_rel(got, ref, GRAD_TOL[dtype], name)
+    if dtype == torch.float32:  # bf16 operands round the logits: near-ties may pick another index
+        assert torch.equal(argmax, logits.argmax(-1))
+    assert ops.generator_loss(hidden, weight, bias, targets, backend=backend, **kw).dim() == 0  # loss alone
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generator_loss_edge_cases_and_errors(backend):
+    """Every row ignored: zero loss and gradients. No seed to give, and nothing that only sampling reads;
+    the sampling head still needs its seed, and sample= must be a bool."""
+    from electra_fast import ops
+
+    hidden, weight, bias, targets = make_inputs(21, 48, 333)
+    targets.fill_(IGNORE)
+    for chunk in ((0, 8) if backend == "triton" else (None,)):
+        kw = dict(chunk_rows=chunk) if chunk is not None else {}
+        loss = ops.generator_loss(hidden, weight, bias, targets, backend=backend, **kw)
+        assert loss.item() == 0.0
+        grads = torch.autograd.grad(loss, (hidden, weight, bias))
+        assert all(torch.count_nonzero(g) == 0 for g in grads)
+    for name in ("seed", "temperature", "sample"):
+        with pytest.raises(TypeError, match=name):
+            ops.generator_loss(hidden, weight, bias, targets, backend=backend, **{name: 1})
+    with pytest.raises(ValueError, match="seed is required"):
+        run(backend, hidden, weight, bias, targets)
+    with pytest.raises(ValueError, match="sample must be"):
+        run(backend, hidden, weight, bias, targets, seed=1, sample="no")
+    loss, samples = run(backend, hidden, weight, bias, targets, sample=False)
+    assert samples is None and loss.item() == 0.0

@@ -76,6 +76,14 @@ def test_variants_cover_every_preset_and_precision(compile_report):
             for dtype in ("bf16", "fp32"):
                 presets = {p for r in records if r["kernel"] == kernel and dtype in r["dtypes"] for p in r["presets"]}
                 assert presets == want, f"{kernel} {dtype}: presets {presets}"
+    # the MLM objective (`--objective mlm`) runs the head without sampling: its own variants, compiled too
+    for kernel, want in (("generator_head_fwd", HEAD_PRESETS), ("generator_head_combine", HEAD_PRESETS),
+                         ("generator_head_rows", PRESETS - HEAD_PRESETS)):
+        for dtype in ("bf16", "fp32"):
+            for objective, sample in (("electra", True), ("mlm", False)):
+                presets = {u["preset"] for r in records if r["kernel"] == kernel and r["constexprs"]["SAMPLE"] is sample
+                           for u in r["uses"] if u["dtype"] == dtype and u["objective"] == objective}
+                assert presets == want, f"{kernel} {dtype} {objective}: presets {presets}"
     presets = {p for r in records if r["kernel"] == "replace_tokens" for p in r["presets"]}
     assert presets == PRESETS
     # deduplicated: no two records of one architecture describe the same compilation

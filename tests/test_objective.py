@@ -116,6 +116,46 @@ def test_loss_matches_independent_computation_and_50x_weighting(backend, eps, mo
     torch.testing.assert_close(out.disc_logits[real.bool()].double(), d_logits[real.bool()], rtol=1e-5, atol=1e-5)
 
 
+def test_mlm_objective_is_the_cross_entropy_and_draws_no_samples(backend, monkeypatch):
+    """The MLM baseline (``objective="mlm"``): its loss is the fp64 cross-entropy of the full-sequence
+    generator logits at the masked positions, its accuracy counts the argmax, and it draws no Gumbel noise:
+    no Philox uniforms on the reference path, only SAMPLE=False kernel variants on the Triton path."""
+    from electra_fast.kernels import generator_head as gh
+    from electra_fast.kernels.launches import record_launches
+
+    def no_noise(*args, **kwargs):
+        raise AssertionError("the MLM objective drew Gumbel noise")
+
+    monkeypatch.setattr(gh, "_reference_uniform", no_noise)
+    cfg = _cfg()
+    model = Electra(cfg, objective="mlm").eval()
+    _perturb(model)
+    batch, _ = _batch(cfg)
+    with record_launches() as launches:
+        out = model(**batch, return_logits=True)
+    assert out.samples is None and out.disc_logits is None
+    B, P = batch["masked_positions"].shape
+    w = batch["masked_weights"].double()
+    logits = model.generator_logits(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).double()
+    at = torch.gather(logits, 1, batch["masked_positions"][..., None].expand(B, P, cfg.vocab_size))
+    ce = -torch.log_softmax(at, -1).gather(-1, batch["masked_ids"][..., None]).squeeze(-1)
+    want = (ce * w).sum() / (w.sum() + 1e-6)
+    assert math.isclose(out.mlm_loss.item(), want.item(), rel_tol=1e-5)
+    assert torch.equal(out.loss, out.mlm_loss)
+    real = w > 0
+    assert torch.equal(out.mlm_predictions[real], at.argmax(-1)[real])
+    heads = [launch for launch in launches if launch.op.startswith("generator_head")]
+    assert heads, [launch.op for launch in launches]
+    if backend == "triton":
+        assert all(launch.constexprs.get("SAMPLE", False) is False for launch in heads), heads
+        assert any("SAMPLE" in launch.constexprs for launch in heads)
+    # the same model asked for ELECTRA's head draws noise (the patch above is live)
+    with pytest.raises(AssertionError, match="Gumbel noise") if backend == "reference" else record_launches() as rec:
+        Electra(cfg, objective="electra")(**batch, seed=5)
+    if backend == "triton":
+        assert any(launch.constexprs.get("SAMPLE") is True for launch in rec)
+
+
 @pytest.mark.parametrize("padded", [True, False], ids=["padding", "no_padding"])
 def test_step_metrics_are_ratios_of_independently_counted_tokens(backend, padded):
     """out.metrics (ratios of the counts in out.values) against counts made here from the

@@ -125,6 +125,36 @@ def test_compiled_step_is_one_graph_and_matches_eager_for_5_steps(seed):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=2e-5, msg=name)
 
 
+@pytest.mark.slow
+def test_the_mlm_objectives_compiled_step_is_one_graph_and_matches_eager(seed):
+    """The MLM baseline's step (a head that draws no samples) traces with fullgraph=True into one graph
+    and gives eager's losses and parameters over 3 steps."""
+    import torch._dynamo
+
+    cfg = _cfg()
+    batches = _batches(cfg, 3, seed % 1000)
+    results = {}
+    for mode in ("eager", "compiled"):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        torch.manual_seed(seed)
+        model = Electra(cfg, objective="mlm").train()
+        opt = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                    betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        step = make_train_step(model, opt, cfg, objective="mlm", compile=mode == "compiled")
+        losses = []
+        for k, b in enumerate(batches):
+            opt.set_lr(cfg.learning_rate * (k + 1) / 3)
+            step([b], torch.tensor([seed + k]))
+            losses.append(step.stats.read()["means"]["mlm_loss"])
+        if mode == "compiled":
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+        results[mode] = (losses, model)
+    assert results["compiled"][0] == pytest.approx(results["eager"][0], rel=2e-4)
+    for (name, p), q in zip(results["eager"][1].named_parameters(), results["compiled"][1].parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=2e-5, msg=name)
+
+
 def test_a_step_that_fails_to_compile_falls_back_to_eager_with_one_warning(monkeypatch, capsys):
     """A torch that cannot compile the step (an error at the first call) must not end the run: one
     warning line, then the eager step, whose result equals a plain eager step's."""

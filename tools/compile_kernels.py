@@ -14,7 +14,8 @@ masked rows = batch x max_predictions) it runs one forward and backward of ``Ele
 backend under ``FakeTensorMode`` (shapes only: no memory, no compute) and records every launch the
 ops plan (``electra_fast.kernels.launches``): kernel, argument dtypes, constexprs (block sizes),
 warps and stages. It does so twice: under bf16 autocast (the default CUDA configuration) and in
-fp32. The fake tensors live on the CPU, recorded under ``torch.autocast("cpu", torch.bfloat16)``:
+fp32; and for both objectives, ELECTRA (the default) and the MLM baseline (``--objective mlm``, whose
+generator head draws no samples: its own kernel variants). The fake tensors live on the CPU, recorded under ``torch.autocast("cpu", torch.bfloat16)``:
 CUDA autocast is off on a machine without CUDA, and the ops apply one autocast rule at their
 boundary for both device types, so the same dtypes reach the kernels. No interpreter runs, so each
 launch records the GPU's own choices (tensor cores for bf16, exact fp32 dots for fp32). The
@@ -45,16 +46,18 @@ from concurrent.futures import ProcessPoolExecutor
 
 PRESETS = ("tiny", "small", "base", "large")
 MODES = ("bf16", "fp32")  # bf16: the default CUDA step (bf16 autocast); fp32: no autocast
+OBJECTIVES = ("electra", "mlm")  # what `python -m electra_fast.train --objective` trains
 ARCHS = (80, 90)  # A100 (sm_80), H100 (sm_90a: triton adds the "a" from capability 90 on)
 # most dynamic shared memory one block may use (CUDA programming guide, compute capabilities)
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 
 # ----------------------------------------------------------------------------- what a step launches
-def record_step(preset: str, mode: str) -> list:
+def record_step(preset: str, mode: str, objective: str = "electra") -> list:
     """The launches of one training step (forward + backward) of ``Electra`` at ``preset`` in ``mode``
-    (``electra_fast.proxies.step_launches``), plus ``rtd_loss_from_logits`` at the preset's (batch,
-    sequence) logits, which the library exports but the model does not call; shapes only."""
+    for ``objective`` (``electra_fast.proxies.step_launches``), plus, for ELECTRA, ``rtd_loss_from_logits``
+    at the preset's (batch, sequence) logits, which the library exports but the model does not call;
+    shapes only."""
     import torch
     from electra_fast.kernels.launches import record_launches
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -63,7 +66,9 @@ def record_step(preset: str, mode: str) -> list:
     from electra_fast.config import ElectraConfig
     from electra_fast.proxies import step_launches
 
-    launches = step_launches(preset, mode)
+    launches = step_launches(preset, mode, objective)
+    if objective != "electra":
+        return launches
     cfg = ElectraConfig.preset(preset)
     with FakeTensorMode(), record_launches() as extra:
         logits = torch.zeros(cfg.batch_size, cfg.max_seq_length, requires_grad=True,
@@ -73,31 +78,31 @@ def record_step(preset: str, mode: str) -> list:
     return [*launches, *extra]
 
 
-def collect_variants(presets=PRESETS, modes=MODES) -> list[dict]:
-    """Distinct kernel variants over the presets and modes, in order of first launch. Each: name,
-    module and fn_name (to re-import the kernel in a worker), signature, constexprs, num_warps,
-    num_stages, and uses: [{preset, dtype, op, grid}]."""
+def collect_variants(presets=PRESETS, modes=MODES, objectives=OBJECTIVES) -> list[dict]:
+    """Distinct kernel variants over the presets, modes and objectives, in order of first launch. Each:
+    name, module and fn_name (to re-import the kernel in a worker), signature, constexprs, num_warps,
+    num_stages, and uses: [{preset, dtype, objective, op, grid}]."""
     variants: dict[tuple, dict] = {}
-    for preset in presets:
-        for mode in modes:
-            for launch in record_step(preset, mode):
-                if launch.kernel == "reference":
-                    raise RuntimeError(f"{launch.op} ran its reference, not a Triton kernel, at {preset}/{mode}")
-                if launch.fn is None:  # library work (record_extern: a cuBLAS matmul): nothing to compile
-                    continue
-                fn = launch.fn.fn
-                key = (fn.__module__, fn.__name__, tuple(launch.signature.items()),
-                       tuple(launch.constexprs.items()), launch.num_warps, launch.num_stages)
-                v = variants.setdefault(key, dict(
-                    name=fn.__name__.strip("_").removesuffix("_kernel"), module=fn.__module__,
-                    fn_name=fn.__name__, signature=dict(launch.signature), constexprs=dict(launch.constexprs),
-                    num_warps=launch.num_warps, num_stages=launch.num_stages, uses=[]))
-                use = dict(preset=preset, dtype=mode, op=launch.op, grid=list(launch.grid))
-                if use not in v["uses"]:
-                    v["uses"].append(use)
+    for preset, mode, objective in ((p, m, o) for p in presets for o in objectives for m in modes):
+        for launch in record_step(preset, mode, objective):
+            if launch.kernel == "reference":
+                raise RuntimeError(f"{launch.op} ran its reference, not a Triton kernel, at {preset}/{mode}/{objective}")
+            if launch.fn is None:  # library work (record_extern: a cuBLAS matmul): nothing to compile
+                continue
+            fn = launch.fn.fn
+            key = (fn.__module__, fn.__name__, tuple(launch.signature.items()),
+                   tuple(launch.constexprs.items()), launch.num_warps, launch.num_stages)
+            v = variants.setdefault(key, dict(
+                name=fn.__name__.strip("_").removesuffix("_kernel"), module=fn.__module__,
+                fn_name=fn.__name__, signature=dict(launch.signature), constexprs=dict(launch.constexprs),
+                num_warps=launch.num_warps, num_stages=launch.num_stages, uses=[]))
+            use = dict(preset=preset, dtype=mode, objective=objective, op=launch.op, grid=list(launch.grid))
+            if use not in v["uses"]:
+                v["uses"].append(use)
     for v in variants.values():
         v["presets"] = list(dict.fromkeys(u["preset"] for u in v["uses"]))
         v["dtypes"] = [m for m in modes if any(u["dtype"] == m for u in v["uses"])]  # bf16 before fp32
+        v["objectives"] = [o for o in objectives if any(u["objective"] == o for u in v["uses"])]
     return list(variants.values())
 
 
@@ -222,7 +227,7 @@ def main(argv=None) -> int:
               f"{row['spills']:>10} {row['seconds']:>7.1f}s  {_config(v['constexprs'])}"
               + ("  <-- FAIL" if problems else ""))
         records.append(dict(kernel=v["name"], preset=presets, presets=v["presets"], dtype=dtype, dtypes=v["dtypes"],
-                            arch=arch_name, registers=row["registers"], shared_bytes=row["shared"],
+                            objectives=v["objectives"], arch=arch_name, registers=row["registers"], shared_bytes=row["shared"],
                             spills=row["spills"], shared_limit=SHARED_LIMIT[arch], num_warps=v["num_warps"],
                             num_stages=v["num_stages"], constexprs=v["constexprs"], signature=v["signature"],
                             uses=v["uses"], compile_seconds=round(row["seconds"], 2)))
