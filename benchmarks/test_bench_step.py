@@ -13,7 +13,9 @@ Implementations (``electra_fast.harness.IMPLS``), same synthetic masked batch an
 - hf-eager: ``electra_fast.baselines.HFElectra`` (HF ElectraForMaskedLM with full-sequence logits +
   ElectraForPreTraining, sampling in torch) with fused torch.optim.AdamW;
 - hf-compiled: torch.compile of the HF pair.
-GPU suites: bf16 autocast, fused AdamW, tiny 32x128, small 128x128 and base 32x512 (the official
+``test_objective_step_cpu``: ours-eager for both objectives at the default run's shape (tiny, 128 x 32,
+one thread): what a step of ``bench --transfer``'s two pre-trainings costs (the MLM baseline draws no
+samples). GPU suites: bf16 autocast, fused AdamW, tiny 32x128, small 128x128 and base 32x512 (the official
 base batch of 256 does not fit an 80 GB card with HF's full-sequence logits). CPU variant: tiny 8x128,
 fp32, one torch thread; torch.compile skips there unless ELECTRA_FAST_BENCH_CPU_COMPILE=1 (it
 compiles for 45-120 s on a 2-core machine, longer than the rest of this folder together).
@@ -34,9 +36,9 @@ pytest.importorskip("transformers")
 
 
 def run_step_benchmark(benchmark, impl: str, preset: str, B: int, T: int, device: str, *, rounds: int,
-                       warmup: int) -> None:
+                       warmup: int, objective: str | None = None) -> None:
     cfg = ElectraConfig.preset(preset)
-    step = harness.build_step(impl, cfg, B, T, device)
+    step = harness.build_step(impl, cfg, B, T, device, objective=objective or "electra")
     cuda = device == "cuda"
 
     def one_step():
@@ -49,8 +51,8 @@ def run_step_benchmark(benchmark, impl: str, preset: str, B: int, T: int, device
             one_step()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        benchmark.group = f"step-{preset}-{B}x{T}-{device}"
-        benchmark.extra_info.update(impl=harness.IMPL_LABELS[impl], tokens=step.tokens, device=torch.cuda.get_device_name()
+        benchmark.group = f"step-{preset}-{B}x{T}-{device}" + ("-objectives" if objective else "")
+        benchmark.extra_info.update(impl=harness.IMPL_LABELS[impl], objective=objective or "electra", tokens=step.tokens, device=torch.cuda.get_device_name()
                                     if cuda else "cpu", precision="bf16 autocast" if cuda else "fp32",
                                     torch_threads=torch.get_num_threads())
         benchmark.pedantic(one_step, rounds=rounds, iterations=1)
@@ -72,6 +74,14 @@ def test_step_cpu(benchmark, impl):
         pytest.skip(harness.CPU_COMPILE_SKIP)
     with harness.torch_threads(1):  # one thread: comparable across machines, and faster on a loaded 2-core VM
         run_step_benchmark(benchmark, impl, preset, B, T, "cpu", rounds=4, warmup=1)
+
+
+@pytest.mark.parametrize("objective", ["electra", "mlm"])
+def test_objective_step_cpu(benchmark, objective):
+    cfg = ElectraConfig.preset("tiny")
+    with harness.torch_threads(1):
+        run_step_benchmark(benchmark, "ours-eager", "tiny", cfg.batch_size, cfg.max_seq_length, "cpu", rounds=6,
+                           warmup=1, objective=objective)
 
 
 @pytest.mark.parametrize("impl", harness.IMPLS)

@@ -101,7 +101,7 @@ class Step:
 
 def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | None = None,
                device: str | torch.device = "cpu", *, compile_model: bool = False, seed: int = 0,
-               backend: str = "auto") -> Step:
+               backend: str = "auto", objective: str = "electra") -> Step:
     """Model, synthetic masked batch and optimizer for ``impl`` (one of IMPLS), ready to step.
 
     ``ours`` / ``ours-eager`` are the training step exactly as ``electra_fast.train`` builds it
@@ -113,6 +113,7 @@ def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | No
     ``compile_model`` (``ours-eager`` only) compiles the model alone (forward + backward graphs;
     the kernel proxies count those). ``backend`` is the ``ours`` model's (``Electra(backend=...)``:
     "auto" runs Triton on CUDA and the reference on the CPU); the environment plays no part.
+    ``objective``: "electra", or "mlm" for the BERT-style baseline (``ours`` rows only).
     """
     from .baselines import HFElectra, random_masked_batch
     from .model import Electra
@@ -121,6 +122,8 @@ def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | No
 
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
+    if objective != "electra" and not impl.startswith("ours"):
+        raise ValueError(f"the {impl} rows train ELECTRA only; objective={objective!r} needs an 'ours' row")
     device = torch.device(device)
     T = seq_len or cfg.max_seq_length
     torch.manual_seed(seed)
@@ -129,10 +132,10 @@ def build_step(impl: str, cfg: ElectraConfig, batch_size: int, seq_len: int | No
     cpu_batch["attention_mask"] = cpu_batch["attention_mask"].bool()
     tokens = int(cpu_batch["attention_mask"].sum())
     if impl.startswith("ours"):
-        model = Electra(cfg, backend=backend).to(device).train()
+        model = Electra(cfg, objective=objective, backend=backend).to(device).train()
         optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                           betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-        step = make_train_step(model, optimizer, cfg, amp_dtype=amp, compile=impl == "ours",
+        step = make_train_step(model, optimizer, cfg, objective=objective, amp_dtype=amp, compile=impl == "ours",
                                forward=torch.compile(model) if compile_model else None)
         batch = device_batch(cpu_batch, tokens != cpu_batch["attention_mask"].numel(), device)
         seeds = torch.full((1,), GUMBEL_SEED, dtype=torch.int64, device=device)

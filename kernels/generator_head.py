@@ -882,9 +882,16 @@ def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tens
         budget = 1 << 24 if torch.compiler.is_compiling() else _EAGER_CHUNK_BYTES // _NOISE_BYTES_PER_LOGIT
         step = max(1, budget // V)
         inv_temperature = 1.0 / temperature  # the kernel's multiplier: same fp32 scores
-        samples = [torch.argmax(logits[r0:r0 + step] * inv_temperature
-                                - torch.log(-torch.log(_reference_uniform(seed, r0, min(M, r0 + step), V))), dim=-1)
-                   for r0 in range(0, M, step)]
+
+        def chunk_samples(r0: int) -> torch.Tensor:  # argmax(logits / T - log(-log(u))), in place on u
+            u = _reference_uniform(seed, r0, min(M, r0 + step), V)
+            minus_g = u.log_().neg_().log_()
+            scores = logits[r0:r0 + step]
+            if inv_temperature != 1.0:  # x * 1.0 is x: skip a pass at the default temperature
+                scores = scores * inv_temperature
+            return torch.argmax(torch.sub(scores, minus_g, out=minus_g), dim=-1)
+
+        samples = [chunk_samples(r0) for r0 in range(0, M, step)]
         samples = torch.cat(samples) if samples else targets.new_empty(0)
         samples = torch.where(valid, samples, targets)
     return (loss, samples, argmax) if return_argmax else (loss, samples)
@@ -932,7 +939,8 @@ def _reference_uniform(seed: torch.Tensor, r0: int, r1: int, V: int) -> torch.Te
     the (1,) int64 seed, so the draws do not depend on the chunking and need no host read of the seed.
     Eager on the CPU (where reading the seed costs nothing) the C++ extension draws the same bits."""
     if seed.device.type == "cpu" and not torch.compiler.is_compiling() and _cpu_philox() is not None:
-        u = _cpu_philox()(_cpu_seed(seed), r0, r1, V, _PHILOX_CONSTANTS, _UNIFORM_SCALE, U_EPS, 1.0 - U_EPS)
+        u = _cpu_philox()(_cpu_seed(seed), r0, r1, V, _PHILOX_CONSTANTS, _UNIFORM_SCALE, U_EPS, 1.0 - U_EPS,
+                          torch.get_num_threads())
         return torch.from_numpy(u)
     return _reference_uniform_torch(seed, r0, r1, V)
 

@@ -334,6 +334,21 @@ def test_cpu_philox_equals_the_torch_port(row0, rows, V):
         assert torch.equal(got.view(torch.int32), want.view(torch.int32)), f"seed {seed}"
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_philox_threads_and_lanes_change_nothing(threads):
+    """The C++ uniforms split rows across threads and draw 16 Philox counters at a time: at a size that
+    takes three threads (200 rows x 4,099 indices: over 2**18 uniforms a thread; 1,025 counters a row, so
+    the last block of 16 is partial; V not a multiple of 4), any thread count gives the torch port's bits."""
+    philox = gh._cpu_philox()
+    assert philox is not None, "electra_fast._C lacks philox_uniforms: rebuild (pip install -e .)"
+    seed = fresh_seed()
+    row0, rows, V = 2**32 - 90, 200, 4099  # rows wrap the kernel's uint32 row counter
+    got = philox(seed, row0, row0 + rows, V, gh._PHILOX_CONSTANTS, gh._UNIFORM_SCALE, gh.U_EPS, 1.0 - gh.U_EPS,
+                 threads)
+    want = gh._reference_uniform_torch(torch.tensor([seed]), row0, row0 + rows, V)
+    assert torch.equal(torch.from_numpy(got).view(torch.int32), want.view(torch.int32)), f"seed {seed}"
+
+
 @pytest.mark.skipif(DEVICE == "cpu" and not interpreting(), reason="triton on the CPU needs TRITON_INTERPRET=1")
 def test_uniform_conversion_matches_triton_at_the_edges():
     """tl.uint_to_uniform_float and the clamp, bit for bit, on the extreme words and on random ones."""
