@@ -606,6 +606,14 @@ def setup(args) -> Run:
     if args.resume:
         if not Path(args.resume).is_dir():
             raise TrainError(f"--resume {args.resume}: no such run folder")
+        from .runfolder import read_marker
+
+        if not list_checkpoints(args.resume) and (read_marker(args.resume) or {}).get("kind") == "training":
+            # checkpoints are written in the background: a run killed within a step or two of its first
+            # --save-every may have none yet, and then nothing was lost but those first steps
+            raise TrainError(f"--resume {args.resume}: the run stopped before its first checkpoint was complete, "
+                             f"so there is nothing to resume; start it again with its original command (its "
+                             f"--out {args.resume} takes the folder over)")
         resume_state, ck_path = load_latest(args.resume, log=lambda m: say(m, rank=rank))
         if "exp_avg" not in resume_state.get("optimizer", {}):
             raise TrainError(f"{ck_path} was written by an older electra_fast (torch.optim state) and cannot be "

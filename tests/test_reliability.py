@@ -206,6 +206,21 @@ def test_overwrite_starts_over_deleting_only_the_old_runs_files(tmp_path, capsys
     assert (run / "notes.txt").read_text() == "mine\n"
 
 
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_start_again(tmp_path, capsys):
+    """A run killed before its first checkpoint was complete (checkpoints are written in the background)
+    has nothing to resume: --resume says so in one line, and the original command takes the folder over."""
+    data = _corpus(tmp_path / "corpus", seed=11)
+    run = tmp_path / "run"
+    command = ["--data", str(data), "--out", str(run), *SMALL, "--steps", "2"]
+    assert _run(capsys, command)[0] == 0
+    for p in list_checkpoints(run):  # what a SIGKILL during the first background write leaves
+        p.unlink()
+    code, err = _run(capsys, ["--resume", str(run), *RESUME])
+    assert code == 2 and "before its first checkpoint was complete" in err.strip().splitlines()[-1], err
+    assert _run(capsys, command)[0] == 0
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt-00000002.pt"]
+
+
 def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
     data = _corpus(tmp_path / "corpus", seed=9)
     run = tmp_path / "run"
