@@ -331,7 +331,7 @@ class Electra(nn.Module):
             mlm_loss, samples, argmax = ops.generator_loss_and_sample(
                 *head, temperature=cfg.temperature, seed=seed, ignore_index=IGNORE_INDEX, return_argmax=True,
                 eps=LOSS_EPS, backend=self.backend)
-        else:  # no Gumbel noise: a fifth of a CPU step at the tiny preset (benchmarks/RESULTS.md)
+        else:  # no Gumbel noise: bench --transfer's MLM pre-training took 614 s instead of 808 (RESULTS.md)
             mlm_loss, argmax = ops.generator_loss(*head, ignore_index=IGNORE_INDEX, return_argmax=True, eps=LOSS_EPS,
                                                   backend=self.backend)
         with torch.no_grad():  # an ignored slot's target is -100, never an argmax

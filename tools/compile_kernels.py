@@ -15,9 +15,10 @@ backend under ``FakeTensorMode`` (shapes only: no memory, no compute) and record
 ops plan (``electra_fast.kernels.launches``): kernel, argument dtypes, constexprs (block sizes),
 warps and stages. It does so twice: under bf16 autocast (the default CUDA configuration) and in
 fp32; and for both objectives, ELECTRA (the default) and the MLM baseline (``--objective mlm``, whose
-generator head draws no samples: its own kernel variants). The fake tensors live on the CPU, recorded under ``torch.autocast("cpu", torch.bfloat16)``:
-CUDA autocast is off on a machine without CUDA, and the ops apply one autocast rule at their
-boundary for both device types, so the same dtypes reach the kernels. No interpreter runs, so each
+generator head draws no samples: its own kernel variants). The fake tensors live on the CPU, recorded
+under ``torch.autocast("cpu", torch.bfloat16)``: CUDA autocast is off on a machine without CUDA, and
+the ops apply one autocast rule at their boundary for both device types, so the same dtypes reach the
+kernels. No interpreter runs, so each
 launch records the GPU's own choices (tensor cores for bf16, exact fp32 dots for fp32). The
 library op the model does not call, ``rtd_loss_from_logits``, is recorded at each preset's
 (batch, sequence) logits. Identical variants compile once, listing every preset that uses them.
