@@ -615,8 +615,7 @@ def _launch_forward(hidden, weight, bias, targets, temperature, seed, ignore_ind
         words = 3 + 2 * sample + return_argmax  # partial state per row and split: m, s, target (+ best, index, argmax)
         _kernel_plan(
             "generator_head.fwd", _generator_head_fwd_kernel, (triton.cdiv(M, cfg["BLOCK_M"]), n_splits),
-            (hidden, weight, bias if bias is not None else weight, targets,
-             _seed_tensor(seed, device) if sample else targets, *parts,  # no seed to read without sampling
+            (hidden, weight, bias if bias is not None else weight, targets, seed, *parts,
              M, V, cols_per_split, 1.0 / temperature, ignore_index),
             cfg, _cost("fwd", M, V, E, elt, belt, cfg, n_splits, words),
             E=E, HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, SAMPLE=sample, DOT_F32=dot_f32,
@@ -700,7 +699,6 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
     if need_grads and bias is not None:  # [h | 1 | 0 ...]: dL/db is column E of dlogits.T @ h_aug
         h_aug = torch.zeros(min(C, M), ea, dtype=dtype, device=device)
         h_aug[:, E] = 1
-    seed_t = _seed_tensor(seed, device) if sample else targets  # without sampling the kernel reads no seed
     row_out = samples if sample else targets  # an int64 pointer the kernel never writes without sampling
     cfg = ROWS_KERNEL
     for r0 in range(0, M, C):
@@ -715,7 +713,7 @@ def _launch_chunked(hidden, weight, bias, targets, temperature, seed, ignore_ind
                       + V * _belt(bias, weight))
         KernelPlan(
             "generator_head.rows", _generator_head_rows_kernel, (programs,),
-            (logits, bias if bias is not None else weight, targets, seed_t, lse, row_loss, row_out,
+            (logits, bias if bias is not None else weight, targets, seed, lse, row_loss, row_out,
              argmax if return_argmax else row_out, dlog if need_grads else logits, r0, c, V, ld,
              1.0 / temperature, ignore_index),
             dict(HAS_BIAS=bias is not None, RETURN_ARGMAX=return_argmax, SAMPLE=sample, WRITE_GRAD=need_grads,
@@ -832,10 +830,10 @@ def generator_loss_and_sample_triton(hidden: torch.Tensor, weight: torch.Tensor,
         raise ValueError(f"the triton backend needs CUDA tensors (got {hidden.device}); on the CPU set "
                          "TRITON_INTERPRET=1 before importing triton, or use the reference backend")
     need_grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    seed_t = _seed_tensor(seed, hidden.device) if sample else targets.long()  # see the custom ops below
     loss, samples, argmax, *_ = _generator_head_fwd_op(
-        hidden, weight, bias, targets, _seed_tensor(seed, hidden.device) if sample else targets, float(temperature),
-        ignore_index, bool(return_argmax), block_m, block_v, vocab_splits, chunk_rows, need_grads, float(eps),
-        bool(sample))
+        hidden, weight, bias, targets, seed_t, float(temperature), ignore_index, bool(return_argmax), block_m, block_v,
+        vocab_splits, chunk_rows, need_grads, float(eps), bool(sample))
     samples = samples if sample else None
     return (loss, samples, argmax) if return_argmax else (loss, samples)
 
@@ -869,7 +867,7 @@ def generator_loss_and_sample_reference(hidden: torch.Tensor, weight: torch.Tens
     valid = targets != ignore_index
     loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     loss = loss / loss_denominator(valid.sum(dtype=torch.float32), eps)
-    samples = argmax = None
+    argmax = None
     with torch.no_grad():
         if return_argmax:
             argmax = torch.argmax(logits, dim=-1)
@@ -982,7 +980,8 @@ def _clamped_uniform_reference(words: torch.Tensor) -> torch.Tensor:
 
 # The Triton path as torch custom ops (kernels/custom_ops.py): a forward op whose registered gradient
 # calls a backward op. The seed is a (1,) int64 tensor argument: a captured graph that refills it
-# draws fresh samples each replay.
+# draws fresh samples each replay. Without sampling the kernels never use it, and the caller passes the
+# (int64) targets in its place: no seed tensor to make, and the kernels' argument types stay the same.
 def _fwd_impl(hidden, weight, bias, targets, seed, temperature, ignore_index, return_argmax, block_m, block_v,
               vocab_splits=None, chunk_rows=None, need_grads=False, eps=0.0, sample=True, launch=True):
     """(loss, samples, argmax, lse, denominator, dh, dwb); samples empty unless ``sample``, argmax empty unless

@@ -136,6 +136,10 @@ def test_generator_head_ops_pass_opcheck(with_bias):
             torch.library.opcheck(gh._generator_head_fwd_op,
                                   (hidden, weight, bias, targets, seed, 0.7, -100, return_argmax, None, None, None,
                                    chunk_rows, need_grads))
+            # without sampling (the MLM objective), the targets in the seed's place, as generator_loss passes them
+            torch.library.opcheck(gh._generator_head_fwd_op,
+                                  (hidden, weight, bias, targets, targets, 0.7, -100, return_argmax, None, None, None,
+                                   chunk_rows, need_grads, 0.0, False))
     loss, _, _, lse, denominator, _, _ = gh._generator_head_fwd_op(hidden, weight, bias, targets, seed, 1.0, -100,
                                                                False, None, None)
     grad = torch.rand((), device=DEVICE)
