@@ -14,8 +14,9 @@ Two sources:
   ``MAX_DOCUMENT_CHARS`` is closed there and continued as the next one, so memory stays bounded
   whatever the file looks like.
 - ``default_corpus()``: English prose that ships with every CPython installation (the
-  ``pydoc_data.topics`` help pages and the standard library's docstrings), so that
-  ``python -m electra_fast.train`` has something to learn from with no download.
+  ``pydoc_data.topics`` help pages, the standard library's docstrings and the comments in its
+  source files), so that ``python -m electra_fast.train`` has something to learn from with no
+  download.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import os
 import pkgutil
 import re
 import sys
+import tokenize
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
@@ -571,18 +573,74 @@ def _module_documents(module) -> list[Document]:
     return docs
 
 
-_DEFAULT: list[Document] | None = None
+def comment_lines(source: str) -> list[str]:
+    """Prose sentences from the comments of Python source text.
+
+    Comments on consecutive rows form one paragraph (a comment after code included); a bare ``#``
+    row, or a row without a comment, ends it. Each paragraph goes through ``prose_lines``, so commented-out code, ASCII
+    art and short tags ("XXX", "noqa") are dropped. Source that does not tokenize is read up to
+    where it stops.
+    """
+    paragraphs: list[list[str]] = []
+    current: list[str] = []
+    last_row = -2
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            row, text = tok.start[0], tok.string.lstrip("#").strip()
+            if current and (row != last_row + 1 or not text):
+                paragraphs.append(current)
+                current = []
+            if text:
+                current.append(text)
+            last_row = row
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    if current:
+        paragraphs.append(current)
+    return [line for para in paragraphs for line in prose_lines("\n".join(para))]
 
 
-def default_corpus() -> list[Document]:
+def _comment_documents() -> list[Document]:
+    """One document per standard-library source file: the prose of its comments (files with at
+    least two such sentences; each file once, in the order of ``_stdlib_modules``)."""
+    docs: list[Document] = []
+    seen: set[str] = set()
+    for name in _stdlib_modules():
+        try:
+            spec = importlib.util.find_spec(name)
+        except (Exception, SystemExit):  # a parent package that fails to import
+            continue
+        origin = getattr(spec, "origin", None)
+        if not origin or not origin.endswith(".py") or origin in seen or not os.path.isfile(origin):
+            continue
+        seen.add(origin)
+        with open(origin, encoding="utf-8", errors="replace") as f:
+            lines = comment_lines(f.read())
+        if len(lines) >= 2:
+            docs.append(lines)
+    return docs
+
+
+_DOCUMENTATION: list[Document] | None = None
+_COMMENTS: list[Document] | None = None
+
+
+def default_corpus(*, comments: bool = True) -> list[Document]:
     """English prose from the running Python's own documentation, extracted at run time.
 
-    ``pydoc_data.topics`` (the language reference pages behind ``help()``, one document each) and
-    the docstrings of the standard library (a document per module and per class). Nothing is
-    downloaded; the result depends only on the Python installation. About 1-3 MB of text.
+    ``pydoc_data.topics`` (the language reference pages behind ``help()``, one document each), the
+    docstrings of the standard library (a document per module and per class), then the comments
+    in its source files (a document per file; left out with ``comments=False``). Nothing is
+    downloaded; the result depends only on the Python installation. About 2-4 MB of text.
+
+    The default run learns its vocabulary from the documentation alone (``comments=False``) and
+    pre-trains on all of it: the comments' share of code words and jargon is text to learn from,
+    but not what the vocabulary should be spent on (benchmarks/RESULTS.md, sessions 14-15).
     """
-    global _DEFAULT
-    if _DEFAULT is None:
+    global _DOCUMENTATION, _COMMENTS
+    if _DOCUMENTATION is None:
         from pydoc_data.topics import topics
 
         docs: list[Document] = []
@@ -600,5 +658,7 @@ def default_corpus() -> list[Document]:
                 if key not in seen:
                     seen.add(key)
                     docs.append(doc)
-        _DEFAULT = docs
-    return [list(doc) for doc in _DEFAULT]
+        _DOCUMENTATION = docs
+    if comments and _COMMENTS is None:
+        _COMMENTS = _comment_documents()
+    return [list(doc) for doc in _DOCUMENTATION + (_COMMENTS if comments else [])]

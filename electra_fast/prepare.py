@@ -209,9 +209,11 @@ class Source:
         self.docs: list[Document] | None = None
         self.files: list[Path] | None = None
         self.records: list[dict] = []
+        self.vocab_docs: list[Document] | None = None  # what the vocabulary learns from, if not all of it
         if source is None:
             self.docs = default_corpus()
-            self.desc = f"default corpus (Python {sys.version.split()[0]} documentation)"
+            self.vocab_docs = default_corpus(comments=False)
+            self.desc = f"default corpus (Python {sys.version.split()[0]} documentation and source comments)"
         elif isinstance(source, (str, os.PathLike)) or (
             isinstance(source, (list, tuple)) and source and all(isinstance(x, (str, os.PathLike)) for x in source)
         ):
@@ -237,6 +239,14 @@ class Source:
             return iter(self.docs)
         return read_corpus(self.files, errors=self.errors, text_field=self.text_field,
                            skip_unreadable=self.skip_unreadable, skipped=self.skipped)  # fmt: skip
+
+    def vocabulary_documents(self) -> tuple[Iterator[Document], int]:
+        """(documents, their size in characters) that a trained vocabulary learns from: all of
+        them, except for the default corpus, whose vocabulary comes from its documentation part
+        (``corpus.default_corpus``)."""
+        if self.vocab_docs is not None:
+            return iter(self.vocab_docs), sum(len(x) for d in self.vocab_docs for x in d)
+        return self.documents(), self.size
 
     def holdout_rule(self, fraction: float, seed: int) -> Callable[[int, Document], bool]:
         """(document index, document) -> held out?"""
@@ -282,15 +292,18 @@ def train_vocabulary(src: Source, vocab_size: int, sample_bytes: int, log: Calla
         raise TokenizerError(f"--vocab-size {vocab_size} is too small; use at least 16")
     from tqdm.auto import tqdm
 
-    rate = min(1.0, sample_bytes / max(1, src.size))
+    documents, size = src.vocabulary_documents()
+    rate = min(1.0, sample_bytes / max(1, size))
     share = "the corpus" if rate >= 1 else f"a {rate:.1%} sample of the corpus (--vocab-sample)"
+    if src.vocab_docs is not None:
+        share = "the documentation part of the default corpus (not its source comments)"
     log(f"training a WordPiece vocabulary of {vocab_size} on {share}")
     counts = WordCounts(MAX_WORDS)
-    with tqdm(total=src.size, desc="vocabulary: counting words", unit="B", unit_scale=True, disable=not progress,
+    with tqdm(total=size, desc="vocabulary: counting words", unit="B", unit_scale=True, disable=not progress,
               dynamic_ncols=True) as bar:  # fmt: skip
 
         def read() -> Iterator[Document]:
-            for doc in src.documents():
+            for doc in documents:
                 bar.update(sum(map(len, doc)))
                 yield doc
 

@@ -6,7 +6,8 @@ the same size, on real-text tasks the pre-training corpus never contains, with s
 a bag-of-words classifier for scale.
 
 The tasks are built offline from the docstrings of the numpy and torch installed with this package
-(the pre-training corpus is the standard library's documentation, so none of this text was seen):
+(the pre-training corpus is the standard library's documentation and source comments, so none of
+this text was seen):
 
 - ``topic``: which subpackage (torch.nn, torch.distributed, numpy.polynomial, ...) a passage of two
   consecutive documentation sentences comes from;

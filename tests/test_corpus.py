@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from electra_fast.corpus import CorpusError, corpus_files, default_corpus, read_corpus
+from electra_fast.corpus import CorpusError, comment_lines, corpus_files, default_corpus, read_corpus
 
 
 @pytest.fixture
@@ -111,6 +111,52 @@ def test_default_corpus_is_english_prose():
     assert all(c > 200 for c in common.values()), common
     assert not any(line.startswith((">>>", "...")) for line in lines)
     assert all(doc for doc in docs)
+
+
+def test_comment_lines_join_comment_runs_and_keep_only_prose():
+    source = (
+        "# Copyright holders say this file is theirs to keep.\n"
+        "import os  # the operating system module is needed here\n"
+        "\n"
+        "# The cache holds one entry per key. It is cleared\n"
+        "# when the process forks, so children start empty.\n"
+        "#\n"
+        "# A new paragraph starts after a bare comment row.\n"
+        "x = '# not a comment, but a string that holds a hash sign'\n"
+        "# x = compute(y, z) + 1\n"
+        "# XXX\n"
+        "def f():\n"
+        "    # Indented comments count as well, when they read as prose.\n"
+        "    return 1\n"
+    )
+    assert comment_lines(source) == [
+        # consecutive rows: the comment after the import continues the paragraph above it
+        "Copyright holders say this file is theirs to keep. the operating system module is needed here",
+        "The cache holds one entry per key.",
+        "It is cleared when the process forks, so children start empty.",
+        "A new paragraph starts after a bare comment row.",
+        "Indented comments count as well, when they read as prose.",
+    ]
+    # runs of comments on consecutive rows are paragraphs; a code row between them ends one
+    assert comment_lines("# One run of words here\ny = 2\n# and another run of words.\n") == [
+        "One run of words here", "and another run of words."]
+    # source that stops tokenizing keeps what came before
+    assert comment_lines('# The part that reads fine is kept.\ndef broken(:\n    """never closed\n') == [
+        "The part that reads fine is kept."]
+    assert comment_lines("") == []
+
+
+def test_default_corpus_ends_with_the_standard_librarys_comments():
+    import heapq  # read from its source file (os, say, is frozen into the interpreter: no file)
+
+    import electra_fast.corpus as corpus
+
+    docs = default_corpus()
+    comments = corpus._comment_documents()
+    assert len(comments) > 100 and docs[-len(comments):] == comments
+    # the comment documents come from the modules' own source files
+    with open(heapq.__file__, encoding="utf-8") as f:
+        assert comment_lines(f.read()) in comments
 
 
 def _fake_module():
