@@ -294,9 +294,9 @@ def train_vocabulary(src: Source, vocab_size: int, sample_bytes: int, log: Calla
 
     documents, size = src.vocabulary_documents()
     rate = min(1.0, sample_bytes / max(1, size))
-    share = "the corpus" if rate >= 1 else f"a {rate:.1%} sample of the corpus (--vocab-sample)"
-    if src.vocab_docs is not None:
-        share = "the documentation part of the default corpus (not its source comments)"
+    what = "the corpus" if src.vocab_docs is None else \
+        "the documentation part of the default corpus (not its source comments)"
+    share = what if rate >= 1 else f"a {rate:.1%} sample of {what} (--vocab-sample)"
     log(f"training a WordPiece vocabulary of {vocab_size} on {share}")
     counts = WordCounts(MAX_WORDS)
     with tqdm(total=size, desc="vocabulary: counting words", unit="B", unit_scale=True, disable=not progress,
