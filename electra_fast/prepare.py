@@ -240,13 +240,14 @@ class Source:
         return read_corpus(self.files, errors=self.errors, text_field=self.text_field,
                            skip_unreadable=self.skip_unreadable, skipped=self.skipped)  # fmt: skip
 
-    def vocabulary_documents(self) -> tuple[Iterator[Document], int]:
-        """(documents, their size in characters) that a trained vocabulary learns from: all of
-        them, except for the default corpus, whose vocabulary comes from its documentation part
-        (``corpus.default_corpus``)."""
+    def vocabulary_documents(self) -> tuple[Iterator[Document], int, str]:
+        """(documents, their size in characters, what they are) that a trained vocabulary learns
+        from: all of them, except for the default corpus, whose vocabulary comes from its
+        documentation part (``corpus.default_corpus``)."""
         if self.vocab_docs is not None:
-            return iter(self.vocab_docs), sum(len(x) for d in self.vocab_docs for x in d)
-        return self.documents(), self.size
+            return (iter(self.vocab_docs), sum(len(x) for d in self.vocab_docs for x in d),
+                    "the documentation part of the default corpus (not its source comments)")
+        return self.documents(), self.size, "the corpus"
 
     def holdout_rule(self, fraction: float, seed: int) -> Callable[[int, Document], bool]:
         """(document index, document) -> held out?"""
@@ -292,10 +293,8 @@ def train_vocabulary(src: Source, vocab_size: int, sample_bytes: int, log: Calla
         raise TokenizerError(f"--vocab-size {vocab_size} is too small; use at least 16")
     from tqdm.auto import tqdm
 
-    documents, size = src.vocabulary_documents()
+    documents, size, what = src.vocabulary_documents()
     rate = min(1.0, sample_bytes / max(1, size))
-    what = "the corpus" if src.vocab_docs is None else \
-        "the documentation part of the default corpus (not its source comments)"
     share = what if rate >= 1 else f"a {rate:.1%} sample of {what} (--vocab-sample)"
     log(f"training a WordPiece vocabulary of {vocab_size} on {share}")
     counts = WordCounts(MAX_WORDS)
