@@ -623,23 +623,74 @@ def _comment_documents() -> list[Document]:
     return docs
 
 
+# Third-party packages whose docstrings join the default corpus where they are installed: torch's
+# own requirements (mpmath: sympy's), so they come with every installation of electra_fast. Never
+# numpy or torch: their docstrings are the transfer benchmark's unseen text (electra_fast.transfer).
+CORPUS_PACKAGES = ("jinja2", "mpmath", "networkx", "sympy")
+_SKIP_PACKAGE_PARTS = ("tests", "testing", "benchmarks")
+
+
+def _package_documents(packages: Iterable[str]) -> list[Document]:
+    """The docstrings of every public module of ``packages`` that are installed (documents as in
+    ``_module_documents``). Every module is imported before any is read: importing one can add
+    members to another, and the documents must not depend on the order."""
+    names: list[str] = []
+    for pkg in packages:
+        try:
+            spec = importlib.util.find_spec(pkg)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        names += [n for n in [pkg, *_submodules(pkg + ".", list(spec.submodule_search_locations))]
+                  if not any(part in _SKIP_PACKAGE_PARTS for part in n.split("."))]
+    modules = [sys.modules.get(n) or _import_quietly(n) for n in names]
+    docs: list[Document] = []
+    seen: set[str] = set()
+    for module in modules:
+        for doc in _module_documents(module) if module is not None else []:
+            key = doc[0] + "\0" + doc[-1]
+            if key not in seen:
+                seen.add(key)
+                docs.append(doc)
+    return docs
+
+
+def corpus_packages() -> dict[str, str]:
+    """{package: version} of the CORPUS_PACKAGES installed here: the ones ``default_corpus`` reads."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for pkg in CORPUS_PACKAGES:
+        try:
+            if importlib.util.find_spec(pkg) is not None:
+                found[pkg] = version(pkg)
+        except (ImportError, ValueError, PackageNotFoundError):
+            continue
+    return found
+
+
 _DOCUMENTATION: list[Document] | None = None
 _COMMENTS: list[Document] | None = None
+_PACKAGES: list[Document] | None = None
 
 
-def default_corpus(*, comments: bool = True) -> list[Document]:
-    """English prose from the running Python's own documentation, extracted at run time.
+def default_corpus(*, comments: bool = True, packages: bool = True) -> list[Document]:
+    """English prose that comes with the running Python and electra_fast's own requirements.
 
     ``pydoc_data.topics`` (the language reference pages behind ``help()``, one document each), the
     docstrings of the standard library (a document per module and per class), then the comments
-    in its source files (a document per file; left out with ``comments=False``). Nothing is
-    downloaded; the result depends only on the Python installation. About 2-4 MB of text.
+    in its source files (a document per file; left out with ``comments=False``), then the
+    docstrings of the CORPUS_PACKAGES that are installed (left out with ``packages=False``).
+    Nothing is downloaded; the result depends only on the Python installation and those packages'
+    versions. About 5-8 MB of text.
 
-    The default run learns its vocabulary from the documentation alone (``comments=False``) and
-    pre-trains on all of it: the comments' share of code words and jargon is text to learn from,
-    but not what the vocabulary should be spent on (benchmarks/RESULTS.md, sessions 14-15).
+    The default run learns its vocabulary from the standard library's documentation alone
+    (``comments=False, packages=False``) and pre-trains on all of it: the comments' share of code
+    words and jargon, and the packages' mathematics, are text to learn from, but not what the
+    vocabulary should be spent on (benchmarks/RESULTS.md, sessions 14-15 and 17).
     """
-    global _DOCUMENTATION, _COMMENTS
+    global _DOCUMENTATION, _COMMENTS, _PACKAGES
     if _DOCUMENTATION is None:
         from pydoc_data.topics import topics
 
@@ -661,4 +712,7 @@ def default_corpus(*, comments: bool = True) -> list[Document]:
         _DOCUMENTATION = docs
     if comments and _COMMENTS is None:
         _COMMENTS = _comment_documents()
-    return [list(doc) for doc in _DOCUMENTATION + (_COMMENTS if comments else [])]
+    if packages and _PACKAGES is None:
+        _PACKAGES = _package_documents(CORPUS_PACKAGES)
+    parts = _DOCUMENTATION + (_COMMENTS if comments else []) + (_PACKAGES if packages else [])
+    return [list(doc) for doc in parts]

@@ -41,6 +41,7 @@ from .corpus import (
     Document,
     content_fingerprint,
     corpus_files,
+    corpus_packages,
     default_corpus,
     documents_fingerprint,
     read_corpus,
@@ -212,8 +213,10 @@ class Source:
         self.vocab_docs: list[Document] | None = None  # what the vocabulary learns from, if not all of it
         if source is None:
             self.docs = default_corpus()
-            self.vocab_docs = default_corpus(comments=False)
-            self.desc = f"default corpus (Python {sys.version.split()[0]} documentation and source comments)"
+            self.vocab_docs = default_corpus(comments=False, packages=False)
+            extra = ", ".join(f"{k} {v}" for k, v in corpus_packages().items())
+            self.desc = (f"default corpus (Python {sys.version.split()[0]} documentation and source comments"
+                         + (f"; docstrings of {extra})" if extra else ")"))
         elif isinstance(source, (str, os.PathLike)) or (
             isinstance(source, (list, tuple)) and source and all(isinstance(x, (str, os.PathLike)) for x in source)
         ):
@@ -246,7 +249,7 @@ class Source:
         documentation part (``corpus.default_corpus``)."""
         if self.vocab_docs is not None:
             return (iter(self.vocab_docs), sum(len(x) for d in self.vocab_docs for x in d),
-                    "the documentation part of the default corpus (not its source comments)")
+                    "the standard library's documentation in the default corpus (not its comments or packages)")
         return self.documents(), self.size, "the corpus"
 
     def holdout_rule(self, fraction: float, seed: int) -> Callable[[int, Document], bool]:

@@ -6,8 +6,9 @@ the same size, on real-text tasks the pre-training corpus never contains, with s
 a bag-of-words classifier for scale.
 
 The tasks are built offline from the docstrings of the numpy and torch installed with this package
-(the pre-training corpus is the standard library's documentation and source comments, so none of
-this text was seen):
+(the default pre-training corpus is the standard library's documentation and source comments and the
+docstrings of a few of torch's own requirements, never numpy's or torch's, so none of this text was
+seen; ``corpus.CORPUS_PACKAGES``):
 
 - ``topic``: which subpackage (torch.nn, torch.distributed, numpy.polynomial, ...) a passage of two
   consecutive documentation sentences comes from;

@@ -6,7 +6,14 @@ import re
 
 import pytest
 
-from electra_fast.corpus import CorpusError, comment_lines, corpus_files, default_corpus, read_corpus
+from electra_fast.corpus import (
+    CorpusError,
+    comment_lines,
+    corpus_files,
+    default_corpus,
+    prose_lines,
+    read_corpus,
+)
 
 
 @pytest.fixture
@@ -146,17 +153,42 @@ def test_comment_lines_join_comment_runs_and_keep_only_prose():
     assert comment_lines("") == []
 
 
-def test_default_corpus_ends_with_the_standard_librarys_comments():
+def test_default_corpus_reads_the_standard_librarys_comments_after_its_documentation():
     import heapq  # read from its source file (os, say, is frozen into the interpreter: no file)
 
     import electra_fast.corpus as corpus
 
-    docs = default_corpus()
+    documentation = default_corpus(comments=False, packages=False)
+    docs = default_corpus(packages=False)
     comments = corpus._comment_documents()
-    assert len(comments) > 100 and docs[-len(comments):] == comments
+    assert len(comments) > 100 and docs == documentation + comments
     # the comment documents come from the modules' own source files
     with open(heapq.__file__, encoding="utf-8") as f:
         assert comment_lines(f.read()) in comments
+
+
+def test_default_corpus_ends_with_the_docstrings_of_torchs_requirements_never_numpys_or_torchs():
+    """networkx and sympy come with torch (electra_fast's requirement), so they are installed wherever
+    this runs; their docstrings close the default corpus. numpy's and torch's never join it: they are
+    the transfer benchmark's unseen text (tests/test_transfer.py checks the tasks' sentences)."""
+    import networkx
+    import sympy
+
+    import electra_fast.corpus as corpus
+
+    installed = corpus.corpus_packages()
+    assert {"networkx", "sympy"} <= set(installed) and installed["networkx"] == networkx.__version__
+    before = default_corpus(packages=False)
+    docs = default_corpus()
+    packages = docs[len(before):]
+    assert docs[: len(before)] == before and len(packages) > 500
+    lines = {line for doc in packages for line in doc}
+    # a class's docstring is read in the module that defines it
+    for cls in (networkx.Graph, sympy.Symbol):
+        assert prose_lines(cls.__doc__)[0] in lines, cls
+    assert not {"numpy", "torch"} & set(corpus.CORPUS_PACKAGES)
+    # a package that is not installed is left out, not an error
+    assert corpus._package_documents(["no_such_package_here"]) == []
 
 
 def _fake_module():

@@ -181,17 +181,19 @@ def test_vocabulary_learns_from_bounded_word_counts(tmp_path, seed, monkeypatch)
 
 
 def test_default_corpus_vocabulary_comes_from_its_documentation_and_training_reads_all_of_it(tmp_path):
-    """The default run's vocabulary is learnt from the documentation part of the default corpus
-    (help pages and docstrings), not from the source comments; the shards hold every document."""
+    """The default run's vocabulary is learnt from the standard library's documentation in the default
+    corpus (help pages and docstrings), not from its source comments or the packages' docstrings; the
+    shards hold every document."""
     said = []
     ds = prepare_corpus(None, tmp_path / "out", vocab_size=512, max_seq_length=32, progress=False, log=said.append)
-    documentation, everything = corpus_mod.default_corpus(comments=False), corpus_mod.default_corpus()
+    documentation = corpus_mod.default_corpus(comments=False, packages=False)
+    everything = corpus_mod.default_corpus()
     assert len(everything) > len(documentation) and everything[: len(documentation)] == documentation
     tok = load_tokenizer(tmp_path / "out")
     assert tok.vocab_hash() == train_tokenizer(documentation, 512).vocab_hash()
-    assert tok.vocab_hash() != train_tokenizer(everything, 512).vocab_hash()  # the comments would change it
+    assert tok.vocab_hash() != train_tokenizer(everything, 512).vocab_hash()  # the rest would change it
     assert sum(ds.manifest["num_documents"].values()) == len(everything)
-    assert any("documentation part of the default corpus" in x for x in said), said
+    assert any("the standard library's documentation in the default corpus" in x for x in said), said
 
 
 def test_vocabulary_sample_is_uniform_and_fixed(seed):

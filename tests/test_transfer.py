@@ -136,6 +136,20 @@ def test_a_changed_preset_default_retrains_under_the_same_command(monkeypatch):
     assert T._stamp(cmd) != before
 
 
+def test_the_default_corpus_never_holds_the_tasks_text(tasks):
+    """The tasks are text the default pre-training never saw: none of their sentences is a line of the
+    default corpus, but for a few stock phrases ("Returns the result.") that any two libraries share."""
+    from electra_fast.corpus import default_corpus
+
+    corpus = {line for doc in default_corpus() for line in doc}
+    for name in ("order", "words"):
+        for s in T.SPLITS:
+            ex = tasks[name].splits[s]
+            lines = set(ex.text_a) | set(ex.text_b or [])
+            shared = lines & corpus
+            assert len(shared) <= 0.01 * len(lines), (name, s, sorted(shared)[:10])
+
+
 def test_sentence_pairs_never_cross_a_docstring(tasks):
     """ "Consecutive" means within one docstring: the end of one function's docstring followed by the
     start of the next function's is not a pair whose order or continuity the text can show."""
