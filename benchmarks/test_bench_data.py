@@ -5,7 +5,7 @@
     BENCH_PREPARE_MB=64,256 pytest benchmarks/test_bench_data.py -k prepare   # corpus sizes
     BENCH_LOADER_GB=1 pytest benchmarks/test_bench_data.py -k loader          # shard-set size
 
-- tokenise / pack: the embedded default corpus (``corpus.default_corpus``, ~1.4 MB of prose),
+- tokenise / pack: the embedded default corpus (``corpus.default_corpus``, ~6.3 MB of prose),
   vocabulary 4096 trained on it once per session (the tiny preset's).
 - prepare: ``python -m electra_fast.prepare`` in a child process on a generated corpus (Zipfian
   words over a 60k-word lexicon, 10% of them (BENCH_OPEN_SHARE) from an open-ended one so that
