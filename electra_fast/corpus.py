@@ -630,6 +630,20 @@ CORPUS_PACKAGES = ("jinja2", "mpmath", "networkx", "sympy")
 _SKIP_PACKAGE_PARTS = ("tests", "testing", "benchmarks")
 
 
+def _docstring_documents(modules: Iterable) -> list[Document]:
+    """``_module_documents`` of each module in turn (None: one that failed to import, skipped); a
+    document reached twice (aliases, re-exports) counts once."""
+    docs: list[Document] = []
+    seen: set[str] = set()
+    for module in modules:
+        for doc in _module_documents(module) if module is not None else []:
+            key = doc[0] + "\0" + doc[-1]
+            if key not in seen:
+                seen.add(key)
+                docs.append(doc)
+    return docs
+
+
 def _package_documents(packages: Iterable[str]) -> list[Document]:
     """The docstrings of every public module of ``packages`` that are installed (documents as in
     ``_module_documents``). Every module is imported before any is read: importing one can add
@@ -644,16 +658,7 @@ def _package_documents(packages: Iterable[str]) -> list[Document]:
             continue
         names += [n for n in [pkg, *_submodules(pkg + ".", list(spec.submodule_search_locations))]
                   if not any(part in _SKIP_PACKAGE_PARTS for part in n.split("."))]
-    modules = [sys.modules.get(n) or _import_quietly(n) for n in names]
-    docs: list[Document] = []
-    seen: set[str] = set()
-    for module in modules:
-        for doc in _module_documents(module) if module is not None else []:
-            key = doc[0] + "\0" + doc[-1]
-            if key not in seen:
-                seen.add(key)
-                docs.append(doc)
-    return docs
+    return _docstring_documents([sys.modules.get(n) or _import_quietly(n) for n in names])
 
 
 def corpus_packages() -> dict[str, str]:
@@ -699,16 +704,7 @@ def default_corpus(*, comments: bool = True, packages: bool = True) -> list[Docu
             lines = prose_lines(topics[key])
             if lines:
                 docs.append(lines)
-        seen: set[str] = set()  # the same docstring reached twice (aliases) counts once
-        for name in _stdlib_modules():
-            module = sys.modules.get(name) or _import_quietly(name)
-            if module is None:
-                continue
-            for doc in _module_documents(module):
-                key = doc[0] + "\0" + doc[-1]
-                if key not in seen:
-                    seen.add(key)
-                    docs.append(doc)
+        docs += _docstring_documents(sys.modules.get(name) or _import_quietly(name) for name in _stdlib_modules())
         _DOCUMENTATION = docs
     if comments and _COMMENTS is None:
         _COMMENTS = _comment_documents()
