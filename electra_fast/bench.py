@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transfer-jobs", type=int, default=None,
                    help="with --transfer: fine-tuning processes, each with cores / jobs torch threads "
                         "(default: min(4, cores))")
+    p.add_argument("--transfer-pretrain-seed", type=int, default=1234,
+                   help="with --transfer: seed of both pre-training runs (default 1234, the default run's); another "
+                        "seed is another trajectory (initialisation, data order, masks, held-out documents), to see "
+                        "how much of a result is the draw (give it its own --transfer-out to keep both)")
     p.add_argument("--transfer-train-args", metavar="ARGS", default="",
                    help="with --transfer: extra `python -m electra_fast.train` flags for both pre-training runs, "
                         "e.g. \"--steps 1200 --seq-len 64\" (default: none, the default run)")
@@ -322,11 +326,12 @@ def _transfer(p: ArgumentParser, args) -> int:
         if len(sizes) != 3 or min(sizes) < 1:
             p.error(f"--transfer-sizes takes three integers >= 1, TRAIN,DEV,TEST (default "
                     f"{','.join(map(str, transfer.DEFAULT_SIZES))}), got {args.transfer_sizes!r}")
-    results = transfer.run(Path(args.transfer_out), seeds, train_args, epochs=args.transfer_epochs,
-                           task_names=task_names, workers=jobs, sizes=sizes)
+    results = transfer.run(Path(args.transfer_out), seeds, train_args, pretrain_seed=args.transfer_pretrain_seed,
+                           epochs=args.transfer_epochs, task_names=task_names, workers=jobs, sizes=sizes)
     print()
     print(transfer.format_table(results))
-    print(f"test accuracy of the best dev epoch, mean +- std [min-max] over fine-tuning seeds {args.transfer_seeds}; "
+    print(f"test accuracy of the best dev epoch, mean +- std [min-max] over fine-tuning seeds {args.transfer_seeds} "
+          f"(pre-training seed {args.transfer_pretrain_seed}); "
           f"{results['seconds']} s on {env['device']} ({env['cpu_count']} cores); "
           f"{Path(args.transfer_out) / 'transfer.json'}")
     return 0

@@ -459,7 +459,7 @@ def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int =
     hp = Hyper(epochs=epochs, lr=1e-3, layer_decay=0.8, batch_size=32, seq_len=cfg.max_seq_length)
     labels = {"electra": "ELECTRA", "mlm": "MLM (equal FLOPs)", "random": "random init (same size)",
               "bow": "bag of words (uni+bigrams)"}
-    results = {"tasks": {}, "labels": labels, "seeds": seeds, "train_args": train_args,
+    results = {"tasks": {}, "labels": labels, "seeds": seeds, "pretrain_seed": pretrain_seed, "train_args": train_args,
                "hyperparameters": dataclasses.asdict(hp), "encoders": {e.name: e.info for e in encoders},
                "versions": {"numpy": np.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}}
     previous = _previous(out / "transfer.json", results)
