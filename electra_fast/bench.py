@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transfer-jobs", type=int, default=None,
                    help="with --transfer: fine-tuning processes, each with cores / jobs torch threads "
                         "(default: min(4, cores))")
-    p.add_argument("--transfer-pretrain-seed", type=int, default=1234,
+    p.add_argument("--transfer-pretrain-seed", type=int, default=None,
                    help="with --transfer: seed of both pre-training runs (default 1234, the default run's); another "
                         "seed is another trajectory (initialisation, data order, masks, held-out documents), to see "
                         "how much of a result is the draw (give it its own --transfer-out to keep both)")
@@ -326,12 +326,13 @@ def _transfer(p: ArgumentParser, args) -> int:
         if len(sizes) != 3 or min(sizes) < 1:
             p.error(f"--transfer-sizes takes three integers >= 1, TRAIN,DEV,TEST (default "
                     f"{','.join(map(str, transfer.DEFAULT_SIZES))}), got {args.transfer_sizes!r}")
-    results = transfer.run(Path(args.transfer_out), seeds, train_args, pretrain_seed=args.transfer_pretrain_seed,
+    pretrain_seed = transfer.DEFAULT_PRETRAIN_SEED if args.transfer_pretrain_seed is None else args.transfer_pretrain_seed
+    results = transfer.run(Path(args.transfer_out), seeds, train_args, pretrain_seed=pretrain_seed,
                            epochs=args.transfer_epochs, task_names=task_names, workers=jobs, sizes=sizes)
     print()
     print(transfer.format_table(results))
     print(f"test accuracy of the best dev epoch, mean +- std [min-max] over fine-tuning seeds {args.transfer_seeds} "
-          f"(pre-training seed {args.transfer_pretrain_seed}); "
+          f"(pre-training seed {results['pretrain_seed']}); "
           f"{results['seconds']} s on {env['device']} ({env['cpu_count']} cores); "
           f"{Path(args.transfer_out) / 'transfer.json'}")
     return 0

@@ -74,6 +74,7 @@ SPLITS = ("train", "dev", "test")
 # "Session 11"). All 10,544 `order` pairs do not widen ELECTRA's lead there ("Session 12").
 # 2,000 test examples: the binomial sd of one accuracy is ~1.1 points, against a 3-point question.
 DEFAULT_SIZES = (8000, 500, 2000)
+DEFAULT_PRETRAIN_SEED = 1234  # `python -m electra_fast.train`'s own --seed default: the default run
 
 
 @dataclass
@@ -439,7 +440,7 @@ def _previous(path: Path, results: dict) -> dict:
     return old.get("tasks", {}) if same and isinstance(old.get("tasks"), dict) else {}
 
 
-def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int = 1234, log=print,
+def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int = DEFAULT_PRETRAIN_SEED, log=print,
         sizes: tuple[int, int, int] = DEFAULT_SIZES, epochs: int = 10,
         task_names: tuple[str, ...] = TASK_NAMES, workers: int = 1) -> dict:
     """Pre-train, fine-tune every encoder on every task with every seed, and the bag of words; write and

@@ -129,9 +129,8 @@ def test_a_task_with_other_examples_of_the_same_size_is_not_reused(tmp_path, cap
 def test_bench_pretrains_both_objectives_with_the_pretraining_seed_it_is_given(tmp_path, capsys):
     """``bench --transfer --transfer-pretrain-seed N``: another pre-training trajectory, for ELECTRA and
     MLM alike, recorded in transfer.json and named under the table."""
-    import torch
-
     from electra_fast import bench
+    from electra_fast.checkpoint import load_latest
 
     rc = bench.main(["--transfer", "--transfer-out", str(tmp_path), "--transfer-pretrain-seed", "7",
                      "--transfer-train-args", "--steps 2 --warmup 1 --batch-size 8 --save-every 2 --eval-batches 1",
@@ -141,8 +140,8 @@ def test_bench_pretrains_both_objectives_with_the_pretraining_seed_it_is_given(t
     assert rc == 0
     assert "(pre-training seed 7)" in out
     for name in ("electra", "mlm"):
-        last = sorted((tmp_path / "pretrain" / name).glob("ckpt-*.pt"))[-1]
-        assert torch.load(last, map_location="cpu", weights_only=False)["run_args"]["seed"] == 7, name
+        state, _ = load_latest(tmp_path / "pretrain" / name, log=lambda m: None)
+        assert state["run_args"]["seed"] == 7, name
     assert json.loads((tmp_path / "transfer.json").read_text())["pretrain_seed"] == 7
 
 
