@@ -472,6 +472,7 @@ def probe_data(pre: Pretrained, n_train: int, n_dev: int, kind: str = "next") ->
     # the corpus repeats passages across documents (overlapping help topics, inherited
     # docstrings): a dev line that also occurs in any other document is not used
     outside = {line for i, doc in enumerate(docs) if i not in dev_docs for line in doc}
+    doc_lines = [set(doc) for doc in docs]
 
     def usable(line: str, dev: bool) -> bool:
         return len(line.split()) >= PROBE_MIN_WORDS and not (dev and line in outside)
@@ -490,10 +491,10 @@ def probe_data(pre: Pretrained, n_train: int, n_dev: int, kind: str = "next") ->
         doc, first, second = pair
         if not keep and kind == "order":
             first, second = second, first
-        elif not keep:  # a line of another document of the same split
-            while True:
+        elif not keep:  # a line of another document of the same split, one without the first line
+            while True:  # (the corpus repeats lines: that document could hold the two as a real pair)
                 other_doc, second = pool[rng.integers(len(pool))]
-                if other_doc != doc:
+                if other_doc != doc and first not in doc_lines[other_doc]:
                     break
         ex.add([first, second], labels[1] if keep else labels[0], len(ex.lines))
 
