@@ -617,9 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GLUE tasks: after training, predict data-dir/test.tsv (MNLI: test_matched.tsv, "
                         "test_mismatched.tsv) with the best epoch and write GLUE's submission files "
                         "(SST-2.tsv, MNLI-m.tsv, ...: index<TAB>prediction) into --out")
-    p.add_argument("--dropout", type=float, help="dropout in the encoder and before the head (default: the "
-                   "checkpoint's own, as HuggingFace fine-tunes: 0.1 for the small/base/large presets and "
-                   "HuggingFace checkpoints, the paper's value; 0.0 for runs of the tiny preset)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout in the encoder and before the head")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on LayerNorm, biases)")
     p.add_argument("--warmup-fraction", type=float, default=0.1, help="share of the steps with linear warmup")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -667,10 +665,7 @@ def _hyper(args, cfg: ElectraConfig, trained_len: int | None = None) -> Hyper:
                layer_decay=args.layer_decay if args.layer_decay is not None else DEFAULT_LAYER_DECAY[size],
                batch_size=args.batch_size, seq_len=args.seq_len or default_len,
                seed=args.seed, weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction,
-               dropout=args.dropout if args.dropout is not None else cfg.dropout)
-    if args.dropout is None and cfg.dropout != 0.1:
-        print(f"note: --dropout defaults to {cfg.dropout:g}, the checkpoint's own (the paper fine-tunes with 0.1, "
-              "the dropout its models pre-train with; pass --dropout to choose)", file=sys.stderr)
+               dropout=args.dropout)
     squad_counts = ("doc_stride", "max_query_length", "max_answer_length", "n_best")
     for name, value in [(n, getattr(hp, n)) for n in ("epochs", "batch_size", "seq_len")] + [
             (n, getattr(args, n)) for n in squad_counts]:

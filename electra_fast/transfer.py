@@ -457,10 +457,7 @@ def run(out: Path, seeds: list[int], train_args: list[str], pretrain_seed: int =
         log(f"  task {data.task.title}: {data.sizes()} train/dev/test examples, {len(data.task.labels)} labels")
     encoders = pretrain(out / "pretrain", train_args, pretrain_seed, log)
     cfg = encoders[0].electra.config
-    # fine-tuned as `finetune` does by default: at the run's pre-training length, with its own dropout
-    # (none for the tiny preset; 0.1 lost ELECTRA about 2 points on `order`, benchmarks/RESULTS.md, "Session 19")
-    hp = Hyper(epochs=epochs, lr=1e-3, layer_decay=0.8, batch_size=32, seq_len=cfg.max_seq_length,
-               dropout=cfg.dropout)
+    hp = Hyper(epochs=epochs, lr=1e-3, layer_decay=0.8, batch_size=32, seq_len=cfg.max_seq_length)
     labels = {"electra": "ELECTRA", "mlm": "MLM (equal FLOPs)", "random": "random init (same size)",
               "bow": "bag of words (uni+bigrams)"}
     results = {"tasks": {}, "labels": labels, "seeds": seeds, "pretrain_seed": pretrain_seed, "train_args": train_args,

@@ -574,47 +574,20 @@ def test_seq_len_defaults_to_the_runs_pretraining_length_and_warns_beyond_it(cap
     cfg = ElectraConfig.preset("tiny", vocab_size=50)  # pre-trained at 32, 128 positions
     parse = build_parser().parse_args
     for task, usual in (("sst2", 128), ("probe", 64), ("squad", 128)):  # squad: 384 capped at 128 positions
-        args = parse(["--checkpoint", "x", "--task", task, "--dropout", "0.1"])  # no dropout note either
+        args = parse(["--checkpoint", "x", "--task", task])
         assert _hyper(args, cfg, trained_len=32).seq_len == 32
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "defaults to 32, the run's pre-training length" in err, err
         assert _hyper(args, cfg, trained_len=None).seq_len == usual
         assert _hyper(args, cfg, trained_len=usual).seq_len == usual
         assert capsys.readouterr().err == ""
-    args = parse(["--checkpoint", "x", "--task", "probe", "--seq-len", "64", "--dropout", "0.1"])
+    args = parse(["--checkpoint", "x", "--task", "probe", "--seq-len", "64"])
     assert _hyper(args, cfg, trained_len=32).seq_len == 64
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: ") and "position embeddings 32-63" in err, err
     _hyper(args, cfg, trained_len=64)
     _hyper(args, cfg, trained_len=None)
     assert capsys.readouterr().err == ""
-
-
-def test_dropout_defaults_to_the_checkpoints_own_and_says_so_when_not_the_papers(capsys):
-    """As HuggingFace fine-tunes (hidden_dropout_prob from the checkpoint): a run of the tiny preset,
-    pre-trained without dropout, fine-tunes without it unless --dropout says otherwise, with one note;
-    the paper's presets and HF checkpoints (0.1) fine-tune with 0.1 and no note; --dropout always wins."""
-    from electra_fast.finetune import _hyper, build_parser
-
-    parse = build_parser().parse_args
-    tiny = ElectraConfig.preset("tiny", vocab_size=50)
-    assert tiny.dropout == 0.0
-    for task in ("sst2", "tsv", "squad", "probe"):
-        hp = _hyper(parse(["--checkpoint", "x", "--task", task, "--seq-len", "32"]), tiny, trained_len=32)
-        assert hp.dropout == 0.0
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "--dropout defaults to 0, the checkpoint's own" in err, err
-    for name in ("small", "base", "large"):
-        cfg = ElectraConfig.preset(name, vocab_size=50)
-        assert _hyper(parse(["--checkpoint", "x", "--task", "sst2"]), cfg, trained_len=None).dropout == 0.1
-        assert capsys.readouterr().err == ""
-    odd = tiny.replace(dropout=0.05, attention_dropout=0.05)
-    assert _hyper(parse(["--checkpoint", "x", "--task", "sst2"]), odd, trained_len=None).dropout == 0.05
-    assert "defaults to 0.05" in capsys.readouterr().err
-    for flag, want in (("0.3", 0.3), ("0", 0.0)):
-        hp = _hyper(parse(["--checkpoint", "x", "--task", "sst2", "--dropout", flag]), tiny, trained_len=None)
-        assert hp.dropout == want
-        assert "dropout" not in capsys.readouterr().err
 
 
 def test_diverging_finetune_fails_and_never_saves_a_nan_model_as_best(tmp_path, run_dir, capsys):
