@@ -488,13 +488,13 @@ def probe_data(pre: Pretrained, n_train: int, n_dev: int, kind: str = "next") ->
 
     def example(ex: Examples, pair, keep: bool, pool) -> None:
         """keep: the two lines as the document has them (label 1); else swapped / replaced (0)."""
-        doc, first, second = pair
+        _, first, second = pair
         if not keep and kind == "order":
             first, second = second, first
         elif not keep:  # a line of another document of the same split, one without the first line
-            while True:  # (the corpus repeats lines: that document could hold the two as a real pair)
-                other_doc, second = pool[rng.integers(len(pool))]
-                if other_doc != doc and first not in doc_lines[other_doc]:
+            while True:  # (the corpus repeats lines: that document could hold the two as a real pair;
+                other_doc, second = pool[rng.integers(len(pool))]  # the pair's own document holds it)
+                if first not in doc_lines[other_doc]:
                     break
         ex.add([first, second], labels[1] if keep else labels[0], len(ex.lines))
 
